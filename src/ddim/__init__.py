@@ -1,0 +1,16 @@
+"""ddim: train a DDPM and sample it 10-50x faster with DDIM (Song, Meng & Ermon, ICLR 2021)."""
+
+from ddim.interpolate import slerp, slerp_grid
+from ddim.sampling import Trajectory, invert, sample, seeded_generators
+from ddim.schedule import NoiseSchedule
+
+__all__ = [
+    "NoiseSchedule",
+    "Trajectory",
+    "invert",
+    "sample",
+    "seeded_generators",
+    "slerp",
+    "slerp_grid",
+]
+__version__ = "0.1.0"
