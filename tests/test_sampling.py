@@ -103,9 +103,11 @@ def test_ddim_steps_worked_by_hand() -> None:
     assert traj.xs[1].item() == pytest.approx(0.8 * 8 / 3 + 0.3375 * 0.5 + sigma, abs=1e-12)
 
 
-def test_float64_in_float64_math() -> None:
+def test_computation_runs_in_the_dtype_of_x_T() -> None:
     out = ddim.sample(half, torch.ones(2, 1, dtype=torch.float64), HAND, steps=2)
     assert out.dtype == torch.float64
+    to64 = ddim.sample(lambda x, t: half(x, t).double(), torch.ones(2, 1), HAND, steps=2, eta=1.0)
+    assert to64.dtype == torch.float32
 
 
 def test_batch_invariance_with_seed(eps_model, sched) -> None:
@@ -143,10 +145,13 @@ def test_zero_length_steps_cost_no_model_call(sched) -> None:
         calls.append(int(t[0]))
         return 0.1 * x
 
-    ddim.sample(counting, torch.zeros(1, 2), sched, steps=1000, spacing="quad")
-    unique = sched.timesteps(1000, "quad").unique()
-    assert len(calls) == unique.numel() < 1000
-    assert calls == sorted(unique.tolist(), reverse=True)
+    _, traj = ddim.sample(
+        counting, torch.zeros(1, 2), sched, steps=1000, spacing="quad", return_trajectory=True
+    )
+    unique = sorted(sched.timesteps(1000, "quad").unique().tolist(), reverse=True)
+    assert len(calls) == len(unique) == 688
+    assert calls == unique == traj.timesteps
+    assert len(traj.xs) == len(traj.x0_preds) + 1 == 689
 
 
 def test_callback_and_timestep_argument(sched) -> None:

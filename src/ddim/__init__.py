@@ -1,5 +1,6 @@
 """ddim: train a DDPM and sample it 10-50x faster with DDIM (Song, Meng & Ermon, ICLR 2021)."""
 
+from ddim import oracle as oracle
 from ddim.interpolate import slerp, slerp_grid
 from ddim.sampling import Trajectory, invert, sample, seeded_generators
 from ddim.schedule import NoiseSchedule

@@ -35,8 +35,9 @@ VARIANCES = ("ddim", "ddpm-large")
 class Trajectory:
     """Every state of one sampling run (the official ``--sequence`` output).
 
-    ``xs[0]`` is ``x_T`` and ``xs[i + 1]`` the state after step ``i``; ``x0_preds[i]`` is the
-    prediction of ``x_0`` made at step ``i``, which ran at ``timesteps[i]``.
+    ``timesteps`` lists the steps that ran (zero-length steps are left out), ``xs[0]`` is
+    ``x_T`` and ``xs[k + 1]`` the state after the step at ``timesteps[k]``, which predicted
+    ``x0_preds[k]``.
     """
 
     timesteps: list[int]
@@ -149,18 +150,20 @@ def sample(
     if clip_denoised is None:
         clip_denoised = variance == "ddpm-large"
     pairs = _step_pairs(sched, steps, spacing)
-    gens = _resolve_generators(x_T, seed, generators, noise, len(pairs))
+    stochastic = variance == "ddpm-large" or eta > 0
+    gens = _resolve_generators(x_T, seed, generators, noise, len(pairs), stochastic)
 
     x = x_T
     ts = _timestep_batch(pairs, x.shape[0], x.device)
     flags: list[tuple[int, int, torch.Tensor]] = []
-    traj = Trajectory([t for t, _ in pairs], [x_T], []) if return_trajectory else None
+    traj = Trajectory([], [x_T], []) if return_trajectory else None
     for i, (t, t_prev) in enumerate(tqdm(pairs, disable=not progress, desc="sampling")):
         if t == t_prev:
             continue
         a_t, a_prev = sched.alpha_bar_at(t), sched.alpha_bar_at(t_prev)
         eps = model(x, ts[i])
         _check_eps(eps, x, i, t)
+        eps = eps.to(x.dtype)
         flags.append((i, t, torch.isfinite(eps).all()))
         x0_pred = (x - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)
         if clip_denoised:
@@ -177,6 +180,7 @@ def sample(
         if sigma > 0:
             x = x + sigma * _step_noise(i, x, gens, noise)
         if traj is not None:
+            traj.timesteps.append(t)
             traj.xs.append(x)
             traj.x0_preds.append(x0_pred)
         if callback is not None:
@@ -191,6 +195,7 @@ def _resolve_generators(
     generators: Sequence[torch.Generator] | None,
     noise: torch.Tensor | None,
     n_steps: int,
+    stochastic: bool,
 ) -> Sequence[torch.Generator] | None:
     """Check the noise source; ``None`` means draw from ``noise`` or the global RNG."""
     if noise is not None:
@@ -202,7 +207,7 @@ def _resolve_generators(
         if len(generators) != x_T.shape[0]:
             raise ValueError(f"got {len(generators)} generators for a batch of {x_T.shape[0]}")
         return generators
-    if seed is not None:
+    if seed is not None and stochastic:
         return seeded_generators(seed, x_T.shape[0], x_T.device)
     return None
 
@@ -246,6 +251,7 @@ def invert(
         a_t, a_prev = sched.alpha_bar_at(t), sched.alpha_bar_at(t_prev)
         eps = model(x, ts[i])
         _check_eps(eps, x, i, t)
+        eps = eps.to(x.dtype)
         flags.append((i, t, torch.isfinite(eps).all()))
         x0_pred = (x - math.sqrt(1 - a_prev) * eps) / math.sqrt(a_prev)
         x = math.sqrt(a_t) * x0_pred + math.sqrt(1 - a_t) * eps
