@@ -1,6 +1,7 @@
 """ddim: train a DDPM and sample it 10-50x faster with DDIM (Song, Meng & Ermon, ICLR 2021)."""
 
-from ddim import oracle as oracle
+from ddim import oracle
+from ddim.checkpoints import load_pretrained
 from ddim.interpolate import slerp, slerp_grid
 from ddim.sampling import Trajectory, invert, sample, seeded_generators
 from ddim.schedule import NoiseSchedule
@@ -9,6 +10,8 @@ __all__ = [
     "NoiseSchedule",
     "Trajectory",
     "invert",
+    "load_pretrained",
+    "oracle",
     "sample",
     "seeded_generators",
     "slerp",

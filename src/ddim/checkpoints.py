@@ -1,0 +1,363 @@
+"""Self-describing weight files: a model and its schedule from nothing but a path.
+
+A checkpoint is one ``.safetensors`` file (no pickle, so loading never runs code) that holds:
+
+- ``ema.<name>`` — the EMA weights of the U-Net, the ones to sample with (always present);
+- ``model.<name>`` — the raw training weights (optional; training checkpoints keep them so a
+  run can resume, exported and bundled models store EMA only);
+- ``schedule.betas`` — the float64 betas, so any schedule round-trips bit-exactly;
+
+and string metadata: ``format`` / ``format_version``, ``ddim_version``, ``model_config``
+(JSON of :class:`~ddim.models.unet.UNetConfig`), ``schedule`` (JSON: ``kind`` and its
+parameters where recognised, for display), ``data_shape``, ``step``, ``extra`` (JSON) and
+``sha256``, a digest of every tensor that makes a corrupted file fail loudly.
+
+The official DDIM ``ckpt.pth`` and pesser's ``model-*.ckpt`` files use the same parameter
+names as our U-Net; :func:`convert_legacy` reads them with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import importlib.resources
+import json
+import math
+import os
+import pickle
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+import torch
+
+from ddim.io import atomic_write_bytes
+from ddim.models.unet import UNet, UNetConfig
+from ddim.schedule import NoiseSchedule
+
+FORMAT = "ddim-checkpoint"
+FORMAT_VERSION = 1
+BUNDLED = {"mnist": "mnist.safetensors"}
+WHICH = ("ema", "model")
+_BETAS_KEY = "schedule.betas"
+_MAX_LISTED = 8
+
+
+class CheckpointError(ValueError):
+    """A weight file is missing pieces, corrupt, or does not fit the model it describes."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Everything a weight file holds, loaded and verified."""
+
+    model_config: UNetConfig
+    schedule: NoiseSchedule
+    data_shape: tuple[int, ...]
+    step: int
+    ema_state: dict[str, torch.Tensor]
+    model_state: dict[str, torch.Tensor] | None
+    extra: dict[str, Any] = field(default_factory=dict)
+    ddim_version: str = "unknown"
+
+
+def save_weights(
+    path: str | os.PathLike[str],
+    model_state: Mapping[str, torch.Tensor] | None,
+    ema_state: Mapping[str, torch.Tensor],
+    *,
+    model_config: Mapping[str, Any],
+    schedule: NoiseSchedule,
+    data_shape: tuple[int, ...],
+    step: int,
+    extra_meta: Mapping[str, Any] | None = None,
+) -> None:
+    """Write a checkpoint atomically (see the module docstring for its layout).
+
+    ``model_state`` may be ``None`` to store the EMA weights alone. Both state dicts are
+    checked against a U-Net built from ``model_config`` before anything is written.
+    """
+    config = UNetConfig.from_dict(dict(model_config))
+    states = {"ema": ema_state} if model_state is None else {"ema": ema_state, "model": model_state}
+    for which, state in states.items():
+        check_state_dict(config, state, f"{which} weights to save to {path}")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ValueError(f"step must be a non-negative integer, got {step!r}")
+    shape = tuple(int(d) for d in data_shape)
+    tensors = {
+        f"{which}.{k}": v.detach().to("cpu", copy=True).contiguous()
+        for which, state in states.items()
+        for k, v in state.items()
+    }
+    tensors[_BETAS_KEY] = schedule.betas.clone()
+    try:
+        extra = json.dumps(dict(extra_meta or {}), sort_keys=True)
+    except TypeError as e:
+        raise ValueError(f"extra_meta for {path} must be JSON-serialisable: {e}") from None
+    metadata = {
+        "format": FORMAT,
+        "format_version": str(FORMAT_VERSION),
+        "ddim_version": _package_version(),
+        "model_config": json.dumps(config.to_dict(), sort_keys=True),
+        "schedule": json.dumps(describe_schedule(schedule), sort_keys=True),
+        "data_shape": json.dumps(list(shape)),
+        "step": str(step),
+        "extra": extra,
+        "sha256": _digest(tensors),
+    }
+    atomic_write_bytes(path, safetensors.torch.save(tensors, metadata=metadata))
+
+
+def load_checkpoint(path_or_name: str | os.PathLike[str]) -> Checkpoint:
+    """Read and verify a checkpoint file (or a bundled name such as ``"mnist"``)."""
+    path = resolve(path_or_name)
+    raw = _read_bytes(path)
+    try:
+        tensors = safetensors.torch.load(raw)
+    except Exception as e:  # safetensors raises its own untyped error on a bad buffer
+        raise CheckpointError(f"{path} is truncated or not a safetensors file ({e})") from None
+    meta = _parse_metadata(path, _header(path, raw)[0])
+    if _digest(tensors) != meta["sha256"]:
+        raise CheckpointError(f"{path} is corrupt: its tensors do not match the stored sha256")
+    ema = _with_prefix(tensors, "ema.")
+    model = _with_prefix(tensors, "model.") or None
+    config = UNetConfig.from_dict(meta["model_config"])
+    for which, state in (("ema", ema), ("model", model)):
+        if state is not None:
+            check_state_dict(config, state, f"{which} weights in {path}")
+    if _BETAS_KEY not in tensors:
+        raise CheckpointError(f"{path} has no {_BETAS_KEY} tensor")
+    return Checkpoint(
+        model_config=config,
+        schedule=NoiseSchedule.from_betas(tensors[_BETAS_KEY]),
+        data_shape=tuple(meta["data_shape"]),
+        step=meta["step"],
+        ema_state=ema,
+        model_state=model,
+        extra=meta["extra"],
+        ddim_version=meta["ddim_version"],
+    )
+
+
+def load_pretrained(
+    path_or_name: str | os.PathLike[str],
+    device: str | torch.device = "cpu",
+    which: str = "ema",
+) -> tuple[UNet, NoiseSchedule]:
+    """A ready, eval-mode U-Net and the schedule it was trained with.
+
+    ``path_or_name`` is a ``.safetensors`` checkpoint or a bundled name (``"mnist"``).
+    ``which`` picks the ``"ema"`` weights (the default, for sampling) or the raw ``"model"``
+    weights, which only training checkpoints carry.
+    """
+    if which not in WHICH:
+        raise ValueError(f"which must be one of {', '.join(WHICH)}, got {which!r}")
+    ckpt = load_checkpoint(path_or_name)
+    state = ckpt.ema_state if which == "ema" else ckpt.model_state
+    if state is None:
+        raise CheckpointError(
+            f"{resolve(path_or_name)} stores EMA weights only; load it with which='ema'"
+        )
+    model = UNet(ckpt.model_config)
+    model.load_state_dict(state)
+    return model.to(device).eval(), ckpt.schedule
+
+
+def read_metadata(path_or_name: str | os.PathLike[str]) -> dict[str, Any]:
+    """The metadata of a checkpoint without loading its weights.
+
+    Keys: ``format_version``, ``ddim_version``, ``model_config`` (dict), ``schedule`` (dict),
+    ``data_shape`` (list), ``step`` (int), ``extra`` (dict), ``weights`` (``["ema"]`` or
+    ``["ema", "model"]``), ``num_parameters`` (of one set of weights) and ``path``.
+    The file's length is checked against its header, so a truncated file is an error.
+    """
+    path = resolve(path_or_name)
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        head = f.read(8)
+        n = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
+        raw = head + f.read(min(n, size))
+    header, data_len = _header(path, raw)
+    if 8 + n + data_len != size:
+        raise CheckpointError(f"{path} is truncated or has trailing bytes ({size} bytes on disk)")
+    meta = _parse_metadata(path, header)
+    entries = {k: v for k, v in header.items() if k != "__metadata__"}
+    meta["weights"] = [w for w in WHICH if any(k.startswith(f"{w}.") for k in entries)]
+    meta["num_parameters"] = sum(
+        math.prod(v["shape"]) for k, v in entries.items() if k.startswith("ema.")
+    )
+    meta["path"] = str(path)
+    return meta
+
+
+def describe_schedule(schedule: NoiseSchedule) -> dict[str, Any]:
+    """``{"kind": ..., "num_timesteps": ..., <params>}``: ``linear`` or ``cosine`` when the
+    betas are exactly what that constructor gives, else ``custom``."""
+    T = schedule.num_timesteps
+    b0, b1 = schedule.betas[0].item(), schedule.betas[-1].item()
+    if torch.equal(schedule.betas, NoiseSchedule.linear(T, b0, b1).betas):
+        return {"kind": "linear", "num_timesteps": T, "beta_start": b0, "beta_end": b1}
+    if torch.equal(schedule.betas, NoiseSchedule.cosine(T).betas):
+        return {"kind": "cosine", "num_timesteps": T}
+    return {"kind": "custom", "num_timesteps": T}
+
+
+def check_state_dict(config: UNetConfig, state: Mapping[str, torch.Tensor], source: str) -> None:
+    """Raise :class:`CheckpointError` listing missing, unexpected and mis-shaped keys."""
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in UNet(config).state_dict().items()}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    bad_shape = [
+        f"{k} {tuple(state[k].shape)} != {expected[k]}"
+        for k in sorted(set(expected) & set(state))
+        if tuple(state[k].shape) != expected[k]
+    ]
+    problems = [
+        f"{label} ({len(items)}): {', '.join(items[:_MAX_LISTED])}"
+        + (", ..." if len(items) > _MAX_LISTED else "")
+        for label, items in (
+            ("missing keys", missing),
+            ("unexpected keys", unexpected),
+            ("shape mismatches", bad_shape),
+        )
+        if items
+    ]
+    if problems:
+        raise CheckpointError(f"{source} do not fit the U-Net config: " + "; ".join(problems))
+
+
+def resolve(path_or_name: str | os.PathLike[str]) -> Path:
+    """The file behind a path or a bundled model name; a clear error if it does not exist."""
+    path = Path(path_or_name)
+    if isinstance(path_or_name, str) and path_or_name in BUNDLED and not path.exists():
+        asset = importlib.resources.files("ddim") / "assets" / BUNDLED[path_or_name]
+        if not asset.is_file():
+            raise FileNotFoundError(
+                f"the bundled {path_or_name!r} model is not installed (expected {asset}); "
+                f"train it with `python -m ddim.train configs/{path_or_name}.yaml`"
+            )
+        return Path(str(asset))
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist or is not a file")
+    return path
+
+
+def convert_legacy(
+    path: str | os.PathLike[str],
+    which: str = "ema",
+    model_config: Mapping[str, Any] | None = None,
+) -> dict[str, torch.Tensor]:
+    """A U-Net state dict from an official DDIM or pesser checkpoint, keys in our layout.
+
+    - official ``ckpt.pth``: ``[model_state, optimizer_state, epoch, step, ema_state]``
+      with ``module.``-prefixed keys; ``which`` picks the EMA (last entry) or the model;
+    - pesser's ``model-*.ckpt``: one flat state dict (``which`` is then irrelevant).
+
+    The file is read with ``torch.load(weights_only=True)``: tensors and plain containers
+    only, never arbitrary pickled code. With ``model_config`` the result is checked against
+    that U-Net and every missing, unexpected or mis-shaped key is reported.
+    """
+    if which not in WHICH:
+        raise ValueError(f"which must be one of {', '.join(WHICH)}, got {which!r}")
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"legacy checkpoint {path} does not exist or is not a file")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"{path} holds objects other than tensors; refusing to unpickle it ({e})"
+        ) from None
+    except Exception as e:  # torch raises RuntimeError, EOFError, ... for damaged archives
+        raise CheckpointError(f"{path} is truncated or not a PyTorch checkpoint ({e})") from None
+    state = _legacy_state(obj, which, path)
+    if model_config is not None:
+        check_state_dict(UNetConfig.from_dict(dict(model_config)), state, f"weights in {path}")
+    return state
+
+
+def _legacy_state(obj: Any, which: str, path: Path) -> dict[str, torch.Tensor]:
+    if isinstance(obj, (list, tuple)):
+        if which == "ema" and len(obj) < 5:
+            raise CheckpointError(
+                f"{path} is a list of {len(obj)} entries with no EMA state "
+                f"(the official layout keeps it 5th); use which='model'"
+            )
+        obj = obj[-1] if which == "ema" else obj[0]
+    if not isinstance(obj, Mapping) or not obj:
+        raise CheckpointError(f"{path} holds no state dict (found {type(obj).__name__})")
+    not_tensors = [str(k) for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+    if not_tensors:
+        raise CheckpointError(f"{path}: entries that are not tensors: {', '.join(not_tensors[:8])}")
+    prefix = "module."
+    strip = all(str(k).startswith(prefix) for k in obj)
+    return {(k[len(prefix) :] if strip else k): v for k, v in obj.items()}
+
+
+def _read_bytes(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _header(path: Path, raw: bytes) -> tuple[dict[str, Any], int]:
+    """The parsed JSON header of a safetensors buffer and the length of its data section."""
+    try:
+        (n,) = struct.unpack("<Q", raw[:8])
+        if n > len(raw) - 8:
+            raise ValueError(f"header of {n} bytes is longer than the file")
+        header = json.loads(raw[8 : 8 + n])
+        data_len = max(
+            (v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0
+        )
+    except Exception as e:  # any malformed header is the same problem to the user
+        raise CheckpointError(f"{path} is truncated or not a safetensors file ({e})") from None
+    return header, data_len
+
+
+def _parse_metadata(path: Path, header: Mapping[str, Any]) -> dict[str, Any]:
+    meta = header.get("__metadata__") or {}
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is a safetensors file but not a ddim checkpoint")
+    version = int(meta.get("format_version", "0"))
+    if version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has format version {version}; this ddim reads up to {FORMAT_VERSION}"
+        )
+    try:
+        return {
+            "format_version": version,
+            "ddim_version": meta["ddim_version"],
+            "model_config": json.loads(meta["model_config"]),
+            "schedule": json.loads(meta["schedule"]),
+            "data_shape": json.loads(meta["data_shape"]),
+            "step": int(meta["step"]),
+            "extra": json.loads(meta["extra"]),
+            "sha256": meta["sha256"],
+        }
+    except (KeyError, ValueError) as e:
+        raise CheckpointError(f"{path} has damaged metadata ({type(e).__name__}: {e})") from None
+
+
+def _with_prefix(tensors: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def _digest(tensors: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 over every tensor's name, dtype, shape and raw bytes, in key order."""
+    h = hashlib.sha256()
+    for k in sorted(tensors):
+        t = tensors[k].detach().to("cpu").contiguous()
+        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+def _package_version() -> str:
+    try:
+        return importlib.metadata.version("ddim")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"

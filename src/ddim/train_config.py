@@ -1,0 +1,285 @@
+"""The typed training configuration, read from YAML with ``key.sub=value`` overrides.
+
+A config file has five top-level keys::
+
+    out_dir: runs/mnist        # relative paths resolve against the working directory
+    model: {...}               # UNetConfig fields
+    diffusion: {...}           # DiffusionConfig fields
+    data: {...}                # DataConfig fields
+    training: {...}            # TrainingConfig fields
+
+Unknown keys anywhere are an error that names the key. Values are coerced to the field's
+type where that is unambiguous: YAML reads ``1e-4`` (no dot) as a string, which a float
+field accepts, and lists become tuples.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ddim.data import DataConfig
+from ddim.models.unet import UNetConfig
+from ddim.schedule import NoiseSchedule
+
+SCHEDULES = ("linear", "cosine")
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    """The forward process: ``schedule`` is ``linear`` (with ``beta_start``/``beta_end``)
+    or ``cosine`` (Nichol & Dhariwal), over ``num_timesteps`` steps."""
+
+    schedule: str = "linear"
+    num_timesteps: int = 1000
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+
+    def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ValueError(
+                f"diffusion.schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}"
+            )
+        if self.num_timesteps < 1:
+            raise ValueError(f"diffusion.num_timesteps must be >= 1, got {self.num_timesteps}")
+        if not 0 < self.beta_start <= self.beta_end < 1:
+            raise ValueError(
+                f"diffusion needs 0 < beta_start <= beta_end < 1, "
+                f"got {self.beta_start}, {self.beta_end}"
+            )
+
+    def build(self) -> NoiseSchedule:
+        """The :class:`NoiseSchedule` this config describes."""
+        if self.schedule == "cosine":
+            return NoiseSchedule.cosine(self.num_timesteps)
+        return NoiseSchedule.linear(self.num_timesteps, self.beta_start, self.beta_end)
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Optimisation and bookkeeping; the defaults are the official CIFAR-10 settings.
+
+    ``batch_size`` is the global batch of one optimiser step, split over processes and
+    then over ``grad_accum`` micro-batches. ``warmup_steps`` ramps the learning rate
+    linearly from ``lr / warmup_steps``; ``grad_clip`` is the max global grad norm (0
+    disables clipping). ``antithetic`` pairs ``t`` with ``T - 1 - t`` as the official code
+    does. ``ckpt_every``/``sample_every``/``log_every`` are in steps (0 disables samples);
+    ``keep_last`` checkpoints are kept. ``device`` is ``auto``, ``cpu``, ``cuda`` or
+    ``cuda:N``.
+    """
+
+    total_steps: int = 800_000
+    batch_size: int = 128
+    lr: float = 2e-4
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    warmup_steps: int = 5000
+    grad_clip: float = 1.0
+    ema_decay: float = 0.9999
+    grad_accum: int = 1
+    bf16: bool = False
+    antithetic: bool = True
+    seed: int = 0
+    ckpt_every: int = 5000
+    keep_last: int = 3
+    sample_every: int = 5000
+    num_samples: int = 64
+    sample_steps: int = 50
+    log_every: int = 50
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        positive = (
+            "total_steps",
+            "batch_size",
+            "grad_accum",
+            "ckpt_every",
+            "keep_last",
+            "num_samples",
+            "sample_steps",
+            "log_every",
+        )
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"training.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("warmup_steps", "sample_every", "seed"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"training.{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("lr", "eps", "weight_decay", "grad_clip"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0 or (value == 0 and name in ("lr", "eps")):
+                raise ValueError(f"training.{name} must be a finite number > 0, got {value}")
+        if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
+            raise ValueError(
+                f"training.adam_betas must be two numbers in [0, 1), got {self.adam_betas}"
+            )
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"training.ema_decay must lie in [0, 1), got {self.ema_decay}")
+        if self.batch_size % self.grad_accum:
+            raise ValueError(
+                f"training.batch_size={self.batch_size} is not divisible by "
+                f"grad_accum={self.grad_accum}"
+            )
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A whole training run."""
+
+    model: UNetConfig
+    diffusion: DiffusionConfig
+    data: DataConfig
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    out_dir: str = "runs/ddim"
+
+    def __post_init__(self) -> None:
+        shape = (self.data.channels, self.data.image_size)
+        if shape != (self.model.in_channels, self.model.image_size):
+            raise ValueError(
+                f"data gives {self.data.channels}x{self.data.image_size}px images but the "
+                f"model takes {self.model.in_channels}x{self.model.image_size}px"
+            )
+        if self.model.out_channels != self.model.in_channels:
+            raise ValueError("model.out_channels must equal model.in_channels (eps-prediction)")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A nested, YAML/JSON-friendly dict that :func:`config_from_dict` reads back."""
+        return {
+            "out_dir": self.out_dir,
+            "model": self.model.to_dict(),
+            "diffusion": dataclasses.asdict(self.diffusion),
+            "data": self.data.to_dict(),
+            "training": {
+                **dataclasses.asdict(self.training),
+                "adam_betas": list(self.training.adam_betas),
+            },
+        }
+
+
+_SECTIONS: dict[str, type] = {
+    "model": UNetConfig,
+    "diffusion": DiffusionConfig,
+    "data": DataConfig,
+    "training": TrainingConfig,
+}
+
+
+def load_config(
+    path: str | os.PathLike[str], overrides: list[str] | tuple[str, ...] = ()
+) -> TrainConfig:
+    """Read a YAML config and apply ``key.sub=value`` overrides (values parsed as YAML)."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ValueError(f"cannot read config {path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise ValueError(f"config {path} is not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"config {path} must be a mapping of sections, got {type(raw).__name__}")
+    for item in overrides:
+        apply_override(raw, item)
+    return config_from_dict(raw, source=str(path))
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Set ``raw[a][b] = value`` from ``"a.b=value"`` (the value is parsed as YAML)."""
+    key, sep, text = item.partition("=")
+    parts = key.strip().split(".")
+    if not sep or not all(parts):
+        raise ValueError(f"override {item!r} must look like section.key=value")
+    if parts[0] == "out_dir" and len(parts) == 1:
+        raw["out_dir"] = text
+        return
+    if len(parts) != 2 or parts[0] not in _SECTIONS:
+        raise ValueError(f"unknown config key {key!r} in override {item!r}")
+    section = raw.setdefault(parts[0], {})
+    if not isinstance(section, dict):
+        raise ValueError(f"config section {parts[0]!r} must be a mapping")
+    section[parts[1]] = yaml.safe_load(text) if text.strip() else None
+
+
+def config_from_dict(raw: dict[str, Any], source: str = "config") -> TrainConfig:
+    """Build and validate a :class:`TrainConfig` from nested dicts."""
+    unknown = sorted(set(raw) - {*_SECTIONS, "out_dir"})
+    if unknown:
+        raise ValueError(f"unknown config key {unknown[0]!r} in {source}")
+    for name in ("model", "diffusion", "data"):
+        if not isinstance(raw.get(name), dict):
+            raise ValueError(f"{source} needs a {name!r} section")
+    sections = {
+        name: _build(cls, raw.get(name) or {}, name, source) for name, cls in _SECTIONS.items()
+    }
+    out_dir = raw.get("out_dir", "runs/ddim")
+    if not isinstance(out_dir, str) or not out_dir:
+        raise ValueError(f"out_dir in {source} must be a non-empty path")
+    try:
+        return TrainConfig(out_dir=out_dir, **sections)
+    except ValueError as e:
+        raise ValueError(f"{source}: {e}") from None
+
+
+def _build(cls: type, values: Any, section: str, source: str) -> Any:
+    if not isinstance(values, dict):
+        raise ValueError(f"config section {section!r} in {source} must be a mapping")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in names:
+            raise ValueError(f"unknown config key '{section}.{key}' in {source}")
+        kwargs[key] = _coerce(value, hints[key], f"{section}.{key}", source)
+    try:
+        return cls(**kwargs)
+    except TypeError as e:  # a required field is missing
+        raise ValueError(f"config section {section!r} in {source}: {e}") from None
+    except ValueError as e:
+        raise ValueError(f"{source}: {e}") from None
+
+
+def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
+    """``value`` as type ``hint`` where the conversion is lossless, else a ValueError."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        return _coerce(value, next(a for a in args if a is not type(None)), key, source)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"config key {key!r} in {source} must be a list, got {value!r}")
+        item = args[0]
+        if len(args) != 2 or args[1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ValueError(
+                    f"config key {key!r} in {source} needs {len(args)} values, got {len(value)}"
+                )
+            return tuple(_coerce(v, a, key, source) for v, a in zip(value, args, strict=True))
+        return tuple(_coerce(v, item, key, source) for v in value)
+    if hint is float and not isinstance(value, bool):
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            pass
+    elif hint is int and not isinstance(value, bool):
+        number = value
+        if isinstance(value, str):
+            try:
+                number = float(value)
+            except ValueError:
+                number = None
+        if isinstance(number, float) and number.is_integer():
+            return int(number)
+        if isinstance(number, int):
+            return number
+    elif hint is bool and isinstance(value, bool) or hint is str and isinstance(value, str):
+        return value
+    raise ValueError(f"config key {key!r} in {source} must be {hint.__name__}, got {value!r}")
