@@ -1,0 +1,203 @@
+"""The paper's experiments for any eps-model or oracle: Table 1, Table 2, Figures 5 and 6.
+
+- :func:`table1` — sample quality (Fréchet distance to reference statistics) for every
+  number of steps ``S`` and every row ``eta in etas`` (+ sigma-hat), Section 5.1. Sampling
+  is sharded over torchrun processes (:mod:`ddim.sharding`); sample ``i`` comes from seed
+  ``seed + i``, so every cell sees the same ``x_T`` and the result does not depend on the
+  number of processes.
+- :func:`table2` — per-dimension MSE of DDIM encode -> decode on ``[0, 1]`` pixels, Sec. 5.4.
+- :func:`consistency_figure` — the same ``x_T`` decoded at several ``S`` (Fig. 5), with the
+  fraction of samples whose label at ``S`` matches the label at the reference ``S``.
+- :func:`interpolation_figure` — slerp between four ``x_T`` decoded with DDIM (Fig. 6).
+
+Each ``write_*`` helper writes Markdown, JSON and PNG files atomically; only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ddim.images import save_png
+from ddim.io import atomic_write_text
+from ddim.metrics import FeatureFn, FeatureStats, consistency
+from ddim.reports import Row, mse_markdown, run_grid, write_fd_grid, write_json
+from ddim.sampling import Model
+from ddim.schedule import NoiseSchedule
+from ddim.sharding import merge_across_ranks, shard, world
+from ddim.workflows import decode, generate, interpolation_latents, reconstruct, seed_latents
+
+LabelFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+def sample_stats(
+    model: Model,
+    sched: NoiseSchedule,
+    feature_fn: FeatureFn,
+    *,
+    shape: Sequence[int],
+    n: int,
+    batch_size: int,
+    seed: int,
+    steps: int,
+    spacing: str = "uniform",
+    eta: float = 0.0,
+    variance: str = "ddim",
+    device: torch.device | str = "cpu",
+) -> FeatureStats:
+    """Feature statistics of ``n`` samples, this rank's share sampled here, then merged.
+
+    Sample ``i`` is drawn with seed ``seed + i`` (:func:`ddim.workflows.generate`).
+    """
+    rank, size = world()
+    mine = shard(n, rank, size)
+    stats = None
+    for start in range(mine.start, mine.stop, batch_size):
+        count = min(batch_size, mine.stop - start)
+        x0 = generate(
+            model, sched, count, shape, seed=seed + start, batch_size=count, device=device,
+            steps=steps, spacing=spacing, eta=eta, variance=variance,
+        )  # fmt: skip
+        batch = FeatureStats.from_features(feature_fn(x0))
+        stats = batch if stats is None else stats.merge(batch)
+    return merge_across_ranks(stats)
+
+
+def table1(
+    model: Model,
+    sched: NoiseSchedule,
+    steps_list: Sequence[int],
+    etas: Sequence[float],
+    sigma_hat: bool,
+    n: int,
+    batch_size: int,
+    feature_fn: FeatureFn,
+    ref_stats: FeatureStats,
+    seed: int = 0,
+    *,
+    shape: Sequence[int],
+    spacing: str = "uniform",
+    device: torch.device | str = "cpu",
+) -> list[Row]:
+    """Table 1: FD between ``n`` samples and ``ref_stats`` for each ``(setting, S)``.
+
+    Rows are ``eta in etas`` with eq. 16's sigma, then (``sigma_hat``) the official
+    ``ddpm_noisy`` step, which clips x0_pred. ``shape`` is one sample's shape.
+    """
+
+    def fd_of(steps: int, eta: float, variance: str) -> float:
+        stats = sample_stats(
+            model, sched, feature_fn, shape=shape, n=n, batch_size=batch_size, seed=seed,
+            steps=steps, spacing=spacing, eta=eta, variance=variance, device=device,
+        )  # fmt: skip
+        return stats.frechet_distance(ref_stats)
+
+    return run_grid(fd_of, steps_list, etas, sigma_hat)
+
+
+def write_table1(
+    rows: Sequence[Row], out_dir: str | os.PathLike[str], meta: Mapping[str, Any]
+) -> list[Path]:
+    """``table1.md``, ``table1.json`` and ``table1.png`` (on rank 0 only)."""
+    if world()[0] != 0:
+        return []
+    return write_fd_grid(rows, out_dir, "table1", meta, title=str(meta.get("title", "")))
+
+
+def table2(
+    model: Model,
+    sched: NoiseSchedule,
+    images: torch.Tensor,
+    steps_list: Sequence[int],
+    *,
+    spacing: str = "uniform",
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
+) -> dict[int, float]:
+    """Table 2: mean per-dimension MSE of encode -> decode, pixels scaled to ``[0, 1]``."""
+    x0 = images.to(device)
+    mse = {}
+    for s in steps_list:
+        rec = reconstruct(model, sched, x0, steps=s, spacing=spacing, batch_size=batch_size)
+        mse[int(s)] = rec.mse.mean().item()
+    return mse
+
+
+def write_table2(
+    mse: Mapping[int, float], out_dir: str | os.PathLike[str], meta: Mapping[str, Any]
+) -> list[Path]:
+    """``table2.md`` and ``table2.json``."""
+    out = Path(out_dir)
+    md, js = out / "table2.md", out / "table2.json"
+    atomic_write_text(md, mse_markdown(mse))
+    write_json(js, {"meta": dict(meta), "mse": {str(s): v for s, v in mse.items()}})
+    return [md, js]
+
+
+def consistency_figure(
+    model: Model,
+    sched: NoiseSchedule,
+    steps_list: Sequence[int],
+    label_fn: LabelFn,
+    out_dir: str | os.PathLike[str],
+    *,
+    shape: Sequence[int],
+    n: int = 100,
+    show: int = 8,
+    ref_steps: int = 1000,
+    seed: int = 0,
+    spacing: str = "uniform",
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
+) -> dict[int, float]:
+    """Fig. 5: decode the same ``n`` latents at each ``S``; label agreement with ``ref_steps``.
+
+    Writes ``consistency.png`` (one row per ``S``, ascending, then the reference; the first
+    ``show`` samples) and ``consistency.json``. Returns ``{S: fraction of the n samples whose
+    label_fn label equals the label at ref_steps}``.
+    """
+    latents = seed_latents(range(seed, seed + n), shape, device=device)
+    kwargs = {"spacing": spacing, "batch_size": batch_size}
+    ref = decode(model, sched, latents, steps=ref_steps, **kwargs)
+    ref_labels = label_fn(ref)
+    agreement, strips = {}, []
+    for s in sorted(steps_list):
+        x = ref if s == ref_steps else decode(model, sched, latents, steps=s, **kwargs)
+        agreement[int(s)] = consistency(label_fn(x), ref_labels)
+        strips.append(x[:show])
+    if ref_steps not in steps_list:
+        strips.append(ref[:show])
+    out = Path(out_dir)
+    save_png(out / "consistency.png", torch.cat(strips).cpu(), nrow=min(show, n))
+    write_json(
+        out / "consistency.json",
+        {"n": n, "seed": seed, "ref_steps": ref_steps, "spacing": spacing,
+         "agreement": {str(s): v for s, v in agreement.items()}},
+    )  # fmt: skip
+    return agreement
+
+
+def interpolation_figure(
+    model: Model,
+    sched: NoiseSchedule,
+    out_path: str | os.PathLike[str],
+    *,
+    shape: Sequence[int],
+    frames: int = 8,
+    steps: int = 50,
+    seed: int = 0,
+    spacing: str = "uniform",
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """Fig. 6: a ``frames x frames`` grid slerped between the latents of seeds ``seed..seed+3``
+    (:func:`ddim.slerp_grid`), decoded with DDIM; written as one PNG. Returns the images."""
+    corners = seed_latents(range(seed, seed + 4), shape, device=device)
+    latents = interpolation_latents(corners, frames)
+    images = decode(model, sched, latents, steps=steps, spacing=spacing, batch_size=batch_size)
+    save_png(out_path, images.cpu(), nrow=frames)
+    return images

@@ -1,0 +1,182 @@
+"""An exact benchmark of the samplers: Gaussian data, exact ``eps*``, exact output law.
+
+For data ``x_0 ~ N(0, diag(lambda))`` the noised marginal is ``N(0, diag(a lambda + 1 - a))``
+(``a = alpha_bar(t)``), so the Bayes-optimal noise predictor (Tweedie; ``ddim.oracle`` eq. 1)
+is linear in ``x`` per coordinate::
+
+    eps*(x, t) = sqrt(1 - a) x / (a lambda + 1 - a)                                    (1)
+
+With it every step of eq. 12 (any ``eta``, and the sigma-hat step without clipping) is
+``x_prev = g_k x + s_k z_k`` per coordinate, with ``z_k ~ N(0, 1)``. From ``x_T ~ N(0, 1)``
+the output is therefore ``N(0, v)`` with ``v`` given by the recursion::
+
+    v_0 = 1,    v_k = g_k^2 v_{k-1} + s_k^2                                            (2)
+
+:func:`output_variance` reads ``g_k`` and ``s_k`` off the real :func:`ddim.sample` instead of
+re-deriving them: it runs two float64 rows through it, one starting at ``x_T = 1`` with no
+noise (its state after step ``k`` is ``prod_{j<=k} g_j``) and one at ``x_T = 0`` with
+``z_k = 1`` at every step (state ``y_k = g_k y_{k-1} + s_k``). The Fréchet distance between
+``N(0, diag(v))`` and the data law is then the exact squared 2-Wasserstein distance::
+
+    FD = W2^2 = sum_i (sqrt(v_i) - sqrt(lambda_i))^2                                   (3)
+
+with no Monte Carlo error. Natural images have power spectra ``~ 1/f^2``, i.e. covariance
+eigenvalues ``lambda_k ~ k^-1`` in rank order; :func:`power_law_spectrum` builds such a
+``lambda``. :func:`mixture_fd` is the Monte Carlo counterpart for a Gaussian mixture oracle.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from ddim.metrics import FeatureStats, frechet_distance
+from ddim.oracle import GaussianMixture
+from ddim.reports import Row, run_grid
+from ddim.sampling import per_sample_randn, sample, seeded_generators
+from ddim.schedule import NoiseSchedule
+
+F64 = torch.float64
+
+
+def power_law_spectrum(dim: int, alpha: float = 1.0) -> torch.Tensor:
+    """``lambda_k = k^-alpha`` for ``k = 1 .. dim`` (float64): largest variance 1."""
+    if dim < 1:
+        raise ValueError(f"dim must be >= 1, got {dim}")
+    if not math.isfinite(alpha) or alpha < 0:
+        raise ValueError(f"alpha must be a finite number >= 0, got {alpha}")
+    return torch.arange(1, dim + 1, dtype=F64) ** -alpha
+
+
+class DiagonalGaussian:
+    """The exact ``eps*`` of eq. (1) for ``N(0, diag(lambda))``, a sampler-ready callable."""
+
+    def __init__(self, lam: torch.Tensor, sched: NoiseSchedule) -> None:
+        lam = torch.as_tensor(lam, dtype=F64)
+        if lam.ndim != 1 or lam.numel() < 1:
+            raise ValueError(f"lambda must be a non-empty 1-D tensor, got {tuple(lam.shape)}")
+        if not (torch.isfinite(lam).all() and (lam > 0).all()):
+            raise ValueError("lambda must be finite and > 0")
+        self.lam = lam
+        self.sched = sched
+        self._alpha_bar = sched.alpha_bar
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """``eps*(x, t)`` for ``x`` ``(B, D)`` and ``t`` a LongTensor ``(B,)``."""
+        if x.ndim != 2 or x.shape[1] != self.lam.numel():
+            raise ValueError(f"x must have shape (B, {self.lam.numel()}), got {tuple(x.shape)}")
+        a = self._alpha_bar.to(x.device)[t.to(x.device)][:, None]
+        lam = self.lam.to(x.device)
+        return ((1 - a).sqrt() * x / (a * lam + 1 - a)).to(x.dtype)
+
+
+def output_variance(
+    lam: torch.Tensor,
+    sched: NoiseSchedule,
+    steps: int | Sequence[int],
+    spacing: str = "uniform",
+    eta: float = 0.0,
+    variance: str = "ddim",
+) -> torch.Tensor:
+    """The exact per-coordinate variance ``v`` of the sampler's output, eq. (2).
+
+    The sampler is :func:`ddim.sample` itself, run on :class:`DiagonalGaussian` in float64
+    with ``clip_denoised=False`` (clipping would make the step nonlinear).
+    """
+    oracle = DiagonalGaussian(lam, sched)
+    dim = oracle.lam.numel()
+    x_T = torch.stack([torch.ones(dim, dtype=F64), torch.zeros(dim, dtype=F64)])
+    noise = torch.zeros(len(sched.timesteps(steps, spacing)), 2, dim, dtype=F64)
+    noise[:, 1] = 1.0
+    state = {"prev": x_T, "var": torch.ones(dim, dtype=F64)}
+
+    def track(i: int, t: int, x: torch.Tensor, x0_pred: torch.Tensor) -> None:
+        prev = state["prev"]
+        gain = x[0] / prev[0]  # g_k
+        kick = x[1] - gain * prev[1]  # s_k
+        state["var"] = gain**2 * state["var"] + kick**2
+        state["prev"] = x
+
+    sample(
+        oracle, x_T, sched, steps, spacing, eta=eta, variance=variance,
+        clip_denoised=False, noise=noise, callback=track,
+    )  # fmt: skip
+    return state["var"]
+
+
+def gaussian_w2(var: torch.Tensor, lam: torch.Tensor) -> float:
+    """Eq. (3): ``W2^2`` between ``N(0, diag(var))`` and ``N(0, diag(lam))``."""
+    return float(((var.sqrt() - lam.sqrt()) ** 2).sum())
+
+
+def exact_grid(
+    lam: torch.Tensor,
+    sched: NoiseSchedule,
+    steps_list: Sequence[int],
+    etas: Sequence[float],
+    sigma_hat: bool = True,
+    spacing: str = "uniform",
+) -> list[Row]:
+    """The exact FD (eq. 3) for every ``S`` in ``steps_list`` and every row of Table 1."""
+
+    def fd_of(steps: int, eta: float, variance: str) -> float:
+        return gaussian_w2(output_variance(lam, sched, steps, spacing, eta, variance), lam)
+
+    return run_grid(fd_of, steps_list, etas, sigma_hat)
+
+
+def mixture_grid(
+    mixture: GaussianMixture,
+    steps_list: Sequence[int],
+    etas: Sequence[float],
+    sigma_hat: bool = True,
+    spacing: str = "uniform",
+    n: int = 10_000,
+    seed: int = 0,
+) -> list[Row]:
+    """:func:`mixture_fd` for every cell of the grid (the same ``x_T`` in every cell)."""
+
+    def fd_of(steps: int, eta: float, variance: str) -> float:
+        return mixture_fd(mixture, n, steps, spacing, eta, variance, seed)
+
+    return run_grid(fd_of, steps_list, etas, sigma_hat)
+
+
+def mixture_fd(
+    mixture: GaussianMixture,
+    n: int,
+    steps: int | Sequence[int],
+    spacing: str = "uniform",
+    eta: float = 0.0,
+    variance: str = "ddim",
+    seed: int = 0,
+    batch_size: int = 1000,
+) -> float:
+    """Monte Carlo FD between ``n`` samples of ``ddim.sample`` on ``mixture`` and its law.
+
+    Sample ``i`` uses seed ``seed + i``; x0_pred is not clipped. The reference is the
+    mixture's exact mean and covariance, so the estimate carries the error of ``n`` draws;
+    :func:`mixture_floor` measures that error on true draws.
+    """
+    stats = None
+    for lo in range(0, n, batch_size):
+        gens = seeded_generators(seed + lo, min(batch_size, n - lo))
+        x_T = per_sample_randn(gens, mixture.shape, dtype=F64, device="cpu")
+        x0 = sample(
+            mixture, x_T, mixture.sched, steps, spacing, eta=eta, variance=variance,
+            clip_denoised=False, generators=gens,
+        )  # fmt: skip
+        batch = FeatureStats.from_features(x0.reshape(x0.shape[0], -1))
+        stats = batch if stats is None else stats.merge(batch)
+    if stats is None:
+        raise ValueError(f"n must be >= 1, got {n}")
+    return frechet_distance(stats.mu, stats.sigma, mixture.mean.numpy(), mixture.covariance.numpy())
+
+
+def mixture_floor(mixture: GaussianMixture, n: int, seed: int = 0) -> float:
+    """The FD of ``n`` exact draws from ``mixture`` to its law: the Monte Carlo floor."""
+    x = mixture.sample(n, torch.Generator().manual_seed(seed))
+    stats = FeatureStats.from_features(x.reshape(n, -1))
+    return frechet_distance(stats.mu, stats.sigma, mixture.mean.numpy(), mixture.covariance.numpy())

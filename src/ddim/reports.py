@@ -1,0 +1,134 @@
+"""Grids shaped like the paper's Table 1 and their outputs: Markdown, JSON and a plot.
+
+A grid has one row per sampler setting (each ``eta``, then sigma-hat) and one column per
+number of steps ``S``; each cell is a Fréchet distance. Every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from ddim.io import atomic_write_bytes, atomic_write_text
+
+SIGMA_HAT = "ddpm-large"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One cell of a Table-1 grid: a sampler setting, its Fréchet distance and its cost."""
+
+    steps: int
+    eta: float | None
+    variance: str
+    fd: float
+    seconds: float
+
+    @property
+    def label(self) -> str:
+        """The row name of the paper's Table 1: ``η = 0.5`` or ``σ̂``."""
+        return "σ̂" if self.variance == SIGMA_HAT else f"η = {self.eta:g}"
+
+
+def settings(etas: Sequence[float], sigma_hat: bool) -> list[tuple[float | None, str]]:
+    """``(eta, variance)`` for each row of Table 1: the etas, then sigma-hat if asked."""
+    bad = [e for e in etas if not e >= 0]
+    if bad:
+        raise ValueError(f"etas must be >= 0, got {bad}")
+    rows: list[tuple[float | None, str]] = [(float(e), "ddim") for e in etas]
+    return rows + ([(None, SIGMA_HAT)] if sigma_hat else [])
+
+
+def run_grid(
+    fd_of: Callable[[int, float, str], float],
+    steps_list: Sequence[int],
+    etas: Sequence[float],
+    sigma_hat: bool,
+) -> list[Row]:
+    """Call ``fd_of(steps, eta, variance)`` for every cell, timing each one."""
+    rows = []
+    for eta, variance in settings(etas, sigma_hat):
+        for steps in steps_list:
+            start = time.perf_counter()
+            fd = fd_of(int(steps), eta or 0.0, variance)
+            rows.append(Row(int(steps), eta, variance, fd, time.perf_counter() - start))
+    return rows
+
+
+def fd_markdown(rows: Sequence[Row], digits: int = 4) -> str:
+    """Rows = sampler settings, columns = ``S``, like the paper's Table 1."""
+    steps = sorted({r.steps for r in rows})
+    labels = list(dict.fromkeys(r.label for r in rows))
+    cell = {(r.label, r.steps): r.fd for r in rows}
+    lines = [
+        "| | " + " | ".join(f"S = {s}" for s in steps) + " |",
+        "|---|" + "---:|" * len(steps),
+    ]
+    for label in labels:
+        values = [f"{cell[label, s]:.{digits}g}" if (label, s) in cell else "" for s in steps]
+        lines.append(f"| {label} | " + " | ".join(values) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def fd_plot_png(rows: Sequence[Row], ylabel: str = "Fréchet distance", title: str = "") -> bytes:
+    """FD against ``S`` (log-x, log-y when every FD is positive), one line per setting."""
+    fig = Figure(figsize=(5.5, 4), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for label in dict.fromkeys(r.label for r in rows):
+        line = sorted((r.steps, r.fd) for r in rows if r.label == label)
+        name = label.replace("σ̂", r"$\hat{\sigma}$").replace("η", r"$\eta$")
+        ax.plot([s for s, _ in line], [f for _, f in line], marker="o", label=name)
+    ax.set_xscale("log")
+    if all(r.fd > 0 for r in rows):
+        ax.set_yscale("log")
+    ax.set_xlabel("S (sampling steps)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=8)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def write_json(path: str | os.PathLike[str], obj: Any) -> None:
+    """Pretty JSON, written atomically."""
+    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def write_fd_grid(
+    rows: Sequence[Row],
+    out_dir: str | os.PathLike[str],
+    name: str,
+    meta: Mapping[str, Any],
+    title: str = "",
+) -> list[Path]:
+    """``<name>.md``, ``<name>.json`` (rows and ``meta``) and ``<name>.png`` in ``out_dir``."""
+    out = Path(out_dir)
+    md, js, png = out / f"{name}.md", out / f"{name}.json", out / f"{name}.png"
+    heading = f"# {title}\n\n" if title else ""
+    atomic_write_text(md, heading + fd_markdown(rows))
+    write_json(js, {"meta": dict(meta), "rows": [asdict(r) | {"label": r.label} for r in rows]})
+    atomic_write_bytes(png, fd_plot_png(rows, title=title))
+    return [md, js, png]
+
+
+def mse_markdown(mse: Mapping[int, float]) -> str:
+    """Table 2's layout: one column per ``S``, the per-dimension MSE below."""
+    steps = sorted(mse)
+    return (
+        "| S | " + " | ".join(str(s) for s in steps) + " |\n"
+        "|---|" + "---:|" * len(steps) + "\n"
+        "| MSE | " + " | ".join(f"{mse[s]:.4g}" for s in steps) + " |\n"
+    )

@@ -1,0 +1,195 @@
+"""Batched end-to-end uses of a model: generate, encode, decode, reconstruct, interpolate.
+
+These are the functions behind the ``ddim`` command, for Python users. They split work into
+batches without changing results: image ``i`` of :func:`generate` comes from seed
+``seed + i`` whatever ``batch_size`` is, and encoding and decoding are deterministic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ddim.interpolate import slerp, slerp_grid
+from ddim.sampling import (
+    Callback,
+    Model,
+    Trajectory,
+    invert,
+    per_sample_randn,
+    sample,
+    seeded_generators,
+)
+from ddim.schedule import NoiseSchedule
+
+
+def model_calls(sched: NoiseSchedule, steps: int | Sequence[int], spacing: str) -> int:
+    """How many model evaluations one batch takes (repeated timesteps cost none)."""
+    return int(sched.timesteps(steps, spacing).unique().numel())
+
+
+def seed_latents(
+    seeds: Sequence[int],
+    shape: Sequence[int],
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """``x_T`` for each seed: the first draw of a generator seeded with it, so seed ``s`` gives
+    the latent of image 0 of ``generate(..., seed=s)``."""
+    gens = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+    return per_sample_randn(gens, shape, dtype=dtype, device=device)
+
+
+def _batches(n: int, batch_size: int) -> list[tuple[int, int]]:
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    return [(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
+
+
+def _merge(parts: list[Trajectory]) -> Trajectory:
+    """Concatenate per-batch trajectories of the same timesteps along the batch axis."""
+    return Trajectory(
+        timesteps=list(parts[0].timesteps),
+        xs=[torch.cat(states) for states in zip(*(p.xs for p in parts), strict=True)],
+        x0_preds=[torch.cat(preds) for preds in zip(*(p.x0_preds for p in parts), strict=True)],
+    )
+
+
+def generate(
+    model: Model,
+    sched: NoiseSchedule,
+    n: int,
+    shape: Sequence[int],
+    *,
+    seed: int = 0,
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
+    steps: int | Sequence[int] = 50,
+    spacing: str = "uniform",
+    eta: float = 0.0,
+    variance: str = "ddim",
+    clip_denoised: bool | None = None,
+    return_trajectory: bool = False,
+    callback: Callback | None = None,
+) -> torch.Tensor | tuple[torch.Tensor, Trajectory]:
+    """Draw ``n`` samples of ``shape`` ``(C, H, W)`` with :func:`ddim.sample`, in batches.
+
+    Sample ``i`` takes ``x_T`` and all its step noise from one generator seeded ``seed + i``
+    on ``device``, so it does not depend on ``batch_size``. With ``return_trajectory`` the
+    per-batch trajectories are joined into one of the whole set.
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    outputs, trajectories = [], []
+    for start, stop in _batches(n, batch_size):
+        gens = seeded_generators(seed + start, stop - start, device)
+        x_T = per_sample_randn(gens, shape, dtype=torch.float32, device=device)
+        out = sample(
+            model,
+            x_T,
+            sched,
+            steps,
+            spacing,
+            eta,
+            variance=variance,
+            clip_denoised=clip_denoised,
+            generators=gens,
+            return_trajectory=return_trajectory,
+            callback=callback,
+        )
+        if return_trajectory:
+            out, trajectory = out
+            trajectories.append(trajectory)
+        outputs.append(out)
+    x0 = torch.cat(outputs)
+    return (x0, _merge(trajectories)) if return_trajectory else x0
+
+
+def decode(
+    model: Model,
+    sched: NoiseSchedule,
+    latents: torch.Tensor,
+    *,
+    steps: int | Sequence[int] = 50,
+    spacing: str = "uniform",
+    batch_size: int = 64,
+    callback: Callback | None = None,
+) -> torch.Tensor:
+    """Deterministic DDIM decoding (``eta = 0``) of latents ``x_T``, in batches."""
+    parts = [
+        sample(model, latents[a:b], sched, steps, spacing, 0.0, callback=callback)
+        for a, b in _batches(latents.shape[0], batch_size)
+    ]
+    return torch.cat(parts)
+
+
+def encode(
+    model: Model,
+    sched: NoiseSchedule,
+    x0: torch.Tensor,
+    *,
+    steps: int | Sequence[int] = 50,
+    spacing: str = "uniform",
+    batch_size: int = 64,
+    callback: Callback | None = None,
+) -> torch.Tensor:
+    """Deterministic DDIM encoding ``x_0 -> x_T`` (:func:`ddim.invert`), in batches."""
+    parts = [
+        invert(model, x0[a:b], sched, steps, spacing, callback=callback)
+        for a, b in _batches(x0.shape[0], batch_size)
+    ]
+    return torch.cat(parts)
+
+
+def per_dim_mse(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-image mean squared error per dimension on ``[0, 1]``-scaled pixels (the scale of
+    the paper's Section 5.4), for two batches in ``[-1, 1]``: ``mean(((x - y) / 2) ** 2)``."""
+    if x.shape != y.shape:
+        raise ValueError(f"per_dim_mse needs equal shapes, got {tuple(x.shape)}, {tuple(y.shape)}")
+    return ((x.double() - y.double()) / 2).pow(2).flatten(1).mean(dim=1)
+
+
+@dataclass(frozen=True)
+class Reconstruction:
+    """The result of :func:`reconstruct`: the latents, the decoded images (unclipped) and
+    the per-image MSE between input and reconstruction on the ``[0, 1]`` pixel scale."""
+
+    latents: torch.Tensor
+    images: torch.Tensor
+    mse: torch.Tensor
+
+
+def reconstruct(
+    model: Model,
+    sched: NoiseSchedule,
+    x0: torch.Tensor,
+    *,
+    steps: int | Sequence[int] = 50,
+    spacing: str = "uniform",
+    batch_size: int = 64,
+    callback: Callback | None = None,
+) -> Reconstruction:
+    """Encode then decode with the same timesteps (paper Section 5.4)."""
+    kwargs = {"steps": steps, "spacing": spacing, "batch_size": batch_size, "callback": callback}
+    latents = encode(model, sched, x0, **kwargs)
+    images = decode(model, sched, latents, **kwargs)
+    return Reconstruction(latents, images, per_dim_mse(x0.to(images.device), images))
+
+
+def interpolation_latents(corners: torch.Tensor, frames: int) -> torch.Tensor:
+    """Latents to decode for an interpolation, flattened into one batch.
+
+    Two corners give ``frames`` slerps from the first to the second; four (top-left,
+    top-right, bottom-left, bottom-right) give the paper's ``frames x frames`` grid, row by
+    row (:func:`ddim.slerp_grid`).
+    """
+    if frames < 2:
+        raise ValueError(f"an interpolation needs at least 2 frames, got {frames}")
+    if corners.shape[0] == 2:
+        alphas = torch.linspace(0, 1, frames, dtype=corners.dtype, device=corners.device)
+        return slerp(corners[0], corners[1], alphas)
+    if corners.shape[0] == 4:
+        return slerp_grid(corners, frames, frames).flatten(0, 1)
+    raise ValueError(f"an interpolation needs 2 or 4 latents, got {corners.shape[0]}")
