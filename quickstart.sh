@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The README's Quick start: `./quickstart.sh sample [ddim sample options]` or `./quickstart.sh test`.
+# Either one creates (or reuses) the virtual environment .venv and installs the package into it.
+# Set DDIM_CONSTRAINTS to a pip constraints file to pin versions (CI pins torch this way).
+set -euo pipefail
+cd "$(dirname "$0")"
+
+venv=${DDIM_VENV:-.venv}
+python=${PYTHON:-python3}
+
+die() { echo "quickstart: $*" >&2; exit 2; }
+
+setup() {  # $1: the pip extra to install ("" or "test")
+    local spec=. stamp="$venv/.ddim-installed"
+    [ -n "$1" ] && spec=".[$1]" && stamp="$stamp-$1"
+    if [ ! -x "$venv/bin/python" ]; then
+        "$python" -c 'import sys; sys.exit(sys.version_info < (3, 10))' \
+            || die "Python 3.10 or newer is needed; set PYTHON=/path/to/python3.x"
+        "$python" -m venv "$venv"
+    fi
+    if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+        local pin=()
+        [ -n "${DDIM_CONSTRAINTS:-}" ] && pin=(-c "$DDIM_CONSTRAINTS")
+        "$venv/bin/python" -m pip install -q --disable-pip-version-check -e "$spec" "${pin[@]}"
+        touch "$stamp"
+    fi
+}
+
+case "${1:-}" in
+    sample)
+        shift
+        setup ""
+        exec "$venv/bin/ddim" sample "$@"
+        ;;
+    test)
+        shift
+        setup test
+        "$venv/bin/ruff" check src tests benchmarks
+        exec "$venv/bin/python" -m pytest -q "$@"
+        ;;
+    *)
+        die "usage: ./quickstart.sh sample [OPTIONS] | ./quickstart.sh test [PYTEST ARGS]"
+        ;;
+esac

@@ -1,0 +1,67 @@
+"""``ddim convert``: weights between the official, pesser, diffusers and ddim formats."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ddim import convert
+from ddim.cli import common
+
+
+@click.command("convert", short_help="Convert weights between formats.")
+@click.argument("src", type=click.Path(exists=True))
+@click.argument("dst", type=click.Path())
+@click.option(
+    "--from",
+    "src_format",
+    type=click.Choice(convert.SOURCES),
+    required=True,
+    help="official: DDIM ckpt.pth; pesser: model-*.ckpt; ours: .safetensors; "
+    "diffusers: a pipeline or UNet2DModel folder",
+)
+@click.option(
+    "--to",
+    "dst_format",
+    type=click.Choice(convert.TARGETS),
+    required=True,
+    help="ours: a .safetensors checkpoint (EMA weights); diffusers: a DDPMPipeline folder",
+)
+@click.option(
+    "--config",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="YAML config of official/pesser weights (official DDIM or ddim training config)  "
+    "[default: the official CIFAR-10 model]",
+)
+@click.option(
+    "--which",
+    type=click.Choice(["ema", "model"]),
+    default="ema",
+    show_default=True,
+    help="the EMA or the raw training weights, where the source has both",
+)
+@common.force_option
+def convert_command(
+    src: str,
+    dst: str,
+    src_format: str,
+    dst_format: str,
+    config: str | None,
+    which: str,
+    force: bool,
+) -> None:
+    """Convert the weights in SRC to DST; the result computes the same eps."""
+    if dst_format == "ours":
+        common.check_suffix(Path(dst), (".safetensors",), "DST")
+        common.check_writable(Path(dst), force)
+    elif Path(dst).exists() and not force:
+        raise FileExistsError(f"{dst} already exists; pass --force to overwrite it")
+    if config is not None and src_format not in ("official", "pesser"):
+        raise click.UsageError("--config applies to --from official or pesser only")
+    loaded = convert.convert(
+        src, dst, src_format, dst_format, config=config, which=which, overwrite=force
+    )
+    n = sum(p.numel() for p in loaded.model.parameters())
+    click.echo(f"wrote {dst} ({dst_format}, {n:,} parameters)")

@@ -1,0 +1,115 @@
+"""``ddim interpolate``: decode slerps between latents of seeds or encoded images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import torch
+
+from ddim import images, workflows
+from ddim.cli import common
+from ddim.cli.sample import MAX_SEED
+
+SEED = click.IntRange(0, MAX_SEED)
+IMAGE = click.Path(exists=True, dir_okay=False)
+
+
+@click.command("interpolate", short_help="Decode slerps between two (or four) latents.")
+@click.option(
+    "--seeds",
+    type=(SEED, SEED),
+    multiple=True,
+    metavar="A B",
+    help="interpolate between the x_T of two seeds (seed s gives image 0 of "
+    "'ddim sample --seed s'); with --grid give it twice: top pair, then bottom pair",
+)
+@click.option(
+    "--images",
+    "image_pairs",
+    type=(IMAGE, IMAGE),
+    multiple=True,
+    metavar="A.png B.png",
+    help="interpolate between two images, encoded first; with --grid give it twice",
+)
+@click.option(
+    "--grid",
+    is_flag=True,
+    help="the paper's 2-D interpolation between four corners: FRAMES x FRAMES images",
+)
+@click.option(
+    "--frames",
+    type=click.IntRange(min=2),
+    default=10,
+    show_default=True,
+    help="images along each interpolation (the ends included)",
+)
+@click.option(
+    "--out",
+    default="interpolation.png",
+    show_default=True,
+    metavar="PATH.png",
+    help="a strip (or, with --grid, a grid) of the decoded images",
+)
+@click.option("--gif", default=None, metavar="PATH.gif", help="also write the strip as a GIF")
+@common.model_options
+@common.force_option
+def interpolate_command(
+    seeds: tuple[tuple[int, int], ...],
+    image_pairs: tuple[tuple[str, str], ...],
+    grid: bool,
+    frames: int,
+    out: str,
+    gif: str | None,
+    ckpt: str,
+    steps: int,
+    spacing: str,
+    batch_size: int,
+    device: torch.device,
+    force: bool,
+) -> None:
+    """Interpolate spherically between latents x_T and decode with DDIM (eta = 0)."""
+    if bool(seeds) == bool(image_pairs):
+        raise click.UsageError("give either --seeds A B or --images A.png B.png")
+    pairs = seeds or image_pairs
+    if len(pairs) != (2 if grid else 1):
+        option = "--seeds" if seeds else "--images"
+        raise click.UsageError(
+            f"{option} must be given twice with --grid (four corners)"
+            if grid
+            else f"{option} takes one pair; give two pairs only with --grid"
+        )
+    if gif is not None and grid:
+        raise click.UsageError("--gif animates a line interpolation; drop --grid")
+    common.check_suffix(Path(out), (".png",), "--out")
+    common.check_writable(Path(out), force)
+    if gif is not None:
+        common.check_suffix(Path(gif), (".gif",), "--gif")
+        common.check_writable(Path(gif), force)
+
+    model, schedule = common.load_model(ckpt, device)
+    common.check_steps(schedule, steps)
+    shape = common.image_shape(model)
+    ends = [item for pair in pairs for item in pair]
+    n = frames * frames if grid else frames
+    total = common.bar_total(schedule, steps, spacing, n, batch_size)
+    if image_pairs:
+        total += common.bar_total(schedule, steps, spacing, len(ends), batch_size)
+    with common.progress_bar(total, "interpolating") as bar:
+
+        def tick(*_: object) -> None:
+            bar.update()
+
+        kwargs = {"steps": steps, "spacing": spacing, "batch_size": batch_size, "callback": tick}
+        if seeds:
+            corners = workflows.seed_latents(ends, shape, device)
+        else:
+            x0, _ = images.read_images(ends, shape[0], shape[1])
+            corners = workflows.encode(model, schedule, x0.to(device), **kwargs)
+        latents = workflows.interpolation_latents(corners, frames)
+        x = workflows.decode(model, schedule, latents, **kwargs)
+    images.save_png(out, x, nrow=frames)
+    click.echo(f"wrote {'a grid' if grid else 'a strip'} of {n} images to {out}")
+    if gif is not None:
+        images.save_gif(gif, [x[i : i + 1] for i in range(n)])
+        click.echo(f"wrote {n} frames to {gif}")

@@ -1,0 +1,42 @@
+"""``ddim train``: the training loop of :mod:`ddim.training`, from a YAML config."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ddim.cli import common
+
+
+@click.command("train", short_help="Train a model from a YAML config.")
+@click.argument("config", type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="override a config value, e.g. --set training.lr=1e-3 (repeatable)",
+)
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="continue from the latest checkpoint in out_dir (starts fresh if there is none)",
+)
+@click.option("--no-progress", is_flag=True, help="hide the progress bar")
+def train_command(config: str, overrides: tuple[str, ...], resume: bool, no_progress: bool) -> None:
+    """Train an eps-model as CONFIG describes.
+
+    Under torchrun: torchrun --nproc_per_node=K -m ddim.cli train CONFIG.
+
+    Exits with 130 when SIGINT or SIGTERM stopped the run after a checkpoint was written;
+    rerun with --resume to continue.
+    """
+    from ddim.train_config import load_config
+    from ddim.training import train
+
+    result = train(load_config(config, overrides), resume=resume, progress=not no_progress)
+    if result.stopped_by:
+        click.echo(f"stopped by {result.stopped_by} at step {result.step}", err=True)
+        sys.exit(common.EXIT_INTERRUPTED)
+    click.echo(f"finished at step {result.step}; weights: {result.weights}")

@@ -1,0 +1,359 @@
+"""Interoperability with diffusers: an adapter and exact conversion of weights.
+
+- :func:`from_diffusers` wraps a diffusers ``UNet2DModel`` as an eps-model, so every
+  sampler here runs it: ``ddim.sample(from_diffusers(unet), x_T, sched)``.
+- :func:`to_diffusers_unet` / :func:`unet_from_diffusers` convert our U-Net to the
+  equivalent ``UNet2DModel`` and back. The architectures match exactly when diffusers is
+  configured like the DDPM code: sinusoidal embedding with ``flip_sin_to_cos=False``,
+  ``freq_shift=1``; GroupNorm(32, eps=1e-6); stride-2 downsampling convs after padding
+  right/bottom (``downsample_padding=0``); single-head attention (``attention_head_dim=None``)
+  at the configured resolutions. Attention q/k/v/out are 1x1 convs here and Linear layers
+  there; their weights are reshaped.
+- :func:`save_diffusers` / :func:`load_diffusers` write and read a diffusers folder in the
+  ``DDPMPipeline`` layout (``model_index.json``, ``unet/``, ``scheduler/``), which
+  ``DDIMPipeline.from_pretrained`` also loads; a plain ``UNet2DModel`` folder is read too.
+
+diffusers is an optional dependency (``pip install 'ddim[diffusers]'``), imported only
+inside the functions that need it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ddim.checkpoints import describe_schedule
+from ddim.models.unet import GROUPS, UNet, UNetConfig
+from ddim.schedule import NoiseSchedule
+
+NORM_EPS = 1e-6
+_RESNET = {
+    "norm1": "norm1",
+    "conv1": "conv1",
+    "temb_proj": "time_emb_proj",
+    "norm2": "norm2",
+    "conv2": "conv2",
+    "nin_shortcut": "conv_shortcut",
+}
+_ATTN = {"norm": "group_norm", "q": "to_q", "k": "to_k", "v": "to_v", "proj_out": "to_out.0"}
+_TOP = {
+    "temb.dense.0": "time_embedding.linear_1",
+    "temb.dense.1": "time_embedding.linear_2",
+    "conv_in": "conv_in",
+    "norm_out": "conv_norm_out",
+    "conv_out": "conv_out",
+}
+_MID = {"block_1": "resnets.0", "attn_1": "attentions.0", "block_2": "resnets.1"}
+# UNet2DModel settings that must hold for the architectures to match (besides the ones
+# derived from a UNetConfig); None means "absent or None".
+_REQUIRED = {
+    "center_input_sample": False,
+    "time_embedding_type": "positional",
+    "time_embedding_dim": None,
+    "flip_sin_to_cos": False,
+    "freq_shift": 1,
+    "mid_block_type": "UNetMidBlock2D",
+    "mid_block_scale_factor": 1,
+    "downsample_padding": 0,
+    "downsample_type": "conv",
+    "upsample_type": "conv",
+    "act_fn": "silu",
+    "norm_num_groups": GROUPS,
+    "attn_norm_num_groups": None,
+    "norm_eps": NORM_EPS,
+    "resnet_time_scale_shift": "default",
+    "add_attention": True,
+    "class_embed_type": None,
+    "num_class_embeds": None,
+}
+
+
+def _import_diffusers() -> ModuleType:
+    try:
+        import diffusers
+    except ImportError as e:
+        raise ImportError(
+            f"this needs diffusers, which is not installed ({e}); "
+            f"install it with: pip install 'ddim[diffusers]'"
+        ) from None
+    return diffusers
+
+
+class DiffusersEps(nn.Module):
+    """An eps-model ``(x_t, t) -> eps`` around a diffusers ``UNet2DModel``."""
+
+    def __init__(self, unet: nn.Module) -> None:
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.unet(x.to(self.unet.dtype), t).sample
+
+
+def from_diffusers(unet: nn.Module) -> nn.Module:
+    """Make a diffusers ``UNet2DModel`` an eps-model for :func:`ddim.sample` (the
+    ``lambda x, t: unet(x, t).sample`` adapter as a module, so ``.to(device)`` works)."""
+    return DiffusersEps(unet)
+
+
+# ---------------------------------------------------------------- configs
+
+
+def _attn_levels(config: UNetConfig) -> list[bool]:
+    """Whether each resolution level (highest first) has attention after its res-blocks."""
+    return [
+        config.image_size // 2**i in config.attn_resolutions for i in range(len(config.ch_mult))
+    ]
+
+
+def diffusers_unet_config(config: UNetConfig) -> dict[str, Any]:
+    """The ``UNet2DModel`` keyword arguments of the network equivalent to ``config``."""
+    if config.ch_mult[0] != 1:
+        raise ValueError(
+            f"diffusers' UNet2DModel has no equivalent of ch_mult[0]={config.ch_mult[0]} "
+            f"(its first level always has the input width); only ch_mult[0]=1 converts"
+        )
+    if not config.resamp_with_conv:
+        raise ValueError("diffusers' UNet2DModel always resamples with convs: resamp_with_conv")
+    attn = _attn_levels(config)
+    return {
+        **{k: v for k, v in _REQUIRED.items() if v is not None},
+        "sample_size": config.image_size,
+        "in_channels": config.in_channels,
+        "out_channels": config.out_channels,
+        "block_out_channels": [config.ch * m for m in config.ch_mult],
+        "layers_per_block": config.num_res_blocks,
+        "down_block_types": ["AttnDownBlock2D" if a else "DownBlock2D" for a in attn],
+        "up_block_types": ["AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)],
+        "attention_head_dim": None,
+        "dropout": float(config.dropout),
+    }
+
+
+def unet_config_from_diffusers(config: Mapping[str, Any]) -> UNetConfig:
+    """Our :class:`UNetConfig` for a ``UNet2DModel`` config; a ValueError lists every
+    setting that has no exact equivalent here."""
+    widths = [int(c) for c in config["block_out_channels"]]
+    ch = widths[0]
+    equivalent = {"time_embedding_dim": 4 * ch, "attn_norm_num_groups": GROUPS}
+    problems = [
+        f"{key}={config.get(key)!r} (needs {want!r})"
+        for key, want in _REQUIRED.items()
+        if config.get(key) != want and config.get(key) != equivalent.get(key, want)
+    ]
+    if any(w % ch for w in widths):
+        problems.append(f"block_out_channels={widths} (each must be a multiple of the first)")
+    down = list(config["down_block_types"])
+    attn = [kind == "AttnDownBlock2D" for kind in down]
+    if any(kind not in ("DownBlock2D", "AttnDownBlock2D") for kind in down):
+        problems.append(f"down_block_types={down} (only DownBlock2D and AttnDownBlock2D)")
+    mirrored = ["AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)]
+    if list(config["up_block_types"]) != mirrored:
+        problems.append(f"up_block_types={list(config['up_block_types'])} (needs {mirrored})")
+    head_dim = config.get("attention_head_dim")
+    attn_widths = {w for w, a in zip(widths, attn, strict=True) if a} | {widths[-1]}
+    if head_dim is not None and attn_widths != {head_dim}:
+        problems.append(f"attention_head_dim={head_dim} (single-head attention needs None)")
+    size = config["sample_size"]
+    if isinstance(size, (list, tuple)):
+        if len(set(size)) != 1:
+            problems.append(f"sample_size={list(size)} (images must be square)")
+        size = size[0]
+    if problems:
+        raise ValueError("the diffusers UNet has no exact equivalent here: " + "; ".join(problems))
+    return UNetConfig(
+        in_channels=int(config["in_channels"]),
+        out_channels=int(config["out_channels"]),
+        ch=ch,
+        ch_mult=tuple(w // ch for w in widths),
+        num_res_blocks=int(config["layers_per_block"]),
+        attn_resolutions=tuple(int(size) // 2**i for i, a in enumerate(attn) if a),
+        dropout=float(config.get("dropout", 0.0)),
+        resamp_with_conv=True,
+        image_size=int(size),
+    )
+
+
+# ---------------------------------------------------------------- weights
+
+
+def diffusers_key(key: str, levels: int) -> str:
+    """The ``UNet2DModel`` parameter name of our parameter ``key`` for a U-Net with
+    ``levels`` resolution levels (diffusers numbers its up-blocks from the lowest one)."""
+    module, _, param = key.rpartition(".")
+    parts = module.split(".")
+    if parts[0] in ("down", "up"):
+        i, kind = int(parts[1]), parts[2]
+        block = f"down_blocks.{i}" if parts[0] == "down" else f"up_blocks.{levels - 1 - i}"
+        if kind == "block":
+            return f"{block}.resnets.{parts[3]}.{_RESNET[parts[4]]}.{param}"
+        if kind == "attn":
+            return f"{block}.attentions.{parts[3]}.{_ATTN[parts[4]]}.{param}"
+        return f"{block}.{kind}rs.0.conv.{param}"  # downsample(r)s / upsample(r)s
+    if parts[0] == "mid":
+        sub = _ATTN if parts[1].startswith("attn") else _RESNET
+        return f"mid_block.{_MID[parts[1]]}.{sub[parts[2]]}.{param}"
+    return f"{_TOP[module]}.{param}"
+
+
+def _reshaped(value: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """A 1x1 conv weight as a Linear weight or back; other tensors pass unchanged."""
+    return value.reshape(shape) if value.shape != shape else value
+
+
+def to_diffusers_unet(model: UNet) -> nn.Module:
+    """The diffusers ``UNet2DModel`` that computes the same eps as ``model`` (eval mode)."""
+    diffusers = _import_diffusers()
+    unet = diffusers.UNet2DModel(**diffusers_unet_config(model.config))
+    theirs = unet.state_dict()
+    levels = len(model.config.ch_mult)
+    state = {}
+    for key, value in model.state_dict().items():
+        name = diffusers_key(key, levels)
+        state[name] = _reshaped(value, theirs[name].shape)
+    unet.load_state_dict(state)
+    return unet.eval()
+
+
+def unet_from_diffusers(unet: nn.Module) -> UNet:
+    """Our :class:`UNet` equivalent to a diffusers ``UNet2DModel`` (eval mode)."""
+    config = unet_config_from_diffusers(unet.config)
+    model = UNet(config)
+    theirs = unet.state_dict()
+    names = {key: diffusers_key(key, len(config.ch_mult)) for key in model.state_dict()}
+    missing = sorted(set(names.values()) - set(theirs))
+    unexpected = sorted(set(theirs) - set(names.values()))
+    if missing or unexpected:
+        raise ValueError(
+            f"the diffusers UNet's weights do not fit: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}"
+        )
+    ours = model.state_dict()
+    model.load_state_dict({k: _reshaped(theirs[name], ours[k].shape) for k, name in names.items()})
+    return model.eval()
+
+
+# ---------------------------------------------------------------- schedules
+
+
+def scheduler_config(schedule: NoiseSchedule) -> dict[str, Any]:
+    """``DDPMScheduler`` keyword arguments for ``schedule``: a named schedule where one
+    matches exactly, else the betas themselves (``trained_betas``)."""
+    described = describe_schedule(schedule)
+    config: dict[str, Any] = {
+        "num_train_timesteps": schedule.num_timesteps,
+        "prediction_type": "epsilon",
+    }
+    if described["kind"] == "linear":
+        config.update(
+            beta_schedule="linear",
+            beta_start=described["beta_start"],
+            beta_end=described["beta_end"],
+        )
+    elif described["kind"] == "cosine":
+        config.update(beta_schedule="squaredcos_cap_v2")
+    else:
+        config.update(trained_betas=schedule.betas.tolist())
+    return config
+
+
+def schedule_from_scheduler_config(config: Mapping[str, Any]) -> NoiseSchedule:
+    """The :class:`NoiseSchedule` of a diffusers scheduler config (betas in float64)."""
+    if config.get("prediction_type", "epsilon") != "epsilon":
+        raise ValueError(
+            f"the scheduler's prediction_type is {config['prediction_type']!r}; "
+            f"ddim samples eps-prediction models only"
+        )
+    T = int(config.get("num_train_timesteps", 1000))
+    if config.get("trained_betas") is not None:
+        return NoiseSchedule.from_betas(config["trained_betas"])
+    kind = config.get("beta_schedule", "linear")
+    start, end = float(config.get("beta_start", 1e-4)), float(config.get("beta_end", 0.02))
+    if kind == "linear":
+        return NoiseSchedule.linear(T, start, end)
+    if kind == "scaled_linear":
+        return NoiseSchedule.from_betas(np.linspace(start**0.5, end**0.5, T) ** 2)
+    if kind == "squaredcos_cap_v2":
+        return NoiseSchedule.cosine(T)
+    raise ValueError(f"diffusers beta_schedule {kind!r} is not supported here")
+
+
+# ---------------------------------------------------------------- folders
+
+
+def save_diffusers(
+    model: UNet,
+    schedule: NoiseSchedule,
+    folder: str | os.PathLike[str],
+    overwrite: bool = False,
+) -> None:
+    """Write ``model`` and ``schedule`` as a diffusers ``DDPMPipeline`` folder.
+
+    The folder is assembled next to ``folder`` and renamed into place, so a crash leaves
+    either the old folder or the new one. An existing ``folder`` is an error unless
+    ``overwrite``.
+    """
+    diffusers = _import_diffusers()
+    target = Path(folder)
+    if target.exists() and not overwrite:
+        raise FileExistsError(f"{target} already exists")
+    if target.exists() and not target.is_dir():
+        raise FileExistsError(f"{target} exists and is not a folder")
+    pipe = diffusers.DDPMPipeline(
+        unet=to_diffusers_unet(model),
+        scheduler=diffusers.DDPMScheduler(**scheduler_config(schedule)),
+    )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}.", dir=target.parent))
+    try:
+        pipe.save_pretrained(staging)
+        if target.exists():
+            old = staging.with_name(staging.name + ".old")
+            os.replace(target, old)
+            os.replace(staging, target)
+            shutil.rmtree(old)
+        else:
+            os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def load_diffusers(
+    folder: str | os.PathLike[str], schedule: NoiseSchedule | None = None
+) -> tuple[UNet, NoiseSchedule]:
+    """Our eval-mode :class:`UNet` and its schedule from a diffusers folder.
+
+    ``folder`` is a pipeline folder (``model_index.json`` with ``unet/`` and
+    ``scheduler/``) or a ``UNet2DModel`` folder (``config.json``), with a
+    ``scheduler_config.json`` beside it. ``schedule`` overrides the scheduler config, and
+    is needed when there is none.
+    """
+    diffusers = _import_diffusers()
+    root = Path(folder)
+    if (root / "unet" / "config.json").is_file():
+        unet_dir, scheduler_file = root / "unet", root / "scheduler" / "scheduler_config.json"
+    elif (root / "config.json").is_file():
+        unet_dir, scheduler_file = root, root / "scheduler_config.json"
+    else:
+        raise FileNotFoundError(
+            f"{root} is not a diffusers folder (no config.json or unet/config.json)"
+        )
+    if schedule is None:
+        if not scheduler_file.is_file():
+            raise FileNotFoundError(f"{scheduler_file} is missing; the noise schedule is unknown")
+        schedule = schedule_from_scheduler_config(json.loads(scheduler_file.read_text()))
+    try:
+        unet = diffusers.UNet2DModel.from_pretrained(unet_dir, low_cpu_mem_usage=False)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise ValueError(f"cannot load the diffusers UNet in {unet_dir}: {e}") from None
+    return unet_from_diffusers(unet), schedule

@@ -1,0 +1,124 @@
+"""``ddim eval``: each subcommand end to end on a tiny random U-Net, and the exact oracle."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+import ddim
+from ddim.checkpoints import save_weights
+from ddim.cli.eval import eval_group
+from ddim.gaussian_exact import exact_grid, power_law_spectrum
+from ddim.images import save_npz
+from ddim.metrics import FeatureStats
+from ddim.models.unet import UNet, UNetConfig
+
+TINY = UNetConfig(
+    in_channels=1, out_channels=1, ch=32, ch_mult=(1,), num_res_blocks=1,
+    attn_resolutions=(), dropout=0.0, image_size=28,
+)  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """A tiny random 28 x 28 U-Net checkpoint (T = 20) and 6 reference images."""
+    root = tmp_path_factory.mktemp("eval")
+    torch.manual_seed(0)
+    state = UNet(TINY).state_dict()
+    ckpt = root / "tiny.safetensors"
+    save_weights(
+        ckpt, None, state, model_config=TINY.to_dict(), schedule=ddim.NoiseSchedule.linear(20),
+        data_shape=(1, 28, 28), step=0,
+    )  # fmt: skip
+    data = root / "ref.npz"
+    save_npz(data, torch.rand(6, 1, 28, 28, generator=torch.Generator().manual_seed(1)) * 2 - 1)
+    return str(ckpt), str(data)
+
+
+def run(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(eval_group, list(args))
+    return result.exit_code, result.output
+
+
+def test_oracle_prints_the_exact_grid(tmp_path):
+    code, out = run(
+        "oracle", "--dim", "32", "--alpha", "1.5", "--steps", "10,100", "--etas", "0,0.5",
+        "--spacing", "quad", "--out-dir", str(tmp_path),
+    )  # fmt: skip
+    assert code == 0, out
+    rows = exact_grid(power_law_spectrum(32, 1.5), ddim.NoiseSchedule.linear(), [10, 100],
+                      [0.0, 0.5], True, "quad")  # fmt: skip
+    fd = {(r.label, r.steps): r.fd for r in rows}
+    assert "## Exact FD, Gaussian oracle (D = 32, alpha = 1.5, quad spacing)" in out
+    assert f"| η = 0.5 | {fd['η = 0.5', 10]:.4g} | {fd['η = 0.5', 100]:.4g} |" in out
+    assert "computed in" in out
+    saved = json.loads((tmp_path / "oracle-quad.json").read_text())
+    assert saved["rows"][-1]["label"] == "σ̂" and saved["rows"][-1]["fd"] == fd["σ̂", 100]
+
+
+def test_table1(files, tmp_path, monkeypatch):
+    ckpt, data = files
+    monkeypatch.setenv("DDIM_CACHE", str(tmp_path / "cache"))
+    args = ["table1", "--ckpt", ckpt, "--features", "mnist", "--ref-data", data,
+            "--ref-slice", "1:", "-n", "3", "--batch-size", "2", "--steps", "2,5",
+            "--etas", "0", "--out-dir", str(tmp_path / "out")]  # fmt: skip
+    code, out = run(*args)
+    assert code == 0, out
+    assert out.startswith("| | S = 2 | S = 5 |\n")
+    rows = json.loads((tmp_path / "out/table1.json").read_text())["rows"]
+    assert [(r["label"], r["steps"]) for r in rows] == [
+        ("η = 0", 2), ("η = 0", 5), ("σ̂", 2), ("σ̂", 5)
+    ]  # fmt: skip
+    (cached,) = (tmp_path / "cache/stats").iterdir()
+    assert FeatureStats.load(cached).n == 5
+    assert run(*args)[1] == out  # the cached reference gives the same table
+
+
+def test_table1_needs_one_reference(files):
+    code, out = run("table1", "--ckpt", files[0])
+    assert code == 2
+    assert out.startswith("error: give exactly one of --ref-data and --ref-stats (see")
+
+
+def test_table2(files, tmp_path):
+    ckpt, data = files
+    code, out = run("table2", "--ckpt", ckpt, "--data", data, "-n", "2", "--steps", "2,20",
+                    "--out-dir", str(tmp_path))  # fmt: skip
+    assert code == 0, out
+    mse = json.loads((tmp_path / "table2.json").read_text())["mse"]
+    assert list(mse) == ["2", "20"] and all(v > 0 for v in mse.values())
+
+
+def test_consistency_and_interpolation(files, tmp_path):
+    ckpt, _ = files
+    code, out = run("consistency", "--ckpt", ckpt, "-n", "4", "--show", "2", "--steps", "2,5",
+                    "--ref-steps", "20", "--out-dir", str(tmp_path))  # fmt: skip
+    assert code == 0, out
+    agreement = json.loads((tmp_path / "consistency.json").read_text())["agreement"]
+    assert set(agreement) == {"2", "5"}
+    assert "of 4 labels match S = 20" in out
+    assert Image.open(tmp_path / "consistency.png").size == (2 * 30 + 2, 3 * 30 + 2)
+
+    code, out = run("interpolation", "--ckpt", ckpt, "-n", "3", "--steps", "2",
+                    "--out-dir", str(tmp_path))  # fmt: skip
+    assert code == 0, out
+    assert Image.open(tmp_path / "interpolation.png").size == (3 * 30 + 2, 3 * 30 + 2)
+
+
+def test_bad_lists_are_usage_errors(files):
+    code, out = run("oracle", "--steps", "10,x")
+    assert code == 2 and "'10,x' is not a comma-separated int list" in out
+    code, out = run("oracle", "--steps", "10,2000", "--dim", "4")
+    assert code == 2 and "2000 is more than the model's 1000 timesteps" in out

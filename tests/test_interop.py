@@ -1,0 +1,170 @@
+"""diffusers interop: the adapter, exact weight conversion both ways, and pipeline folders."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import ddim
+from ddim import interop
+from ddim.models.unet import UNet, UNetConfig
+
+diffusers = pytest.importorskip("diffusers")
+
+CONFIG = UNetConfig(
+    in_channels=3,
+    out_channels=3,
+    ch=32,
+    ch_mult=(1, 2, 2),
+    num_res_blocks=1,
+    attn_resolutions=(8, 4),
+    dropout=0.0,
+    image_size=16,
+)
+
+
+def perturbed_unet(config: UNetConfig = CONFIG, seed: int = 0) -> UNet:
+    """A U-Net whose every parameter (norm scales included) is away from its init."""
+    torch.manual_seed(seed)
+    model = UNet(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model
+
+
+def inputs(config: UNetConfig = CONFIG, batch: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    shape = (batch, config.in_channels, config.image_size, config.image_size)
+    return torch.randn(shape, generator=g), torch.tensor([0, 517, 999][:batch])
+
+
+def test_diffusers_config_matches_the_paper_layout() -> None:
+    kwargs = interop.diffusers_unet_config(CONFIG)
+    assert kwargs["block_out_channels"] == [32, 64, 64]
+    assert kwargs["down_block_types"] == ["DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"]
+    assert kwargs["up_block_types"] == ["AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"]
+    assert kwargs["attention_head_dim"] is None
+    assert (kwargs["flip_sin_to_cos"], kwargs["freq_shift"]) == (False, 1)
+    assert (kwargs["norm_eps"], kwargs["downsample_padding"]) == (1e-6, 0)
+    assert interop.unet_config_from_diffusers(kwargs) == CONFIG
+
+
+def test_ours_to_diffusers_gives_the_same_eps() -> None:
+    model = perturbed_unet()
+    unet = interop.to_diffusers_unet(model)
+    assert isinstance(unet, diffusers.UNet2DModel)
+    x, t = inputs()
+    with torch.no_grad():
+        ours, theirs = model(x, t), interop.from_diffusers(unet)(x, t)
+    assert ours.abs().mean() > 0.1
+    torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=0)
+
+
+def test_diffusers_to_ours_gives_the_same_eps() -> None:
+    torch.manual_seed(3)
+    unet = diffusers.UNet2DModel(**interop.diffusers_unet_config(CONFIG)).eval()
+    with torch.no_grad():
+        for p in unet.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    model = interop.unet_from_diffusers(unet)
+    assert model.config == CONFIG
+    x, t = inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, t), unet(x, t).sample, atol=1e-5, rtol=0)
+
+
+def test_adapter_drives_the_sampler() -> None:
+    model = perturbed_unet()
+    eps_model = interop.from_diffusers(interop.to_diffusers_unet(model))
+    sched = ddim.NoiseSchedule.linear(1000)
+    x_T = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    ours = ddim.sample(model, x_T, sched, steps=4)
+    theirs = ddim.sample(eps_model, x_T, sched, steps=4)
+    torch.testing.assert_close(theirs, ours, atol=1e-4, rtol=0)
+    # float64 input: the adapter casts it to the UNet's dtype
+    assert eps_model(x_T.double(), torch.tensor([3, 4])).dtype == torch.float32
+
+
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        ddim.NoiseSchedule.linear(1000, 1e-4, 0.02),
+        ddim.NoiseSchedule.cosine(200),
+        ddim.NoiseSchedule.from_betas(torch.linspace(1e-3, 0.05, 50) ** 1.5),
+    ],
+    ids=["linear", "cosine", "custom"],
+)
+def test_pipeline_folder_round_trip(tmp_path, schedule) -> None:
+    model = perturbed_unet()
+    interop.save_diffusers(model, schedule, tmp_path / "pipe")
+    assert sorted(p.name for p in (tmp_path / "pipe").iterdir()) == [
+        "model_index.json",
+        "scheduler",
+        "unet",
+    ]
+    back, back_schedule = interop.load_diffusers(tmp_path / "pipe")
+    assert torch.equal(back_schedule.betas, schedule.betas)
+    for name, value in model.state_dict().items():
+        assert torch.equal(back.state_dict()[name], value), name
+    pipe = diffusers.DDIMPipeline.from_pretrained(tmp_path / "pipe")
+    assert pipe.scheduler.config.num_train_timesteps == schedule.num_timesteps
+    with pytest.raises(FileExistsError, match="already exists"):
+        interop.save_diffusers(model, schedule, tmp_path / "pipe")
+    interop.save_diffusers(perturbed_unet(seed=1), schedule, tmp_path / "pipe", overwrite=True)
+    assert not any(p.name.startswith(".tmp-") for p in tmp_path.iterdir())
+
+
+def test_plain_unet_folder_with_scheduler_config(tmp_path) -> None:
+    model = perturbed_unet()
+    interop.to_diffusers_unet(model).save_pretrained(tmp_path)
+    with pytest.raises(FileNotFoundError, match="scheduler_config.json is missing"):
+        interop.load_diffusers(tmp_path)
+    sched = ddim.NoiseSchedule.linear(500, 2e-4, 0.03)
+    back, _ = interop.load_diffusers(tmp_path, schedule=sched)
+    x, t = inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(back(x, t), model(x, t), atol=0, rtol=0)
+    (tmp_path / "scheduler_config.json").write_text(json.dumps(interop.scheduler_config(sched)))
+    assert torch.equal(interop.load_diffusers(tmp_path)[1].betas, sched.betas)
+
+
+def test_incompatible_diffusers_models_are_refused() -> None:
+    unet = diffusers.UNet2DModel(
+        sample_size=8,
+        block_out_channels=(32, 64),
+        norm_num_groups=32,
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+    )
+    with pytest.raises(ValueError) as info:
+        interop.unet_from_diffusers(unet)
+    message = str(info.value)
+    for problem in ("flip_sin_to_cos=True", "freq_shift=0", "downsample_padding=1", "norm_eps"):
+        assert problem in message
+    with pytest.raises(ValueError, match="ch_mult"):
+        interop.diffusers_unet_config(
+            UNetConfig(ch=32, ch_mult=(2, 2), attn_resolutions=(), image_size=8)
+        )
+    with pytest.raises(ValueError, match="prediction_type"):
+        interop.schedule_from_scheduler_config({"prediction_type": "v_prediction"})
+
+
+def test_missing_diffusers_is_a_clear_import_error(monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "diffusers", None)
+    with pytest.raises(ImportError, match=r"pip install 'ddim\[diffusers\]'"):
+        interop.to_diffusers_unet(perturbed_unet())
+
+
+def test_core_package_never_imports_diffusers() -> None:
+    code = (
+        "import sys, ddim, ddim.cli, ddim.interop, ddim.workflows, ddim.convert, ddim.images; "
+        "print('diffusers' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
