@@ -76,13 +76,25 @@ def _step_pairs(
     return list(zip(ts, ts[1:] + [-1], strict=True))
 
 
-def _check_eps(eps: torch.Tensor, x: torch.Tensor, i: int, t: int) -> None:
+def _predict_eps(
+    model: Model,
+    x: torch.Tensor,
+    t_batch: torch.Tensor,
+    i: int,
+    t: int,
+    flags: list[tuple[int, int, torch.Tensor]],
+) -> torch.Tensor:
+    """Call the model at step ``i``, check its shape, and flag non-finite output on the device."""
+    eps = model(x, t_batch)
     if not isinstance(eps, torch.Tensor) or eps.shape != x.shape:
         shape = tuple(eps.shape) if isinstance(eps, torch.Tensor) else type(eps).__name__
         raise ValueError(
             f"model returned {shape} at step {i} (t={t}); "
             f"expected a tensor of shape {tuple(x.shape)}"
         )
+    eps = eps.to(x.dtype)
+    flags.append((i, t, torch.isfinite(eps).all()))
+    return eps
 
 
 def _raise_if_nonfinite(flags: list[tuple[int, int, torch.Tensor]]) -> None:
@@ -161,10 +173,7 @@ def sample(
         if t == t_prev:
             continue
         a_t, a_prev = sched.alpha_bar_at(t), sched.alpha_bar_at(t_prev)
-        eps = model(x, ts[i])
-        _check_eps(eps, x, i, t)
-        eps = eps.to(x.dtype)
-        flags.append((i, t, torch.isfinite(eps).all()))
+        eps = _predict_eps(model, x, ts[i], i, t, flags)
         x0_pred = (x - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)
         if clip_denoised:
             x0_pred = x0_pred.clamp(-1, 1)
@@ -249,10 +258,7 @@ def invert(
         if t == t_prev:
             continue
         a_t, a_prev = sched.alpha_bar_at(t), sched.alpha_bar_at(t_prev)
-        eps = model(x, ts[i])
-        _check_eps(eps, x, i, t)
-        eps = eps.to(x.dtype)
-        flags.append((i, t, torch.isfinite(eps).all()))
+        eps = _predict_eps(model, x, ts[i], i, t, flags)
         x0_pred = (x - math.sqrt(1 - a_prev) * eps) / math.sqrt(a_prev)
         x = math.sqrt(a_t) * x0_pred + math.sqrt(1 - a_t) * eps
         if callback is not None:
