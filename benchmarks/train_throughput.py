@@ -24,62 +24,39 @@ from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 
+from ddim.interop import diffusers_unet_config, from_diffusers
 from ddim.models import UNet, UNetConfig
 from ddim.schedule import NoiseSchedule
+from ddim.training import diffusion_loss
 
 PRESETS = {
     "mnist": UNetConfig(
-        in_channels=1, out_channels=1, ch=64, ch_mult=(1, 2, 2), num_res_blocks=2,
-        attn_resolutions=(14,), dropout=0.1, image_size=28,
+        in_channels=1,
+        out_channels=1,
+        ch=64,
+        ch_mult=(1, 2, 2),
+        num_res_blocks=2,
+        attn_resolutions=(14,),
+        dropout=0.1,
+        image_size=28,
     ),
     "cifar10": UNetConfig(),  # the official CIFAR-10 model, 35.7M parameters
 }
 MODELS = ("ours", "diffusers")
 
 
-def diffusers_unet(config: UNetConfig) -> nn.Module:
-    """A diffusers ``UNet2DModel`` with the architecture ``config`` describes."""
-    from diffusers import UNet2DModel
-
-    res, down_types = config.image_size, []
-    for _ in config.ch_mult:
-        down_types.append("AttnDownBlock2D" if res in config.attn_resolutions else "DownBlock2D")
-        res //= 2
-    up_types = [kind.replace("Down", "Up") for kind in reversed(down_types)]
-    return UNet2DModel(
-        sample_size=config.image_size,
-        in_channels=config.in_channels,
-        out_channels=config.out_channels,
-        block_out_channels=tuple(config.ch * m for m in config.ch_mult),
-        down_block_types=tuple(down_types),
-        up_block_types=tuple(up_types),
-        layers_per_block=config.num_res_blocks,
-        dropout=config.dropout,
-        norm_eps=1e-6,
-        downsample_padding=0,
-        flip_sin_to_cos=False,
-        freq_shift=1,
-        attention_head_dim=None,
-    )
-
-
-class DiffusersEps(nn.Module):
-    """Adapter: a diffusers ``UNet2DModel`` as an eps-model ``(x, t) -> Tensor``."""
-
-    def __init__(self, inner: nn.Module) -> None:
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        return self.inner(x, t).sample
-
-
 def build(which: str, config: UNetConfig, device: torch.device) -> nn.Module:
-    """Our ``UNet`` or the adapted diffusers model, in train mode on ``device``."""
-    model = UNet(config) if which == "ours" else DiffusersEps(diffusers_unet(config))
+    """Our ``UNet`` or the same network as a diffusers ``UNet2DModel`` (in the layout of
+    :func:`ddim.interop.diffusers_unet_config`, behind its eps-model adapter), in train mode
+    on ``device``."""
+    if which == "ours":
+        model = UNet(config)
+    else:
+        from diffusers import UNet2DModel
+
+        model = from_diffusers(UNet2DModel(**diffusers_unet_config(config)))
     return model.to(device).train()
 
 
@@ -101,14 +78,12 @@ class Trainer:
             )
             for _ in range(4)
         ]
-        self.alpha_bar = NoiseSchedule.linear(1000).alpha_bar.to(device, torch.float32)
+        self.alpha_bar = NoiseSchedule.linear(1000).alpha_bar.to(device)
         self.steps = 0
 
     def step(self) -> None:
         x0, noise, t = self.batches[self.steps % len(self.batches)]
-        a = self.alpha_bar[t][:, None, None, None]
-        x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        loss = F.mse_loss(self.model(x_t, t), noise)
+        loss = diffusion_loss(self.model, x0, t, noise, self.alpha_bar)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
@@ -164,15 +139,30 @@ def peak_memory(which: str, config: dict, batch_size: int, device: str) -> tuple
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--preset", choices=sorted(PRESETS), default="mnist",
-                   help="architecture (default: %(default)s)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                   help="torch device (default: %(default)s)")
+    p.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="mnist",
+        help="architecture (default: %(default)s)",
+    )
+    p.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="torch device (default: %(default)s)",
+    )
     p.add_argument("--batch-size", type=int, default=64, help="images per step (default: 64)")
-    p.add_argument("--image-size", type=int, default=None,
-                   help="resolution (default: the preset's, 28 for mnist, 32 for cifar10)")
-    p.add_argument("--channels", type=int, default=None,
-                   help="image channels (default: the preset's, 1 for mnist, 3 for cifar10)")
+    p.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="resolution (default: the preset's, 28 for mnist, 32 for cifar10)",
+    )
+    p.add_argument(
+        "--channels",
+        type=int,
+        default=None,
+        help="image channels (default: the preset's, 1 for mnist, 3 for cifar10)",
+    )
     p.add_argument("--ch", type=int, default=None, help="override the base width (multiple of 32)")
     p.add_argument("--repeats", type=int, default=5, help="timed repetitions (default: 5)")
     p.add_argument("--steps", type=int, default=5, help="steps per repetition (default: 5)")
@@ -215,16 +205,22 @@ def main(argv: list[str] | None = None) -> None:
     ratios = [a / b for a, b in zip(rates["ours"], rates["diffusers"], strict=True)]
 
     size = f"{config.image_size}x{config.image_size}x{config.in_channels}"
-    print(f"device {device} | preset {args.preset} (ch {config.ch}, ch_mult {config.ch_mult}, "
-          f"attn {config.attn_resolutions}) | {size} | batch {args.batch_size} | "
-          f"torch {torch.__version__} | threads {torch.get_num_threads()}")
+    print(
+        f"device {device} | preset {args.preset} (ch {config.ch}, ch_mult {config.ch_mult}, "
+        f"attn {config.attn_resolutions}) | {size} | batch {args.batch_size} | "
+        f"torch {torch.__version__} | threads {torch.get_num_threads()}"
+    )
     print(f"parameters: ours {counts['ours']:,} | diffusers {counts['diffusers']:,}")
-    print(f"timing: {args.repeats} repetitions x {args.steps} steps, alternating order, "
-          f"after {args.warmup} warm-up steps each")
+    print(
+        f"timing: {args.repeats} repetitions x {args.steps} steps, alternating order, "
+        f"after {args.warmup} warm-up steps each"
+    )
     for which in MODELS:
         r = rates[which]
-        print(f"{which:>9} images/s: median {statistics.median(r):9.1f}  "
-              f"(min {min(r):.1f}, max {max(r):.1f})")
+        print(
+            f"{which:>9} images/s: median {statistics.median(r):9.1f}  "
+            f"(min {min(r):.1f}, max {max(r):.1f})"
+        )
     print(f"ratio ours/diffusers (median of paired repetitions): {statistics.median(ratios):.3f}")
 
     if not args.no_memory:

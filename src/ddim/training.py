@@ -29,7 +29,6 @@ import contextlib
 import hashlib
 import json
 import math
-import os
 import signal
 import struct
 import sys
@@ -49,6 +48,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
+from ddim import sharding
 from ddim.checkpoints import CheckpointError, load_checkpoint, save_weights
 from ddim.data import load_dataset, random_flip
 from ddim.images import save_png
@@ -164,17 +164,18 @@ def step_batch(
     return x0, t, noise
 
 
-def q_sample(x0: Tensor, t: Tensor, noise: Tensor, sched: NoiseSchedule) -> Tensor:
-    """``x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) noise`` (coefficients from float64)."""
-    a = sched.alpha_bar.to(x0.device)[t].view(-1, *([1] * (x0.ndim - 1)))
+def q_sample(x0: Tensor, t: Tensor, noise: Tensor, alpha_bar: Tensor) -> Tensor:
+    """``x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) noise``; ``alpha_bar`` is the
+    schedule's float64 table on ``x0``'s device (the coefficients are computed in float64)."""
+    a = alpha_bar[t].view(-1, *([1] * (x0.ndim - 1)))
     return a.sqrt().to(x0.dtype) * x0 + (1 - a).sqrt().to(x0.dtype) * noise
 
 
 def diffusion_loss(
-    model: nn.Module, x0: Tensor, t: Tensor, noise: Tensor, sched: NoiseSchedule
+    model: nn.Module, x0: Tensor, t: Tensor, noise: Tensor, alpha_bar: Tensor
 ) -> Tensor:
     """Ho et al.'s simple loss (eq. 14): the mean squared error of the predicted noise."""
-    return F.mse_loss(model(q_sample(x0, t, noise, sched), t).float(), noise)
+    return F.mse_loss(model(q_sample(x0, t, noise, alpha_bar), t).float(), noise)
 
 
 def learning_rate(step: int, lr: float, warmup_steps: int) -> float:
@@ -226,6 +227,7 @@ def _run(
         )
 
     sched = config.diffusion.build()
+    alpha_bar = sched.alpha_bar.to(ctx.device)
     data = load_dataset(config.data)
     order = DataOrder(len(data), tc.seed)
     torch.manual_seed(derive_seed(tc.seed, _INIT))
@@ -287,6 +289,7 @@ def _run(
         ctx.barrier()
         return weights
 
+    x_T = _sample_noise(config).to(ctx.device) if tc.sample_every and ctx.is_main else None
     stop = _StopRequest()
     log = _Log(out / "log.jsonl", tc, enabled=ctx.is_main)
     weights = latest.weights if latest else None
@@ -303,7 +306,7 @@ def _run(
             step += 1
             started = time.perf_counter()
             loss, grad_norm, lr, stopping = _train_step(
-                step, config, ctx, data, order, sched, ddp, opt, stop.requested
+                step, config, ctx, data, order, alpha_bar, ddp, opt, stop.requested
             )
             ema.update_parameters(model)
             log.add(step, loss, lr, grad_norm, time.perf_counter() - started)
@@ -311,10 +314,9 @@ def _run(
             bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{log.images_per_s:.0f}", refresh=False)
             if step % tc.ckpt_every == 0 or step == tc.total_steps or stopping:
                 weights = save_checkpoint(step)
-            if tc.sample_every and step % tc.sample_every == 0 and ctx.is_main:
-                _save_samples(
-                    out / "samples" / f"step_{step:07d}.png", ema.module, sched, config, ctx.device
-                )
+            if x_T is not None and step % tc.sample_every == 0:
+                path = out / "samples" / f"step_{step:07d}.png"
+                _save_samples(path, ema.module, sched, x_T, tc.sample_steps)
             if on_step is not None:
                 on_step(step, loss)
             if stopping:
@@ -333,18 +335,22 @@ def _train_step(
     ctx: _Distributed,
     data: Tensor,
     order: DataOrder,
-    sched: NoiseSchedule,
+    alpha_bar: Tensor,
     ddp: nn.Module,
     opt: torch.optim.Optimizer,
     stop_requested: bool,
 ) -> tuple[float, float, float, bool]:
-    """One optimiser step; returns (loss, grad norm, lr, whether any rank must stop)."""
+    """One optimiser step; returns (loss, grad norm, lr, whether any rank must stop).
+
+    It waits for the device once, to read the loss, the gradient norm and the ranks' stop
+    votes together before the step is applied.
+    """
     tc = config.training
     share = tc.batch_size // ctx.world
     micro = share // tc.grad_accum
-    x0, t, noise = step_batch(data, order, step, config, sched.num_timesteps)
+    x0, t, noise = step_batch(data, order, step, config, alpha_bar.numel())
     own = slice(ctx.rank * share, (ctx.rank + 1) * share)
-    x0, t, noise = (v[own].to(ctx.device) for v in (x0, t, noise))
+    x0, t, noise = (v[own].to(ctx.device, non_blocking=True) for v in (x0, t, noise))
 
     opt.zero_grad(set_to_none=True)
     loss_sum = torch.zeros((), device=ctx.device)
@@ -355,28 +361,27 @@ def _train_step(
         sync = contextlib.nullcontext() if last or ctx.world == 1 else ddp.no_sync()
         with sync:
             with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=tc.bf16):
-                loss = diffusion_loss(ddp, x0[part], t[part], noise[part], sched)
+                loss = diffusion_loss(ddp, x0[part], t[part], noise[part], alpha_bar)
             (loss / tc.grad_accum).backward()
         loss_sum += loss.detach()
 
-    shared = torch.stack(
-        [loss_sum / tc.grad_accum, torch.tensor(float(stop_requested), device=ctx.device)]
+    max_norm = tc.grad_clip if tc.grad_clip > 0 else math.inf
+    norm = torch.nn.utils.clip_grad_norm_(ddp.parameters(), max_norm)
+    votes = ctx.all_reduce_mean(
+        torch.stack([loss_sum / tc.grad_accum, loss_sum.new_full((), float(stop_requested))])
     )
-    shared = ctx.all_reduce_mean(shared)
-    loss_value, stopping = shared[0].item(), shared[1].item() > 0
+    loss_value, stop_votes, grad_norm = torch.cat([votes, norm.reshape(1).float()]).tolist()
     if not math.isfinite(loss_value):
         raise NonFiniteLossError(f"loss is {loss_value} at step {step}; the step was not applied")
-    lr = learning_rate(step, tc.lr, tc.warmup_steps)
-    for group in opt.param_groups:
-        group["lr"] = lr
-    max_norm = tc.grad_clip if tc.grad_clip > 0 else math.inf
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(ddp.parameters(), max_norm))
     if not math.isfinite(grad_norm):
         raise NonFiniteLossError(
             f"gradient norm is {grad_norm} at step {step}; the step was not applied"
         )
+    lr = learning_rate(step, tc.lr, tc.warmup_steps)
+    for group in opt.param_groups:
+        group["lr"] = lr
     opt.step()
-    return loss_value, grad_norm, lr, stopping
+    return loss_value, grad_norm, lr, stop_votes > 0
 
 
 def _restore(
@@ -436,17 +441,19 @@ def _rng_state(device: torch.device) -> dict[str, Any]:
     return {"torch": torch.get_rng_state(), "cuda": cuda}
 
 
+def _sample_noise(config: TrainConfig) -> Tensor:
+    """The fixed ``x_T`` of the sample grids, on the CPU: sample ``i`` uses ``seed + i``."""
+    tc, shape = config.training, (config.model.in_channels,) + (config.model.image_size,) * 2
+    gens = seeded_generators(tc.seed, tc.num_samples)
+    return per_sample_randn(gens, shape, dtype=torch.float32, device="cpu")
+
+
 @torch.no_grad()
 def _save_samples(
-    path: Path, model: nn.Module, sched: NoiseSchedule, config: TrainConfig, device: torch.device
+    path: Path, model: nn.Module, sched: NoiseSchedule, x_T: Tensor, steps: int
 ) -> None:
-    """A PNG grid of DDIM samples (eta = 0) from fixed noise: sample ``i`` uses ``seed + i``."""
-    tc, shape = config.training, (config.model.in_channels,) + (config.model.image_size,) * 2
-    x_T = per_sample_randn(
-        seeded_generators(tc.seed, tc.num_samples), shape, dtype=torch.float32, device="cpu"
-    )
-    steps = min(tc.sample_steps, sched.num_timesteps)
-    save_png(path, sample(model, x_T.to(device), sched, steps=steps))
+    """A PNG grid of DDIM samples (eta = 0) from ``x_T``, with at most ``steps`` steps."""
+    save_png(path, sample(model, x_T, sched, steps=min(steps, sched.num_timesteps)))
 
 
 def _prepare_out_dir(config: TrainConfig, step: int, fresh: bool) -> None:
@@ -545,22 +552,16 @@ class _Distributed:
 
     @classmethod
     def start(cls, device: str) -> _Distributed:
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        """Join the torchrun job, if any, on ``device`` (``auto``: CUDA where available);
+        under torchrun each process takes the GPU ``$LOCAL_RANK``."""
         if device == "auto":
-            device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-        elif device == "cuda":
-            device = f"cuda:{local_rank}"
+            device = "cuda" if torch.cuda.is_available() else "cpu"
         try:
             dev = torch.device(device)
         except RuntimeError:
             raise ValueError(f"training.device {device!r} is not a torch device") from None
-        if world == 1:
-            return cls(0, 1, dev)
-        if dev.type == "cuda":
-            torch.cuda.set_device(dev)
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-        return cls(dist.get_rank(), world, dev)
+        dev = sharding.init_from_env(dev)
+        return cls(*sharding.world(), dev)
 
     def all_reduce_mean(self, x: Tensor) -> Tensor:
         if self.world > 1:
