@@ -20,57 +20,22 @@ from PIL import Image
 
 import ddim
 from ddim import images, workflows
-from ddim.checkpoints import load_pretrained, save_weights
+from ddim.checkpoints import load_pretrained
 from ddim.cli import main
 from ddim.latents import load_latents
-from ddim.models.unet import UNet, UNetConfig
+from ddim.models.unet import UNet
 
-TINY = UNetConfig(
-    in_channels=1,
-    out_channels=1,
-    ch=32,
-    ch_mult=(1, 2),
-    num_res_blocks=1,
-    attn_resolutions=(4,),
-    dropout=0.0,
-    image_size=8,
-)
 T = 100
 SCHEDULE = ddim.NoiseSchedule.linear(T, 1e-3, 0.05)
 HAS_MNIST = (importlib.resources.files("ddim") / "assets" / "mnist.safetensors").is_file()
 
 
-def tiny_state(seed: int = 0) -> dict[str, torch.Tensor]:
-    torch.manual_seed(seed)
-    model = UNet(TINY)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return model.state_dict()
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small models run fastest, and most reproducibly, on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
-def files(tmp_path_factory) -> dict[str, Path]:
+def files(tmp_path_factory, perturbed_unet, write_checkpoint) -> dict[str, Path]:
     """A tiny checkpoint, good and bad images, and damaged checkpoints."""
     root = tmp_path_factory.mktemp("cli")
-    ckpt = root / "tiny.safetensors"
-    save_weights(
-        ckpt,
-        None,
-        tiny_state(),
-        model_config=TINY.to_dict(),
-        schedule=SCHEDULE,
-        data_shape=(1, 8, 8),
-        step=7,
+    ckpt = write_checkpoint(
+        root / "tiny.safetensors", perturbed_unet().state_dict(), SCHEDULE, step=7
     )
     rng = np.random.default_rng(0)
     for i in range(3):
@@ -371,12 +336,12 @@ def test_convert_ours_diffusers_round_trip(files, tmp_path) -> None:
     assert np.abs(d - o).max() <= 1
 
 
-def test_convert_native_diffusers_model(tmp_path) -> None:
+def test_convert_native_diffusers_model(tmp_path, tiny_config) -> None:
     diffusers = pytest.importorskip("diffusers")
     from ddim.interop import diffusers_unet_config, scheduler_config
 
     torch.manual_seed(4)
-    unet = diffusers.UNet2DModel(**diffusers_unet_config(TINY)).eval()
+    unet = diffusers.UNet2DModel(**diffusers_unet_config(tiny_config)).eval()
     unet.save_pretrained(tmp_path / "unet")
     (tmp_path / "unet" / "scheduler_config.json").write_text(json.dumps(scheduler_config(SCHEDULE)))
     ok(
@@ -424,13 +389,13 @@ def official_yaml(path: Path) -> Path:
     return path
 
 
-def test_convert_official_and_pesser(tmp_path) -> None:
-    ema, raw = tiny_state(1), tiny_state(2)
+def test_convert_official_and_pesser(tmp_path, tiny_config, perturbed_unet) -> None:
+    ema, raw = perturbed_unet(seed=1).state_dict(), perturbed_unet(seed=2).state_dict()
     prefixed = [{f"module.{k}": v for k, v in s.items()} for s in (raw, ema)]
     torch.save([prefixed[0], {}, 3, 1234, prefixed[1]], tmp_path / "ckpt.pth")
     torch.save(ema, tmp_path / "model-1234.ckpt")
     config = official_yaml(tmp_path / "tiny.yml")
-    reference = UNet(TINY).eval()
+    reference = UNet(tiny_config).eval()
     reference.load_state_dict(ema)
     for fmt, src, which in (
         ("official", "ckpt.pth", "ema"),
@@ -470,9 +435,9 @@ def test_convert_official_and_pesser(tmp_path) -> None:
     assert "official CIFAR-10 model; give the model's YAML config" in result.stderr
 
 
-def test_info_text_and_json(files) -> None:
+def test_info_text_and_json(files, perturbed_unet) -> None:
     text = ok("info", files["tiny.safetensors"]).stdout
-    n = sum(v.numel() for v in tiny_state().values())
+    n = sum(v.numel() for v in perturbed_unet().state_dict().values())
     assert f"parameters     {n:,}\n" in text
     assert "training step  7\n" in text and "data shape     1x8x8\n" in text
     assert "schedule       linear (beta_end=0.05, beta_start=0.001, num_timesteps=100)" in text
@@ -480,12 +445,12 @@ def test_info_text_and_json(files) -> None:
     assert (meta["step"], meta["num_parameters"], meta["weights"]) == (7, n, ["ema"])
 
 
-def test_train_runs_and_resumes(tmp_path) -> None:
+def test_train_runs_and_resumes(tmp_path, tiny_config) -> None:
     data = tmp_path / "data.npz"
     images.save_npz(data, torch.rand(8, 1, 8, 8, generator=torch.Generator().manual_seed(0)))
     config = {
         "out_dir": str(tmp_path / "run"),
-        "model": TINY.to_dict(),
+        "model": tiny_config.to_dict(),
         "diffusion": {"num_timesteps": T, "beta_start": 1e-3, "beta_end": 0.05},
         "data": {"kind": "npz", "path": str(data), "image_size": 8, "channels": 1},
         "training": {
@@ -601,6 +566,7 @@ def error_cases() -> list[tuple[str, list[str], str]]:
         ),
         ("train-missing", ["train", "{root}/none.yaml"], "does not exist"),
         ("train-override", ["train", "{sections.yaml}", "--set", "lr"], "must look like"),
+        ("train-override-alias", ["train", "{sections.yaml}", "-o", "lr"], "must look like"),
         ("train-not-mapping", ["train", "{not_a_file}"], "must be a mapping of sections"),
         ("train-incomplete", ["train", "{sections.yaml}"], "needs a 'diffusion' section"),
         ("info-missing", ["info", "{root}/none.safetensors"], "does not exist"),

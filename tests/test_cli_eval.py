@@ -10,7 +10,6 @@ from click.testing import CliRunner
 from PIL import Image
 
 import ddim
-from ddim.checkpoints import save_weights
 from ddim.cli.eval import eval_group
 from ddim.gaussian_exact import exact_grid, power_law_spectrum
 from ddim.images import save_npz
@@ -23,25 +22,14 @@ TINY = UNetConfig(
 )  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
+def files(tmp_path_factory, write_checkpoint):
     """A tiny random 28 x 28 U-Net checkpoint (T = 20) and 6 reference images."""
     root = tmp_path_factory.mktemp("eval")
     torch.manual_seed(0)
     state = UNet(TINY).state_dict()
     ckpt = root / "tiny.safetensors"
-    save_weights(
-        ckpt, None, state, model_config=TINY.to_dict(), schedule=ddim.NoiseSchedule.linear(20),
-        data_shape=(1, 28, 28), step=0,
-    )  # fmt: skip
+    write_checkpoint(ckpt, state, ddim.NoiseSchedule.linear(20), config=TINY)
     data = root / "ref.npz"
     save_npz(data, torch.rand(6, 1, 28, 28, generator=torch.Generator().manual_seed(1)) * 2 - 1)
     return str(ckpt), str(data)

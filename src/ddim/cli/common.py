@@ -8,9 +8,13 @@ set ``DDIM_DEBUG=1`` to see the traceback instead.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import functools
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -21,12 +25,16 @@ from tqdm.auto import tqdm
 from ddim import images, workflows
 from ddim.checkpoints import load_pretrained
 from ddim.models.unet import UNet
+from ddim.sampling import Callback
 from ddim.schedule import SPACINGS, NoiseSchedule
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
 USER_ERRORS = (ValueError, OSError, ImportError, RuntimeError)
 DEFAULT_MODEL = "mnist"
+MAX_SEED = 2**63 - 1  # seeds are int64
+
+Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
 
 def one_line(message: str) -> str:
@@ -172,29 +180,91 @@ def batch_size_option(f: Callable[..., Any]) -> Callable[..., Any]:
     )(f)
 
 
+def seed_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--seed",
+        type=click.IntRange(0, MAX_SEED),
+        default=0,
+        show_default=True,
+        help="image i is drawn with seed + i, whatever the batch size",
+    )(f)
+
+
 def force_option(f: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--force", is_flag=True, help="overwrite existing output files")(f)
 
 
-def model_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """``--ckpt``, ``--steps``, ``--spacing``, ``--batch-size``, ``--device``."""
-    for option in (device_option, batch_size_option, spacing_option, steps_option, ckpt_option):
-        f = option(f)
-    return f
+def options_as(cls: type, options: Sequence[Decorator]) -> Decorator:
+    """A decorator that adds ``options`` to a command (in this order in its help) and hands
+    their values to it as one keyword argument ``run``, an instance of the dataclass ``cls``
+    whose fields are named like the options' parameters."""
+    names = [field.name for field in dataclasses.fields(cls)]
+
+    def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(f)
+        def command(**kwargs: Any) -> Any:
+            run = cls(**{name: kwargs.pop(name) for name in names})
+            return f(run=run, **kwargs)
+
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
+
+
+@dataclass(frozen=True)
+class ModelRun:
+    """The values of :func:`model_options`: which model, and how to step and batch it."""
+
+    ckpt: str
+    steps: int
+    spacing: str
+    batch_size: int
+    device: torch.device
+
+    def load(self) -> tuple[UNet, NoiseSchedule]:
+        """The model on ``device`` and its schedule, ``--steps`` checked against it."""
+        return load_model(self.ckpt, self.device, [self.steps])
+
+    def model_calls(self, schedule: NoiseSchedule, n: int) -> int:
+        """Model calls to sample or encode ``n`` images."""
+        return bar_total(schedule, self.steps, self.spacing, n, self.batch_size)
+
+    def batching(self, callback: Callback) -> dict[str, Any]:
+        """The ``steps``, ``spacing``, ``batch_size`` and ``callback`` of a workflow call."""
+        return {
+            "steps": self.steps,
+            "spacing": self.spacing,
+            "batch_size": self.batch_size,
+            "callback": callback,
+        }
+
+
+#: ``--ckpt --steps --spacing --batch-size --device``, handed to a command as ``run: ModelRun``.
+model_options = options_as(
+    ModelRun, [ckpt_option, steps_option, spacing_option, batch_size_option, device_option]
+)
 
 
 # ---------------------------------------------------------------- models
 
 
-def load_model(ckpt: str, device: torch.device) -> tuple[UNet, NoiseSchedule]:
+def load_model(
+    ckpt: str, device: torch.device, steps: Iterable[int] = ()
+) -> tuple[UNet, NoiseSchedule]:
     """An eval-mode U-Net on ``device`` and its schedule, from a checkpoint file, a
-    diffusers folder or a bundled model name."""
+    diffusers folder or a bundled model name; each of ``steps`` is checked against it."""
     if Path(ckpt).is_dir():
         from ddim.interop import load_diffusers
 
         model, schedule = load_diffusers(ckpt)
-        return model.to(device), schedule
-    return load_pretrained(ckpt, device)
+        model = model.to(device)
+    else:
+        model, schedule = load_pretrained(ckpt, device)
+    for s in steps:
+        check_steps(schedule, s)
+    return model, schedule
 
 
 def image_shape(model: UNet) -> tuple[int, int, int]:
@@ -235,12 +305,14 @@ def check_writable(path: Path, force: bool) -> None:
         raise PermissionError(f"cannot write {path}: {ancestor} is not writable")
 
 
-def check_suffix(path: Path, suffixes: Sequence[str], what: str) -> None:
-    """Reject an output path whose extension is not one of ``suffixes``."""
-    if path.suffix.lower() not in suffixes:
+def check_output(path: str, suffixes: Sequence[str], what: str, force: bool) -> None:
+    """Fail early when the output file ``path`` (given as option ``what``) does not end with
+    one of ``suffixes``, or :func:`check_writable` rejects it."""
+    if Path(path).suffix.lower() not in suffixes:
         raise click.BadParameter(
             f"{path} must end with {' or '.join(suffixes)}", param_hint=f"'{what}'"
         )
+    check_writable(Path(path), force)
 
 
 def check_image_output(out: str, n: int, force: bool) -> None:
@@ -249,8 +321,7 @@ def check_image_output(out: str, n: int, force: bool) -> None:
         for name in images.png_names(n):
             check_writable(Path(out) / name, force)
         return
-    check_suffix(Path(out), (".png", ".npz"), "--out")
-    check_writable(Path(out), force)
+    check_output(out, (".png", ".npz"), "--out", force)
 
 
 def write_images(out: str, x: torch.Tensor, nrow: int | None = None) -> str:
@@ -271,6 +342,9 @@ def bar_total(schedule: NoiseSchedule, steps: int, spacing: str, n: int, batch_s
     return workflows.model_calls(schedule, steps, spacing) * -(-n // batch_size)
 
 
-def progress_bar(total: int, desc: str) -> tqdm:
-    """A tqdm bar on stderr, shown only when stderr is a terminal."""
-    return tqdm(total=total, desc=desc, unit="step", disable=None, file=sys.stderr)
+@contextlib.contextmanager
+def progress(total: int, desc: str) -> Iterator[Callback]:
+    """A tqdm bar on stderr (shown only when stderr is a terminal) of ``total`` model calls;
+    yields the sampler callback that advances it."""
+    with tqdm(total=total, desc=desc, unit="step", disable=None, file=sys.stderr) as bar:
+        yield lambda *_: bar.update()

@@ -54,8 +54,7 @@ def convert_command(
 ) -> None:
     """Convert the weights in SRC to DST; the result computes the same eps."""
     if dst_format == "ours":
-        common.check_suffix(Path(dst), (".safetensors",), "DST")
-        common.check_writable(Path(dst), force)
+        common.check_output(dst, (".safetensors",), "DST", force)
     elif Path(dst).exists() and not force:
         raise FileExistsError(f"{dst} already exists; pass --force to overwrite it")
     if config is not None and src_format not in ("official", "pesser"):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 import torch
 
@@ -19,14 +17,13 @@ images_argument = click.argument(
 
 
 def _load_inputs(
-    ckpt: str, device: torch.device, sources: tuple[str, ...], steps: int
+    run: common.ModelRun, sources: tuple[str, ...]
 ) -> tuple[UNet, NoiseSchedule, torch.Tensor, list[str]]:
     """The model, its schedule and the images (which must match the model's size)."""
-    model, schedule = common.load_model(ckpt, device)
-    common.check_steps(schedule, steps)
+    model, schedule = run.load()
     channels, size, _ = common.image_shape(model)
     x0, labels = images.read_images(sources, channels, size)
-    return model, schedule, x0.to(device), labels
+    return model, schedule, x0.to(run.device), labels
 
 
 @click.command("encode", short_help="Encode images to latents x_T (DDIM inversion).")
@@ -40,35 +37,16 @@ def _load_inputs(
 )
 @common.model_options
 @common.force_option
-def encode_command(
-    sources: tuple[str, ...],
-    out: str,
-    ckpt: str,
-    steps: int,
-    spacing: str,
-    batch_size: int,
-    device: torch.device,
-    force: bool,
-) -> None:
+def encode_command(sources: tuple[str, ...], out: str, force: bool, run: common.ModelRun) -> None:
     """Encode images to their latents x_T by deterministic DDIM inversion.
 
     IMAGES are image files, .npz arrays or folders of them; they must have the model's
     size and channels.
     """
-    common.check_suffix(Path(out), SUFFIXES, "--out")
-    common.check_writable(Path(out), force)
-    model, schedule, x0, labels = _load_inputs(ckpt, device, sources, steps)
-    total = common.bar_total(schedule, steps, spacing, len(x0), batch_size)
-    with common.progress_bar(total, "encoding") as bar:
-        latents = workflows.encode(
-            model,
-            schedule,
-            x0,
-            steps=steps,
-            spacing=spacing,
-            batch_size=batch_size,
-            callback=lambda *_: bar.update(),
-        )
+    common.check_output(out, SUFFIXES, "--out", force)
+    model, schedule, x0, labels = _load_inputs(run, sources)
+    with common.progress(run.model_calls(schedule, len(x0)), "encoding") as tick:
+        latents = workflows.encode(model, schedule, x0, **run.batching(tick))
     save_latents(out, latents, labels)
     click.echo(f"wrote {len(labels)} latents to {out}")
 
@@ -97,32 +75,18 @@ def reconstruct_command(
     out: str,
     ncols: int,
     per_image: bool,
-    ckpt: str,
-    steps: int,
-    spacing: str,
-    batch_size: int,
-    device: torch.device,
     force: bool,
+    run: common.ModelRun,
 ) -> None:
     """Encode images and decode them again with the same steps (paper Section 5.4).
 
     Prints the per-dimension mean squared error between each image and its (unclipped)
     reconstruction, with pixels scaled to [0, 1] as in the paper.
     """
-    common.check_suffix(Path(out), (".png",), "--out")
-    common.check_writable(Path(out), force)
-    model, schedule, x0, labels = _load_inputs(ckpt, device, sources, steps)
-    total = 2 * common.bar_total(schedule, steps, spacing, len(x0), batch_size)
-    with common.progress_bar(total, "reconstructing") as bar:
-        result = workflows.reconstruct(
-            model,
-            schedule,
-            x0,
-            steps=steps,
-            spacing=spacing,
-            batch_size=batch_size,
-            callback=lambda *_: bar.update(),
-        )
+    common.check_output(out, (".png",), "--out", force)
+    model, schedule, x0, labels = _load_inputs(run, sources)
+    with common.progress(2 * run.model_calls(schedule, len(x0)), "reconstructing") as tick:
+        result = workflows.reconstruct(model, schedule, x0, **run.batching(tick))
     cols = min(ncols, len(x0))
     images.save_png(out, images.stack_rows(x0, result.images, cols), nrow=cols)
     if per_image:
@@ -130,6 +94,6 @@ def reconstruct_command(
             click.echo(f"{mse:.6f}  {label}")
     click.echo(
         f"per-dim MSE on [0,1]-scaled pixels: {result.mse.mean().item():.6f} "
-        f"(mean over {len(labels)} images, {steps} steps)"
+        f"(mean over {len(labels)} images, {run.steps} steps)"
     )
     click.echo(f"wrote originals and reconstructions to {out}")

@@ -6,8 +6,10 @@ each process samples its share of the images and rank 0 writes the results.
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,14 +18,12 @@ import torch
 
 from ddim import experiments, gaussian_exact, metrics, reports
 from ddim.cli import common
-from ddim.cli.sample import MAX_SEED
 from ddim.data import load_mnist
 from ddim.images import read_images
 from ddim.models.classifier import load_classifier
+from ddim.models.unet import UNet
 from ddim.schedule import SPACINGS, NoiseSchedule
 from ddim.sharding import init_from_env, world
-
-Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
 
 class NumberList(click.ParamType):
@@ -60,11 +60,11 @@ class Slice(click.ParamType):
         return slice(start, stop)
 
 
-def _opt(*names: str, **kwargs: Any) -> Decorator:
+def _opt(*names: str, **kwargs: Any) -> common.Decorator:
     return click.option(*names, show_default=True, **kwargs)
 
 
-def steps_list(default: str) -> Decorator:
+def steps_list(default: str) -> common.Decorator:
     return _opt(
         "--steps",
         "steps_list",
@@ -82,35 +82,47 @@ def grid_rows(f: Callable[..., Any]) -> Callable[..., Any]:
     )(f)
 
 
-def run_options(n: int) -> Decorator:
-    """``--ckpt --spacing --batch-size --device -n --seed --out-dir``."""
+@dataclass(frozen=True)
+class Run:
+    """The values of :func:`run_options`: the model, how many images, where results go."""
 
-    def apply(f: Callable[..., Any]) -> Callable[..., Any]:
-        for option in (
+    ckpt: str
+    spacing: str
+    batch_size: int
+    device: torch.device
+    n: int
+    seed: int
+    out_dir: str
+
+    def load(self, steps: Sequence[int]) -> tuple[UNet, NoiseSchedule, tuple[int, int, int]]:
+        """The model, its schedule (each of ``steps`` checked against it) and image shape."""
+        model, schedule = common.load_model(self.ckpt, self.device, steps)
+        return model, schedule, common.image_shape(model)
+
+    def sampling(self) -> dict[str, Any]:
+        """The keyword arguments of :mod:`ddim.experiments` these options give."""
+        return {"spacing": self.spacing, "batch_size": self.batch_size, "device": self.device}
+
+
+def run_options(n: int) -> common.Decorator:
+    """``--ckpt --spacing --batch-size --device -n --seed --out-dir``, as ``run: Run``."""
+    return common.options_as(
+        Run,
+        [
+            common.ckpt_option,
+            common.spacing_option,
+            common.batch_size_option,
+            common.device_option,
+            _opt("-n", "n", type=click.IntRange(min=1), default=n, help="number of images"),
+            common.seed_option,
             _opt(
                 "--out-dir",
                 type=click.Path(file_okay=False),
                 default="results",
                 help="output folder",
             ),
-            _opt(
-                "--seed", type=click.IntRange(0, MAX_SEED), default=0, help="image i uses seed + i"
-            ),
-            _opt("-n", "n", type=click.IntRange(min=1), default=n, help="number of images"),
-            common.device_option,
-            common.batch_size_option,
-            common.spacing_option,
-            common.ckpt_option,
-        ):
-            f = option(f)
-        return f
-
-    return apply
-
-
-def _check_steps(schedule: NoiseSchedule, steps: list[int]) -> None:
-    for s in steps:
-        common.check_steps(schedule, s)
+        ],
+    )
 
 
 def _load_images(path: str, part: slice, shape: tuple[int, int, int]) -> torch.Tensor:
@@ -157,7 +169,8 @@ def oracle_command(
     output law and the data law; the linear schedule with T = 1000.
     """
     schedule = NoiseSchedule.linear()
-    _check_steps(schedule, steps_list)
+    for steps in steps_list:
+        common.check_steps(schedule, steps)
     lam = gaussian_exact.power_law_spectrum(dim, alpha)
     for spacing in spacings:
         start = time.perf_counter()
@@ -182,13 +195,7 @@ def oracle_command(
 @_opt("--ref-slice", type=Slice(), default=":", help="which reference images, START:STOP")
 @_opt("--ref-stats", type=click.Path(dir_okay=False), help="precomputed statistics (.npz)")
 def table1_command(
-    ckpt: str,
-    spacing: str,
-    batch_size: int,
-    device: torch.device,
-    n: int,
-    seed: int,
-    out_dir: str,
+    run: Run,
     steps_list: list[int],
     etas: list[float],
     sigma_hat: bool,
@@ -204,11 +211,9 @@ def table1_command(
     """
     if (ref_data is None) == (ref_stats is None):
         raise click.UsageError("give exactly one of --ref-data and --ref-stats")
-    device = init_from_env(device)
-    model, schedule = common.load_model(ckpt, device)
-    _check_steps(schedule, steps_list)
-    shape = common.image_shape(model)
-    feature_fn = metrics.feature_extractor(features, device)
+    run = dataclasses.replace(run, device=init_from_env(run.device))
+    model, schedule, shape = run.load(steps_list)
+    feature_fn = metrics.feature_extractor(features, run.device)
     if ref_stats is not None:
         ref = metrics.FeatureStats.load(ref_stats)
     else:
@@ -216,21 +221,21 @@ def table1_command(
         ref = metrics.cached_stats(
             key,
             lambda: metrics.dataset_stats(
-                feature_fn, _load_images(ref_data, ref_slice, shape), batch_size, device
+                feature_fn, _load_images(ref_data, ref_slice, shape), run.batch_size, run.device
             ),
         )
     rows = experiments.table1(
-        model, schedule, steps_list, etas, sigma_hat, n, batch_size, feature_fn, ref, seed,
-        shape=shape, spacing=spacing, device=device,
+        model, schedule, steps_list, etas, sigma_hat, run.n, run.batch_size, feature_fn, ref,
+        run.seed, shape=shape, spacing=run.spacing, device=run.device,
     )  # fmt: skip
     meta = {
-        "title": f"Table 1 ({features} features, {spacing} spacing, n = {n})",
-        "ckpt": ckpt, "features": features, "n": n, "seed": seed, "spacing": spacing,
+        "title": f"Table 1 ({features} features, {run.spacing} spacing, n = {run.n})",
+        "ckpt": run.ckpt, "features": features, "n": run.n, "seed": run.seed,
+        "spacing": run.spacing, "processes": world()[1],
         "ref": ref_stats or f"{ref_data}[{ref_slice.start}:{ref_slice.stop}]",
-        "processes": world()[1],
     }  # fmt: skip
-    if experiments.write_table1(rows, out_dir, meta):
-        click.echo(reports.fd_markdown(rows) + f"\nwrote {out_dir}/table1.{{md,json,png}}")
+    if experiments.write_table1(rows, run.out_dir, meta):
+        click.echo(reports.fd_markdown(rows) + f"\nwrote {run.out_dir}/table1.{{md,json,png}}")
 
 
 @eval_group.command("table2")
@@ -238,28 +243,14 @@ def table1_command(
 @steps_list("10,20,50,100,200,500,1000")
 @_opt("--data", required=True, metavar="PATH", help="images: an MNIST idx3 file, .npz or folder")
 @_opt("--slice", "part", type=Slice(), default=":", help="which images, START:STOP")
-def table2_command(
-    ckpt: str,
-    spacing: str,
-    batch_size: int,
-    device: torch.device,
-    n: int,
-    seed: int,
-    out_dir: str,
-    steps_list: list[int],
-    data: str,
-    part: slice,
-) -> None:
+def table2_command(run: Run, steps_list: list[int], data: str, part: slice) -> None:
     """Table 2: per-dimension MSE ([0, 1] pixels) of encode -> decode of the first n images."""
-    model, schedule = common.load_model(ckpt, device)
-    _check_steps(schedule, steps_list)
-    x0 = _load_images(data, part, common.image_shape(model))[:n]
-    mse = experiments.table2(
-        model, schedule, x0, steps_list, spacing=spacing, batch_size=batch_size, device=device
-    )
-    meta = {"ckpt": ckpt, "data": f"{data}[{part.start}:{part.stop}]", "n": x0.shape[0]}
-    experiments.write_table2(mse, out_dir, meta | {"spacing": spacing})
-    click.echo(reports.mse_markdown(mse) + f"\nwrote {out_dir}/table2.{{md,json}}")
+    model, schedule, shape = run.load(steps_list)
+    x0 = _load_images(data, part, shape)[: run.n]
+    mse = experiments.table2(model, schedule, x0, steps_list, **run.sampling())
+    meta = {"ckpt": run.ckpt, "data": f"{data}[{part.start}:{part.stop}]", "n": x0.shape[0]}
+    experiments.write_table2(mse, run.out_dir, meta | {"spacing": run.spacing})
+    click.echo(reports.mse_markdown(mse) + f"\nwrote {run.out_dir}/table2.{{md,json}}")
 
 
 @eval_group.command("consistency")
@@ -267,56 +258,32 @@ def table2_command(
 @steps_list("10,20,50,100")
 @_opt("--ref-steps", type=click.IntRange(min=1), default=1000, help="the reference S")
 @_opt("--show", type=click.IntRange(min=1), default=8, help="samples per row of the figure")
-def consistency_command(
-    ckpt: str,
-    spacing: str,
-    batch_size: int,
-    device: torch.device,
-    n: int,
-    seed: int,
-    out_dir: str,
-    steps_list: list[int],
-    ref_steps: int,
-    show: int,
-) -> None:
+def consistency_command(run: Run, steps_list: list[int], ref_steps: int, show: int) -> None:
     """Figure 5: the same x_T decoded at each S, and how often the MNIST classifier's label
     at S matches its label at --ref-steps."""
-    model, schedule = common.load_model(ckpt, device)
-    _check_steps(schedule, [*steps_list, ref_steps])
-    shape = common.image_shape(model)
+    model, schedule, shape = run.load([*steps_list, ref_steps])
     if shape != (1, 28, 28):
         raise ValueError(f"consistency labels come from the MNIST classifier; model is {shape}")
     agreement = experiments.consistency_figure(
-        model, schedule, steps_list, load_classifier(device=device).predict, out_dir,
-        shape=shape, n=n, show=show, ref_steps=ref_steps, seed=seed, spacing=spacing,
-        batch_size=batch_size, device=device,
+        model, schedule, steps_list, load_classifier(device=run.device).predict, run.out_dir,
+        shape=shape, n=run.n, show=show, ref_steps=ref_steps, seed=run.seed, **run.sampling(),
     )  # fmt: skip
     for s, frac in agreement.items():
-        click.echo(f"S = {s}: {frac:.3f} of {n} labels match S = {ref_steps}")
-    click.echo(f"wrote {out_dir}/consistency.{{png,json}}")
+        click.echo(f"S = {s}: {frac:.3f} of {run.n} labels match S = {ref_steps}")
+    click.echo(f"wrote {run.out_dir}/consistency.{{png,json}}")
 
 
 @eval_group.command("interpolation")
 @run_options(n=8)
 @_opt("--steps", type=click.IntRange(min=1), default=50, help="DDIM steps S")
-def interpolation_command(
-    ckpt: str,
-    spacing: str,
-    batch_size: int,
-    device: torch.device,
-    n: int,
-    seed: int,
-    out_dir: str,
-    steps: int,
-) -> None:
+def interpolation_command(run: Run, steps: int) -> None:
     """Figure 6: an n x n slerp grid between the x_T of seeds seed .. seed+3, decoded."""
-    if n < 2:
+    if run.n < 2:
         raise click.BadParameter("an interpolation grid needs n >= 2", param_hint="'-n'")
-    model, schedule = common.load_model(ckpt, device)
-    common.check_steps(schedule, steps)
-    out = Path(out_dir) / "interpolation.png"
+    model, schedule, shape = run.load([steps])
+    out = Path(run.out_dir) / "interpolation.png"
     experiments.interpolation_figure(
-        model, schedule, out, shape=common.image_shape(model), frames=n, steps=steps,
-        seed=seed, spacing=spacing, batch_size=batch_size, device=device,
+        model, schedule, out, shape=shape, frames=run.n, steps=steps, seed=run.seed,
+        **run.sampling(),
     )  # fmt: skip
     click.echo(f"wrote {out}")

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
-import torch
 
 from ddim import images, workflows
 from ddim.cli import common
-from ddim.cli.sample import MAX_SEED
 
-SEED = click.IntRange(0, MAX_SEED)
+SEED = click.IntRange(0, common.MAX_SEED)
 IMAGE = click.Path(exists=True, dir_okay=False)
 
 
@@ -61,12 +57,8 @@ def interpolate_command(
     frames: int,
     out: str,
     gif: str | None,
-    ckpt: str,
-    steps: int,
-    spacing: str,
-    batch_size: int,
-    device: torch.device,
     force: bool,
+    run: common.ModelRun,
 ) -> None:
     """Interpolate spherically between latents x_T and decode with DDIM (eta = 0)."""
     if bool(seeds) == bool(image_pairs):
@@ -81,33 +73,26 @@ def interpolate_command(
         )
     if gif is not None and grid:
         raise click.UsageError("--gif animates a line interpolation; drop --grid")
-    common.check_suffix(Path(out), (".png",), "--out")
-    common.check_writable(Path(out), force)
+    common.check_output(out, (".png",), "--out", force)
     if gif is not None:
-        common.check_suffix(Path(gif), (".gif",), "--gif")
-        common.check_writable(Path(gif), force)
+        common.check_output(gif, (".gif",), "--gif", force)
 
-    model, schedule = common.load_model(ckpt, device)
-    common.check_steps(schedule, steps)
+    model, schedule = run.load()
     shape = common.image_shape(model)
     ends = [item for pair in pairs for item in pair]
     n = frames * frames if grid else frames
-    total = common.bar_total(schedule, steps, spacing, n, batch_size)
+    total = run.model_calls(schedule, n)
     if image_pairs:
-        total += common.bar_total(schedule, steps, spacing, len(ends), batch_size)
-    with common.progress_bar(total, "interpolating") as bar:
-
-        def tick(*_: object) -> None:
-            bar.update()
-
-        kwargs = {"steps": steps, "spacing": spacing, "batch_size": batch_size, "callback": tick}
+        total += run.model_calls(schedule, len(ends))
+    with common.progress(total, "interpolating") as tick:
+        batching = run.batching(tick)
         if seeds:
-            corners = workflows.seed_latents(ends, shape, device)
+            corners = workflows.seed_latents(ends, shape, run.device)
         else:
             x0, _ = images.read_images(ends, shape[0], shape[1])
-            corners = workflows.encode(model, schedule, x0.to(device), **kwargs)
+            corners = workflows.encode(model, schedule, x0.to(run.device), **batching)
         latents = workflows.interpolation_latents(corners, frames)
-        x = workflows.decode(model, schedule, latents, **kwargs)
+        x = workflows.decode(model, schedule, latents, **batching)
     images.save_png(out, x, nrow=frames)
     click.echo(f"wrote {'a grid' if grid else 'a strip'} of {n} images to {out}")
     if gif is not None:

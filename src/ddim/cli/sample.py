@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 import torch
 
 from ddim import images, workflows
 from ddim.cli import common
 from ddim.sampling import VARIANCES
-
-MAX_SEED = 2**63 - 1
 
 
 @click.command("sample", short_help="Sample images from a model.")
@@ -48,13 +44,7 @@ MAX_SEED = 2**63 - 1
     help="number of images",
 )
 @common.batch_size_option
-@click.option(
-    "--seed",
-    type=click.IntRange(0, MAX_SEED),
-    default=0,
-    show_default=True,
-    help="image i is drawn with seed + i, whatever the batch size",
-)
+@common.seed_option
 @common.device_option
 @click.option(
     "--out",
@@ -104,12 +94,10 @@ def sample_command(
     """Sample images from a model (the bundled MNIST model by default)."""
     common.check_image_output(out, n, force)
     if trajectory is not None:
-        common.check_suffix(Path(trajectory), (".gif",), "--trajectory")
-        common.check_writable(Path(trajectory), force)
-    model, schedule = common.load_model(ckpt, device)
-    common.check_steps(schedule, steps)
+        common.check_output(trajectory, (".gif",), "--trajectory", force)
+    model, schedule = common.load_model(ckpt, device, [steps])
     total = common.bar_total(schedule, steps, spacing, n, batch_size)
-    with common.progress_bar(total, "sampling") as bar:
+    with common.progress(total, "sampling") as tick:
         result = workflows.generate(
             model,
             schedule,
@@ -124,7 +112,7 @@ def sample_command(
             variance=variance,
             clip_denoised=clip,
             return_trajectory=trajectory is not None,
-            callback=lambda *_: bar.update(),
+            callback=tick,
         )
     x0 = result[0] if trajectory is not None else result
     click.echo(f"wrote {common.write_images(out, x0, nrow)}")

@@ -13,6 +13,8 @@ from ddim.cli import common
 @click.argument("config", type=click.Path(exists=True, dir_okay=False))
 @click.option(
     "--set",
+    "-o",
+    "--override",
     "overrides",
     multiple=True,
     metavar="KEY=VALUE",
@@ -27,10 +29,11 @@ from ddim.cli import common
 def train_command(config: str, overrides: tuple[str, ...], resume: bool, no_progress: bool) -> None:
     """Train an eps-model as CONFIG describes.
 
-    Under torchrun: torchrun --nproc_per_node=K -m ddim.cli train CONFIG.
+    Under torchrun: torchrun --nproc_per_node=K -m ddim.train CONFIG (the same command).
 
-    Exits with 130 when SIGINT or SIGTERM stopped the run after a checkpoint was written;
-    rerun with --resume to continue.
+    Exits with 130 when SIGINT or SIGTERM stopped the run after a checkpoint was written
+    (rerun with --resume to continue), and with 2 on a bad config or data set, a damaged
+    checkpoint, or a non-finite loss (the last checkpoint is left intact).
     """
     from ddim.train_config import load_config
     from ddim.training import train
