@@ -1,11 +1,27 @@
-"""Shared fixtures: small, deterministic ε-models that every sampler test can drive."""
+"""Shared fixtures: one thread per test, small deterministic ε-models that every sampler
+test can drive, and tiny U-Net checkpoints."""
 
 from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
 import ddim
+from ddim.checkpoints import save_weights
+from ddim.models.unet import UNet, UNetConfig
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Small models run fastest, and most reproducibly, on one thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 class WigglyEps(torch.nn.Module):
@@ -38,3 +54,66 @@ def sched() -> ddim.NoiseSchedule:
 @pytest.fixture
 def eps_model(sched: ddim.NoiseSchedule) -> WigglyEps:
     return WigglyEps(sched)
+
+
+@pytest.fixture(scope="session")
+def tiny_config() -> UNetConfig:
+    """An 8 x 8 grayscale U-Net with two levels and attention at 4 x 4."""
+    return UNetConfig(
+        in_channels=1,
+        out_channels=1,
+        ch=32,
+        ch_mult=(1, 2),
+        num_res_blocks=1,
+        attn_resolutions=(4,),
+        dropout=0.0,
+        image_size=8,
+    )
+
+
+@pytest.fixture(scope="session")
+def perturbed_unet(tiny_config: UNetConfig) -> Callable[..., UNet]:
+    """``perturbed_unet(config=tiny_config, seed=0)``: an eval-mode U-Net built after
+    ``torch.manual_seed(seed)`` whose every parameter (norm scales included) is then moved
+    away from its init by a little noise."""
+
+    def make(config: UNetConfig = tiny_config, seed: int = 0) -> UNet:
+        torch.manual_seed(seed)
+        model = UNet(config).eval()
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+        return model
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def write_checkpoint(tiny_config: UNetConfig) -> Callable[..., Path]:
+    """``write_checkpoint(path, ema, schedule, *, config=tiny_config, model=None, step=0,
+    extra_meta=None)``: :func:`ddim.checkpoints.save_weights` with the data shape that
+    ``config`` implies; returns ``path``."""
+
+    def write(
+        path: Path,
+        ema: Mapping[str, torch.Tensor],
+        schedule: ddim.NoiseSchedule,
+        *,
+        config: UNetConfig = tiny_config,
+        model: Mapping[str, torch.Tensor] | None = None,
+        step: int = 0,
+        extra_meta: Mapping[str, Any] | None = None,
+    ) -> Path:
+        save_weights(
+            path,
+            model,
+            ema,
+            model_config=config.to_dict(),
+            schedule=schedule,
+            data_shape=(config.in_channels, config.image_size, config.image_size),
+            step=step,
+            extra_meta=extra_meta,
+        )
+        return path
+
+    return write

@@ -20,57 +20,35 @@ from ddim.checkpoints import (
     load_checkpoint,
     load_pretrained,
     read_metadata,
-    save_weights,
 )
 from ddim.io import atomic_write, atomic_write_bytes
-from ddim.models.unet import UNet, UNetConfig
+from ddim.models.unet import UNet
 from ddim.schedule import NoiseSchedule
-
-CONFIG = UNetConfig(
-    in_channels=1,
-    out_channels=1,
-    ch=32,
-    ch_mult=(1, 2),
-    num_res_blocks=1,
-    attn_resolutions=(4,),
-    dropout=0.0,
-    image_size=8,
-)
-
-
-def _states() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    torch.manual_seed(0)
-    model = UNet(CONFIG).state_dict()
-    ema = {k: v + 0.01 * torch.randn_like(v) for k, v in model.items()}
-    return model, ema
 
 
 @pytest.fixture(scope="module")
-def states() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    return _states()
+def states(perturbed_unet) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Raw and EMA weights of the tiny U-Net."""
+    return perturbed_unet(seed=0).state_dict(), perturbed_unet(seed=1).state_dict()
 
 
 @pytest.fixture
-def saved(tmp_path, states):
+def saved(tmp_path, states, write_checkpoint):
     model, ema = states
-    path = tmp_path / "run.safetensors"
-    save_weights(
-        path,
-        model,
+    return write_checkpoint(
+        tmp_path / "run.safetensors",
         ema,
-        model_config=CONFIG.to_dict(),
-        schedule=NoiseSchedule.linear(),
-        data_shape=(1, 8, 8),
+        NoiseSchedule.linear(),
+        model=model,
         step=1234,
         extra_meta={"note": "hi"},
     )
-    return path
 
 
-def test_round_trip_is_exact_and_self_describing(saved, states):
+def test_round_trip_is_exact_and_self_describing(saved, states, tiny_config):
     model, ema = states
     ckpt = load_checkpoint(saved)
-    assert ckpt.model_config == CONFIG
+    assert ckpt.model_config == tiny_config
     assert ckpt.step == 1234 and ckpt.data_shape == (1, 8, 8) and ckpt.extra == {"note": "hi"}
     assert all(torch.equal(ckpt.ema_state[k], ema[k]) for k in ema)
     assert all(torch.equal(ckpt.model_state[k], model[k]) for k in model)
@@ -78,7 +56,7 @@ def test_round_trip_is_exact_and_self_describing(saved, states):
 
     meta = read_metadata(saved)
     assert meta["step"] == 1234
-    assert meta["model_config"] == CONFIG.to_dict()
+    assert meta["model_config"] == tiny_config.to_dict()
     assert meta["schedule"] == {
         "kind": "linear",
         "num_timesteps": 1000,
@@ -91,7 +69,7 @@ def test_round_trip_is_exact_and_self_describing(saved, states):
     assert meta["format_version"] == 1 and meta["ddim_version"] == "0.1.0"
 
 
-def test_load_pretrained_gives_an_eval_model_with_the_chosen_weights(saved, states):
+def test_load_pretrained_gives_an_eval_model_with_the_chosen_weights(saved, states, tiny_config):
     model_state, ema_state = states
     x, t = (
         torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(1)),
@@ -99,43 +77,25 @@ def test_load_pretrained_gives_an_eval_model_with_the_chosen_weights(saved, stat
     )
     for which, state in (("ema", ema_state), ("model", model_state)):
         net, sched = load_pretrained(str(saved), which=which)
-        reference = UNet(CONFIG).eval()
+        reference = UNet(tiny_config).eval()
         reference.load_state_dict(state)
         assert not net.training and sched.num_timesteps == 1000
         with torch.no_grad():
             assert torch.equal(net(x, t), reference(x, t))
 
 
-def test_ema_only_file_refuses_raw_weights(tmp_path, states):
-    path = tmp_path / "ema.safetensors"
-    save_weights(
-        path,
-        None,
-        states[1],
-        model_config=CONFIG.to_dict(),
-        schedule=NoiseSchedule.cosine(50),
-        data_shape=(1, 8, 8),
-        step=0,
-    )
+def test_ema_only_file_refuses_raw_weights(tmp_path, states, write_checkpoint):
+    path = write_checkpoint(tmp_path / "ema.safetensors", states[1], NoiseSchedule.cosine(50))
     assert read_metadata(path)["weights"] == ["ema"]
     assert read_metadata(path)["schedule"] == {"kind": "cosine", "num_timesteps": 50}
     with pytest.raises(CheckpointError, match="EMA weights only"):
         load_pretrained(path, which="model")
 
 
-def test_any_schedule_round_trips_bit_exactly(tmp_path, states):
+def test_any_schedule_round_trips_bit_exactly(tmp_path, states, write_checkpoint):
     betas = torch.rand(37, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     sched = NoiseSchedule.from_betas(betas * 0.5 + 1e-5)
-    path = tmp_path / "custom.safetensors"
-    save_weights(
-        path,
-        None,
-        states[1],
-        model_config=CONFIG.to_dict(),
-        schedule=sched,
-        data_shape=(1, 8, 8),
-        step=0,
-    )
+    path = write_checkpoint(tmp_path / "custom.safetensors", states[1], sched)
     assert describe_schedule(sched) == {"kind": "custom", "num_timesteps": 37}
     assert torch.equal(load_checkpoint(path).schedule.betas, sched.betas)
     assert torch.equal(load_checkpoint(path).schedule.alpha_bar, sched.alpha_bar)
@@ -185,22 +145,14 @@ def test_bundled_mnist_model_loads_if_shipped():
     assert sched.num_timesteps == 1000
 
 
-def test_key_and_shape_problems_are_listed(tmp_path, states):
+def test_key_and_shape_problems_are_listed(tmp_path, states, write_checkpoint):
     model, ema = states
     broken = dict(ema)
     del broken["conv_in.weight"]
     broken["extra.weight"] = torch.zeros(1)
     broken["conv_out.bias"] = torch.zeros(7)
     with pytest.raises(CheckpointError) as err:
-        save_weights(
-            tmp_path / "x.safetensors",
-            model,
-            broken,
-            model_config=CONFIG.to_dict(),
-            schedule=NoiseSchedule.linear(),
-            data_shape=(1, 8, 8),
-            step=0,
-        )
+        write_checkpoint(tmp_path / "x.safetensors", broken, NoiseSchedule.linear(), model=model)
     message = str(err.value)
     assert "missing keys (1): conv_in.weight" in message
     assert "unexpected keys (1): extra.weight" in message
@@ -208,12 +160,12 @@ def test_key_and_shape_problems_are_listed(tmp_path, states):
     assert not (tmp_path / "x.safetensors").exists()
 
 
-def test_file_whose_config_does_not_fit_its_tensors(saved):
+def test_file_whose_config_does_not_fit_its_tensors(saved, tiny_config):
     """A file that passes its digest but whose config describes another network."""
     tensors = safetensors.torch.load_file(saved)
     header_len = struct.unpack("<Q", saved.read_bytes()[:8])[0]
     meta = json.loads(saved.read_bytes()[8 : 8 + header_len])["__metadata__"]
-    meta["model_config"] = json.dumps({**CONFIG.to_dict(), "ch": 64})
+    meta["model_config"] = json.dumps({**tiny_config.to_dict(), "ch": 64})
     saved.write_bytes(safetensors.torch.save(tensors, metadata=meta))
     with pytest.raises(CheckpointError, match=r"ema weights in .* shape mismatches"):
         load_pretrained(saved)
@@ -235,9 +187,9 @@ def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
 # ------------------------------------------------------------------ legacy checkpoints
 
 
-def _official(model, ema):
+def _official(config, model, ema):
     """The official DDIM ``ckpt.pth`` layout: DataParallel keys, optimizer, epoch, step, EMA."""
-    net = UNet(CONFIG)
+    net = UNet(config)
     opt = torch.optim.Adam(net.parameters(), lr=2e-4)
     net(torch.zeros(1, 1, 8, 8), torch.zeros(1, dtype=torch.long)).sum().backward()
     opt.step()
@@ -245,45 +197,45 @@ def _official(model, ema):
     return [prefixed[0], opt.state_dict(), 7, 4321, prefixed[1]]
 
 
-def test_official_list_checkpoint_gives_ema_or_model(tmp_path, states):
+def test_official_list_checkpoint_gives_ema_or_model(tmp_path, states, tiny_config):
     model, ema = states
     path = tmp_path / "ckpt.pth"
-    torch.save(_official(model, ema), path)
+    torch.save(_official(tiny_config, model, ema), path)
     for which, expected in (("ema", ema), ("model", model)):
-        state = convert_legacy(path, which=which, model_config=CONFIG.to_dict())
+        state = convert_legacy(path, which=which, model_config=tiny_config.to_dict())
         assert set(state) == set(expected)
         assert all(torch.equal(state[k], expected[k]) for k in expected)
 
 
-def test_pesser_flat_checkpoint(tmp_path, states):
+def test_pesser_flat_checkpoint(tmp_path, states, tiny_config):
     path = tmp_path / "model-790000.ckpt"
     torch.save(states[0], path)
-    state = convert_legacy(path, model_config=CONFIG.to_dict())
+    state = convert_legacy(path, model_config=tiny_config.to_dict())
     assert all(torch.equal(state[k], states[0][k]) for k in states[0])
 
 
-def test_legacy_checkpoint_without_ema(tmp_path, states):
+def test_legacy_checkpoint_without_ema(tmp_path, states, tiny_config):
     path = tmp_path / "ckpt.pth"
-    torch.save(_official(*states)[:4], path)
+    torch.save(_official(tiny_config, *states)[:4], path)
     with pytest.raises(CheckpointError, match="no EMA state"):
         convert_legacy(path)
     assert len(convert_legacy(path, which="model")) == len(states[0])
 
 
-def test_truncated_legacy_checkpoint(tmp_path, states):
+def test_truncated_legacy_checkpoint(tmp_path, states, tiny_config):
     path = tmp_path / "ckpt.pth"
-    torch.save(_official(*states), path)
+    torch.save(_official(tiny_config, *states), path)
     path.write_bytes(path.read_bytes()[:5000])
     with pytest.raises(CheckpointError, match=f"{path} is truncated"):
         convert_legacy(path)
 
 
-def test_wrong_keys_in_legacy_checkpoint_are_listed(tmp_path, states):
+def test_wrong_keys_in_legacy_checkpoint_are_listed(tmp_path, states, tiny_config):
     renamed = {k.replace("mid.", "middle."): v for k, v in states[0].items()}
     path = tmp_path / "model-1.ckpt"
     torch.save(renamed, path)
     with pytest.raises(CheckpointError) as err:
-        convert_legacy(path, model_config=CONFIG.to_dict())
+        convert_legacy(path, model_config=tiny_config.to_dict())
     message = str(err.value)
     n_mid = sum(k.startswith("mid.") for k in states[0])
     assert f"missing keys ({n_mid}): mid.attn_1.k.bias" in message
@@ -303,5 +255,5 @@ def test_legacy_loader_never_unpickles_code(tmp_path, capsys):
     assert "must never run" not in capsys.readouterr().out
 
 
-def test_check_state_dict_accepts_a_matching_state(states):
-    check_state_dict(CONFIG, states[0], "test weights")
+def test_check_state_dict_accepts_a_matching_state(states, tiny_config):
+    check_state_dict(tiny_config, states[0], "test weights")

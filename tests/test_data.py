@@ -194,11 +194,28 @@ def py2_batch(data: np.ndarray) -> bytes:
         return b"U" + bytes([len(b)]) + b
 
     n, d = data.shape
-    dtype = (b"cnumpy\ndtype\n" + s(b"u1") + b"K\x00K\x01\x87R"
-             + b"(K\x03" + s(b"|") + b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb")
-    array = (b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85" + s(b"b")
-             + b"\x87R(K\x01J" + struct.pack("<i", n) + b"J" + struct.pack("<i", d) + b"\x86"
-             + dtype + b"\x89T" + struct.pack("<I", data.size) + data.tobytes() + b"tb")
+    dtype = (
+        b"cnumpy\ndtype\n"
+        + s(b"u1")
+        + b"K\x00K\x01\x87R"
+        + b"(K\x03"
+        + s(b"|")
+        + b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb"
+    )
+    array = (
+        b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85"
+        + s(b"b")
+        + b"\x87R(K\x01J"
+        + struct.pack("<i", n)
+        + b"J"
+        + struct.pack("<i", d)
+        + b"\x86"
+        + dtype
+        + b"\x89T"
+        + struct.pack("<I", data.size)
+        + data.tobytes()
+        + b"tb"
+    )
     return b"\x80\x02}" + s(b"data") + array + b"s."
 
 
@@ -324,8 +341,16 @@ def test_data_config_round_trip(tmp_path):
     assert cfg.path == str(tmp_path / "f")
     d = json.loads(json.dumps(cfg.to_dict()))
     assert DataConfig.from_dict(d) == cfg
-    assert d == {"kind": "mnist", "image_size": 28, "channels": 1, "path": str(tmp_path / "f"),
-                 "random_flip": False, "start": None, "stop": 9000, "key": None}
+    assert d == {
+        "kind": "mnist",
+        "image_size": 28,
+        "channels": 1,
+        "path": str(tmp_path / "f"),
+        "random_flip": False,
+        "start": None,
+        "stop": 9000,
+        "key": None,
+    }
 
 
 @pytest.mark.parametrize(
@@ -359,8 +384,9 @@ def test_load_dataset_slices_and_checks_shape(tmp_path, mnist_images):
     path.write_bytes(idx3(mnist_images))
 
     def mnist(**changes) -> DataConfig:
-        return DataConfig(**{"kind": "mnist", "image_size": 28, "channels": 1, "path": path,
-                             **changes})
+        return DataConfig(
+            **{"kind": "mnist", "image_size": 28, "channels": 1, "path": path, **changes}
+        )
 
     assert torch.equal(load_dataset(mnist(start=2, stop=7)), scaled(mnist_images[2:7, None]))
     assert load_dataset(mnist()).shape[0] == 10
@@ -380,16 +406,19 @@ def test_load_dataset_dispatches_every_kind(tmp_path):
     assert torch.equal(folder, -torch.ones(1, 3, 4, 4))
 
     np.savez(tmp_path / "d.npz", a=np.zeros((3, 3, 8, 8), np.uint8), b=np.zeros(1))
-    npz = load_dataset(DataConfig(kind="npz", image_size=8, channels=3, path=tmp_path / "d.npz",
-                                  key="a", start=1))
+    npz = load_dataset(
+        DataConfig(kind="npz", image_size=8, channels=3, path=tmp_path / "d.npz", key="a", start=1)
+    )
     assert npz.shape == (2, 3, 8, 8)
     with pytest.raises(ValueError, match=r"d\.npz have shape"):
-        load_dataset(DataConfig(kind="npz", image_size=8, channels=1, path=tmp_path / "d.npz",
-                                key="a"))
+        load_dataset(
+            DataConfig(kind="npz", image_size=8, channels=1, path=tmp_path / "d.npz", key="a")
+        )
 
     cifar_batch(tmp_path / "test_batch", np.zeros((2, 3072), np.uint8))
-    cifar = load_dataset(DataConfig(kind="cifar10", image_size=32, channels=3,
-                                    path=tmp_path / "test_batch"))
+    cifar = load_dataset(
+        DataConfig(kind="cifar10", image_size=32, channels=3, path=tmp_path / "test_batch")
+    )
     assert cifar.shape == (2, 3, 32, 32)
 
     pytest.importorskip("sklearn")

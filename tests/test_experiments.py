@@ -23,14 +23,6 @@ SCHED = ddim.NoiseSchedule.linear(1000)
 SHAPE = (1, 4, 4)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def image_mixture() -> GaussianMixture:
     """Three 'digit classes' in [-1, 1]: fixed 4x4 patterns with a little noise."""
     means = torch.full((3, *SHAPE), -0.8, dtype=torch.float64)

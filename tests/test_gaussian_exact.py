@@ -26,14 +26,6 @@ SCHED = ddim.NoiseSchedule.linear(1000)
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_power_law_spectrum():
     lam = power_law_spectrum(4, 2.0)
     assert lam.tolist() == [1.0, 0.25, 1 / 9, 1 / 16]

@@ -11,7 +11,7 @@ import torch
 
 import ddim
 from ddim import interop
-from ddim.models.unet import UNet, UNetConfig
+from ddim.models.unet import UNetConfig
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -25,16 +25,6 @@ CONFIG = UNetConfig(
     dropout=0.0,
     image_size=16,
 )
-
-
-def perturbed_unet(config: UNetConfig = CONFIG, seed: int = 0) -> UNet:
-    """A U-Net whose every parameter (norm scales included) is away from its init."""
-    torch.manual_seed(seed)
-    model = UNet(config).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return model
 
 
 def inputs(config: UNetConfig = CONFIG, batch: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,8 +44,8 @@ def test_diffusers_config_matches_the_paper_layout() -> None:
     assert interop.unet_config_from_diffusers(kwargs) == CONFIG
 
 
-def test_ours_to_diffusers_gives_the_same_eps() -> None:
-    model = perturbed_unet()
+def test_ours_to_diffusers_gives_the_same_eps(perturbed_unet) -> None:
+    model = perturbed_unet(CONFIG)
     unet = interop.to_diffusers_unet(model)
     assert isinstance(unet, diffusers.UNet2DModel)
     x, t = inputs()
@@ -78,8 +68,8 @@ def test_diffusers_to_ours_gives_the_same_eps() -> None:
         torch.testing.assert_close(model(x, t), unet(x, t).sample, atol=1e-5, rtol=0)
 
 
-def test_adapter_drives_the_sampler() -> None:
-    model = perturbed_unet()
+def test_adapter_drives_the_sampler(perturbed_unet) -> None:
+    model = perturbed_unet(CONFIG)
     eps_model = interop.from_diffusers(interop.to_diffusers_unet(model))
     sched = ddim.NoiseSchedule.linear(1000)
     x_T = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(5))
@@ -99,8 +89,8 @@ def test_adapter_drives_the_sampler() -> None:
     ],
     ids=["linear", "cosine", "custom"],
 )
-def test_pipeline_folder_round_trip(tmp_path, schedule) -> None:
-    model = perturbed_unet()
+def test_pipeline_folder_round_trip(tmp_path, schedule, perturbed_unet) -> None:
+    model = perturbed_unet(CONFIG)
     interop.save_diffusers(model, schedule, tmp_path / "pipe")
     assert sorted(p.name for p in (tmp_path / "pipe").iterdir()) == [
         "model_index.json",
@@ -115,12 +105,14 @@ def test_pipeline_folder_round_trip(tmp_path, schedule) -> None:
     assert pipe.scheduler.config.num_train_timesteps == schedule.num_timesteps
     with pytest.raises(FileExistsError, match="already exists"):
         interop.save_diffusers(model, schedule, tmp_path / "pipe")
-    interop.save_diffusers(perturbed_unet(seed=1), schedule, tmp_path / "pipe", overwrite=True)
+    interop.save_diffusers(
+        perturbed_unet(CONFIG, seed=1), schedule, tmp_path / "pipe", overwrite=True
+    )
     assert not any(p.name.startswith(".tmp-") for p in tmp_path.iterdir())
 
 
-def test_plain_unet_folder_with_scheduler_config(tmp_path) -> None:
-    model = perturbed_unet()
+def test_plain_unet_folder_with_scheduler_config(tmp_path, perturbed_unet) -> None:
+    model = perturbed_unet(CONFIG)
     interop.to_diffusers_unet(model).save_pretrained(tmp_path)
     with pytest.raises(FileNotFoundError, match="scheduler_config.json is missing"):
         interop.load_diffusers(tmp_path)
@@ -155,10 +147,10 @@ def test_incompatible_diffusers_models_are_refused() -> None:
         interop.schedule_from_scheduler_config({"prediction_type": "v_prediction"})
 
 
-def test_missing_diffusers_is_a_clear_import_error(monkeypatch) -> None:
+def test_missing_diffusers_is_a_clear_import_error(monkeypatch, perturbed_unet) -> None:
     monkeypatch.setitem(sys.modules, "diffusers", None)
     with pytest.raises(ImportError, match=r"pip install 'ddim\[diffusers\]'"):
-        interop.to_diffusers_unet(perturbed_unet())
+        interop.to_diffusers_unet(perturbed_unet(CONFIG))
 
 
 def test_core_package_never_imports_diffusers() -> None:

@@ -19,14 +19,6 @@ from ddim.models.classifier import load_classifier, load_mnist_labels, random_sh
 MNIST_DIR = Path("/work/shared/data/mnist")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def scipy_fd(mu1, s1, mu2, s2) -> float:
     """The textbook formula: |mu1 - mu2|^2 + tr(S1 + S2 - 2 sqrtm(S1 S2))."""
     covmean = linalg.sqrtm(s1 @ s2).real

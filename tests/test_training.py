@@ -61,14 +61,6 @@ TINY = {
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def write_config(tmp: Path, name: str = "run", **sections) -> Path:
     raw = {key: {**value, **sections.get(key, {})} for key, value in TINY.items()}
     raw["out_dir"] = str(tmp / name)

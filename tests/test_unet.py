@@ -19,8 +19,14 @@ CIFAR10 = UNetConfig(
     image_size=32,
 )
 MNIST_SMALL = UNetConfig(
-    in_channels=1, out_channels=1, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1,
-    attn_resolutions=(7,), dropout=0.0, image_size=28,
+    in_channels=1,
+    out_channels=1,
+    ch=32,
+    ch_mult=(1, 2, 2),
+    num_res_blocks=1,
+    attn_resolutions=(7,),
+    dropout=0.0,
+    image_size=28,
 )
 TINY_RGB = UNetConfig(
     ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(16,), dropout=0.0, image_size=32
@@ -45,27 +51,49 @@ def test_official_cifar10_parameter_count(cifar_meta):
 def test_official_cifar10_key_names(cifar_meta):
     keys = set(cifar_meta.state_dict())
     expected = [
-        "temb.dense.0.weight", "temb.dense.1.bias", "conv_in.weight",
-        "down.0.block.0.norm1.weight", "down.0.block.0.conv1.weight",
-        "down.0.block.0.temb_proj.weight", "down.0.block.1.norm2.bias",
-        "down.0.block.1.conv2.weight", "down.1.block.0.nin_shortcut.weight",
-        "down.1.attn.0.norm.weight", "down.1.attn.1.q.weight", "down.1.attn.1.k.bias",
-        "down.1.attn.0.v.weight", "down.1.attn.0.proj_out.weight",
-        "down.0.downsample.conv.weight", "down.2.downsample.conv.bias",
-        "mid.block_1.conv1.weight", "mid.attn_1.q.weight", "mid.block_2.temb_proj.bias",
-        "up.0.block.2.nin_shortcut.weight", "up.1.attn.2.proj_out.bias",
-        "up.3.block.0.conv1.weight", "up.1.upsample.conv.weight", "up.3.upsample.conv.weight",
-        "norm_out.weight", "conv_out.bias",
+        "temb.dense.0.weight",
+        "temb.dense.1.bias",
+        "conv_in.weight",
+        "down.0.block.0.norm1.weight",
+        "down.0.block.0.conv1.weight",
+        "down.0.block.0.temb_proj.weight",
+        "down.0.block.1.norm2.bias",
+        "down.0.block.1.conv2.weight",
+        "down.1.block.0.nin_shortcut.weight",
+        "down.1.attn.0.norm.weight",
+        "down.1.attn.1.q.weight",
+        "down.1.attn.1.k.bias",
+        "down.1.attn.0.v.weight",
+        "down.1.attn.0.proj_out.weight",
+        "down.0.downsample.conv.weight",
+        "down.2.downsample.conv.bias",
+        "mid.block_1.conv1.weight",
+        "mid.attn_1.q.weight",
+        "mid.block_2.temb_proj.bias",
+        "up.0.block.2.nin_shortcut.weight",
+        "up.1.attn.2.proj_out.bias",
+        "up.3.block.0.conv1.weight",
+        "up.1.upsample.conv.weight",
+        "up.3.upsample.conv.weight",
+        "norm_out.weight",
+        "conv_out.bias",
     ]
     assert [k for k in expected if k not in keys] == []
-    absent = ["down.3.downsample.conv.weight", "up.0.upsample.conv.weight",
-              "down.0.attn.0.q.weight", "down.1.block.1.nin_shortcut.weight"]
+    absent = [
+        "down.3.downsample.conv.weight",
+        "up.0.upsample.conv.weight",
+        "down.0.attn.0.q.weight",
+        "down.1.block.1.nin_shortcut.weight",
+    ]
     assert [k for k in absent if k in keys] == []
     assert len(keys) == 328
     # Up-path input channels = previous output + the popped skip (official concatenation).
     in_channels = {
-        "up.3.block.0": 256 + 256, "up.1.block.2": 256 + 128, "up.0.block.0": 256 + 128,
-        "up.0.block.1": 128 + 128, "up.0.block.2": 128 + 128,
+        "up.3.block.0": 256 + 256,
+        "up.1.block.2": 256 + 128,
+        "up.0.block.0": 256 + 128,
+        "up.0.block.1": 128 + 128,
+        "up.0.block.2": 128 + 128,
     }
     state = cifar_meta.state_dict()
     assert {k: state[k + ".conv1.weight"].shape[1] for k in in_channels} == in_channels
@@ -111,11 +139,13 @@ def test_every_parameter_gets_a_gradient():
 def test_timestep_embedding_by_hand():
     # dim 6: frequencies exp(-ln(1e4) * i / 2) = 1, 1e-2, 1e-4.
     emb = timestep_embedding(torch.tensor([0, 1, 100]), 6)
-    expected = torch.tensor([
-        [0.0, 0.0, 0.0, 1.0, 1.0, 1.0],
-        [0.8414709848, 0.0099998333, 0.0001, 0.5403023059, 0.9999500004, 0.999999995],
-        [-0.5063656411, 0.8414709848, 0.0099998333, 0.8623188723, 0.5403023059, 0.9999500004],
-    ])
+    expected = torch.tensor(
+        [
+            [0.0, 0.0, 0.0, 1.0, 1.0, 1.0],
+            [0.8414709848, 0.0099998333, 0.0001, 0.5403023059, 0.9999500004, 0.999999995],
+            [-0.5063656411, 0.8414709848, 0.0099998333, 0.8623188723, 0.5403023059, 0.9999500004],
+        ]
+    )
     assert emb.dtype == torch.float32
     torch.testing.assert_close(emb, expected, rtol=0, atol=2e-6)
 
@@ -212,10 +242,18 @@ def test_matches_diffusers_ddpm_unet_with_mapped_weights():
     config = TINY_RGB
     ours = build(config, seed=3)
     theirs = diffusers.UNet2DModel(
-        sample_size=32, in_channels=3, out_channels=3, block_out_channels=(32, 64),
+        sample_size=32,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(32, 64),
         down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-        up_block_types=("AttnUpBlock2D", "UpBlock2D"), layers_per_block=1, norm_eps=1e-6,
-        downsample_padding=0, flip_sin_to_cos=False, freq_shift=1, attention_head_dim=None,
+        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        layers_per_block=1,
+        norm_eps=1e-6,
+        downsample_padding=0,
+        flip_sin_to_cos=False,
+        freq_shift=1,
+        attention_head_dim=None,
         dropout=0.0,
     ).eval()
     target = theirs.state_dict()

@@ -62,6 +62,20 @@ class Checkpoint:
     model_state: dict[str, torch.Tensor] | None
     extra: dict[str, Any] = field(default_factory=dict)
     ddim_version: str = "unknown"
+    path: Path | None = None
+
+    def unet(self, which: str = "ema") -> UNet:
+        """An eval-mode U-Net on the CPU with the ``"ema"`` or the raw ``"model"`` weights."""
+        if which not in WHICH:
+            raise ValueError(f"which must be one of {', '.join(WHICH)}, got {which!r}")
+        state = self.ema_state if which == "ema" else self.model_state
+        if state is None:
+            raise CheckpointError(
+                f"{self.path or 'the checkpoint'} stores EMA weights only; load it with which='ema'"
+            )
+        model = UNet(self.model_config)
+        model.load_state_dict(state)
+        return model.eval()
 
 
 def save_weights(
@@ -114,7 +128,7 @@ def save_weights(
 def load_checkpoint(path_or_name: str | os.PathLike[str]) -> Checkpoint:
     """Read and verify a checkpoint file (or a bundled name such as ``"mnist"``)."""
     path = resolve(path_or_name)
-    raw = _read_bytes(path)
+    raw = path.read_bytes()
     try:
         tensors = safetensors.torch.load(raw)
     except Exception as e:  # safetensors raises its own untyped error on a bad buffer
@@ -139,6 +153,7 @@ def load_checkpoint(path_or_name: str | os.PathLike[str]) -> Checkpoint:
         model_state=model,
         extra=meta["extra"],
         ddim_version=meta["ddim_version"],
+        path=path,
     )
 
 
@@ -153,17 +168,8 @@ def load_pretrained(
     ``which`` picks the ``"ema"`` weights (the default, for sampling) or the raw ``"model"``
     weights, which only training checkpoints carry.
     """
-    if which not in WHICH:
-        raise ValueError(f"which must be one of {', '.join(WHICH)}, got {which!r}")
     ckpt = load_checkpoint(path_or_name)
-    state = ckpt.ema_state if which == "ema" else ckpt.model_state
-    if state is None:
-        raise CheckpointError(
-            f"{resolve(path_or_name)} stores EMA weights only; load it with which='ema'"
-        )
-    model = UNet(ckpt.model_config)
-    model.load_state_dict(state)
-    return model.to(device).eval(), ckpt.schedule
+    return ckpt.unet(which).to(device), ckpt.schedule
 
 
 def read_metadata(path_or_name: str | os.PathLike[str]) -> dict[str, Any]:
@@ -296,11 +302,6 @@ def _legacy_state(obj: Any, which: str, path: Path) -> dict[str, torch.Tensor]:
     prefix = "module."
     strip = all(str(k).startswith(prefix) for k in obj)
     return {(k[len(prefix) :] if strip else k): v for k, v in obj.items()}
-
-
-def _read_bytes(path: Path) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
 
 
 def _header(path: Path, raw: bytes) -> tuple[dict[str, Any], int]:

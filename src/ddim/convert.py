@@ -19,12 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from ddim.checkpoints import CheckpointError, convert_legacy, load_checkpoint, save_weights
 from ddim.models.unet import UNet, UNetConfig
 from ddim.schedule import NoiseSchedule
-from ddim.train_config import config_from_dict
+from ddim.train_config import config_from_dict, read_yaml
 
 SOURCES = ("official", "pesser", "ours", "diffusers")
 TARGETS = ("ours", "diffusers")
@@ -69,12 +68,7 @@ def legacy_setup(config: str | os.PathLike[str] | None) -> tuple[UNetConfig, Noi
     if config is None:
         return UNetConfig(), NoiseSchedule.linear()
     path = Path(config)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise ValueError(f"cannot read config {path}: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        raise ValueError(f"config {path} is not valid YAML: {e}") from None
+    raw = read_yaml(path)
     if not isinstance(raw, dict) or not isinstance(raw.get("diffusion"), dict):
         raise ValueError(f"config {path} has no 'diffusion' section")
     try:
@@ -107,12 +101,7 @@ def load_any(
         return LoadedModel(model, schedule)
     if fmt == "ours":
         ckpt = load_checkpoint(src)
-        state = ckpt.ema_state if which == "ema" else ckpt.model_state
-        if state is None:
-            raise CheckpointError(f"{src} stores EMA weights only")
-        model = UNet(ckpt.model_config)
-        model.load_state_dict(state)
-        return LoadedModel(model.eval(), ckpt.schedule, ckpt.step)
+        return LoadedModel(ckpt.unet(which), ckpt.schedule, ckpt.step)
     unet_config, schedule = legacy_setup(config)
     try:
         state = convert_legacy(src, which, unet_config.to_dict())
@@ -138,15 +127,12 @@ def save_any(
 ) -> None:
     """Write a model in format ``fmt`` (one of :data:`TARGETS`): a ddim checkpoint holding
     EMA weights only, or a diffusers pipeline folder."""
-    if fmt not in TARGETS:
-        raise ValueError(f"unknown target format {fmt!r}; choose one of {', '.join(TARGETS)}")
+    _check_target(dst, fmt, overwrite)
     if fmt == "diffusers":
         from ddim.interop import save_diffusers
 
         save_diffusers(loaded.model, loaded.schedule, dst, overwrite=overwrite)
         return
-    if Path(dst).exists() and not overwrite:
-        raise FileExistsError(f"{dst} already exists")
     config = loaded.model.config
     save_weights(
         dst,
@@ -172,12 +158,15 @@ def convert(
 ) -> LoadedModel:
     """Convert ``src`` (format ``src_format``) to ``dst`` (format ``dst_format``); returns
     the loaded model. The result computes the same eps as the source up to float error."""
-    if dst_format not in TARGETS:
-        raise ValueError(
-            f"unknown target format {dst_format!r}; choose one of {', '.join(TARGETS)}"
-        )
-    if Path(dst).exists() and not overwrite:
-        raise FileExistsError(f"{dst} already exists")
+    _check_target(dst, dst_format, overwrite)
     loaded = load_any(src, src_format, config=config, which=which)
     save_any(loaded, dst, dst_format, overwrite=overwrite, source=f"{src_format}:{src}")
     return loaded
+
+
+def _check_target(dst: str | os.PathLike[str], fmt: str, overwrite: bool) -> None:
+    """Reject an unknown target format, or an existing ``dst`` without ``overwrite``."""
+    if fmt not in TARGETS:
+        raise ValueError(f"unknown target format {fmt!r}; choose one of {', '.join(TARGETS)}")
+    if Path(dst).exists() and not overwrite:
+        raise FileExistsError(f"{dst} already exists; pass overwrite=True to replace it")

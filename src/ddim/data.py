@@ -15,7 +15,7 @@ import os
 import pickle
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -58,6 +58,15 @@ def _read_bytes(path: PathLike, what: str) -> bytes:
 # ---------------------------------------------------------------- image folders
 
 
+def find_files(root: Path, extensions: Sequence[str]) -> list[Path]:
+    """Every file under ``root`` (recursive) whose extension, in any case, is one of
+    ``extensions``, sorted by path relative to ``root``."""
+    return sorted(
+        (p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in extensions),
+        key=lambda p: p.relative_to(root).as_posix(),
+    )
+
+
 def _read_image(file: Path, image_size: int, mode: str) -> np.ndarray:
     """One image as uint8 ``(H, W)`` or ``(H, W, 3)``: centre square crop, bicubic resize."""
     try:
@@ -87,10 +96,7 @@ def load_image_folder(path: PathLike, image_size: int, channels: int) -> Tensor:
         raise ValueError(f"channels must be 1 or 3, got {channels}")
     if image_size < 1:
         raise ValueError(f"image_size must be positive, got {image_size}")
-    files = sorted(
-        (p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS),
-        key=lambda p: p.relative_to(root).as_posix(),
-    )
+    files = find_files(root, IMAGE_EXTENSIONS)
     if not files:
         raise ValueError(f"no {'/'.join(IMAGE_EXTENSIONS)} images found in folder {root}")
     out = np.empty((len(files), image_size, image_size, channels), dtype=np.uint8)
@@ -103,19 +109,31 @@ def load_image_folder(path: PathLike, image_size: int, channels: int) -> Tensor:
 # ---------------------------------------------------------------- MNIST idx
 
 
-def load_mnist(path: PathLike) -> Tensor:
-    """An idx3-ubyte images file (raw or gzip-compressed): ``(N, 1, rows, cols)``."""
-    raw = _read_bytes(path, "MNIST file")
+def read_idx(path: PathLike, what: str, magic: int, ndim: int) -> tuple[list[int], bytes]:
+    """The dimensions an idx file (raw or gzip-compressed) declares, and its whole content.
+
+    The header must start with ``magic`` (2051 for MNIST images, 2049 for labels) and hold
+    ``ndim`` sizes; the data follow it at byte ``4 * (1 + ndim)``. Errors name the file as
+    ``what`` (e.g. ``"MNIST file"``).
+    """
+    raw = _read_bytes(path, what)
     if raw[:2] == b"\x1f\x8b":
         try:
             raw = gzip.decompress(raw)
         except (OSError, EOFError, zlib.error) as e:
-            raise ValueError(f"MNIST file {path} is not a valid gzip file: {e}") from e
-    if len(raw) < 16:
-        raise ValueError(f"MNIST file {path} is truncated: {len(raw)} bytes, header needs 16")
-    magic, n, rows, cols = (int(v) for v in np.frombuffer(raw, dtype=">u4", count=4))
-    if magic != MNIST_MAGIC:
-        raise ValueError(f"MNIST file {path} has magic {magic}, not idx3-ubyte's {MNIST_MAGIC}")
+            raise ValueError(f"{what} {path} is not a valid gzip file: {e}") from e
+    header = 4 * (1 + ndim)
+    if len(raw) < header:
+        raise ValueError(f"{what} {path} is truncated: {len(raw)} bytes, header needs {header}")
+    found, *dims = (int(v) for v in np.frombuffer(raw, dtype=">u4", count=1 + ndim))
+    if found != magic:
+        raise ValueError(f"{what} {path} has magic {found}, not {magic}")
+    return dims, raw
+
+
+def load_mnist(path: PathLike) -> Tensor:
+    """An idx3-ubyte images file (raw or gzip-compressed): ``(N, 1, rows, cols)``."""
+    (n, rows, cols), raw = read_idx(path, "MNIST file", MNIST_MAGIC, 3)
     if n == 0 or rows == 0 or cols == 0:
         raise ValueError(f"MNIST file {path} holds no images ({n} x {rows} x {cols})")
     expected = 16 + n * rows * cols

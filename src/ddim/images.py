@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ddim.data import IMAGE_EXTENSIONS, load_npz
+from ddim.data import IMAGE_EXTENSIONS, find_files, load_npz
 from ddim.io import atomic_write_bytes
 
 ARRAY_EXTENSIONS = (".npz", ".npy")
@@ -140,14 +140,7 @@ def image_files(sources: Sequence[str | os.PathLike[str]]) -> list[Path]:
     for source in sources:
         path = Path(source)
         if path.is_dir():
-            found = sorted(
-                (
-                    p
-                    for p in path.rglob("*")
-                    if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS + ARRAY_EXTENSIONS
-                ),
-                key=lambda p: p.relative_to(path).as_posix(),
-            )
+            found = find_files(path, IMAGE_EXTENSIONS + ARRAY_EXTENSIONS)
             if not found:
                 raise ValueError(f"no images found in folder {path}")
             files.extend(found)

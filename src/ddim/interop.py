@@ -124,7 +124,10 @@ def diffusers_unet_config(config: UNetConfig) -> dict[str, Any]:
             f"(its first level always has the input width); only ch_mult[0]=1 converts"
         )
     if not config.resamp_with_conv:
-        raise ValueError("diffusers' UNet2DModel always resamples with convs: resamp_with_conv")
+        raise ValueError(
+            "diffusers' UNet2DModel has no equivalent of resamp_with_conv=False "
+            "(it always resamples with convs)"
+        )
     attn = _attn_levels(config)
     return {
         **{k: v for k, v in _REQUIRED.items() if v is not None},

@@ -236,7 +236,9 @@ def dataset_stats(
     return functools.reduce(FeatureStats.merge, batches)
 
 
-def consistency(labels_at_s: Sequence[int] | torch.Tensor, labels_at_ref: Sequence[int]) -> float:
+def consistency(
+    labels_at_s: Sequence[int] | torch.Tensor, labels_at_ref: Sequence[int] | torch.Tensor
+) -> float:
     """The fraction of samples whose label at ``S`` steps matches the reference label."""
     a, b = torch.as_tensor(labels_at_s).cpu(), torch.as_tensor(labels_at_ref).cpu()
     if a.shape != b.shape or a.ndim != 1 or a.numel() == 0:

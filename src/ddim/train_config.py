@@ -149,7 +149,10 @@ class TrainConfig:
                 f"model takes {self.model.in_channels}x{self.model.image_size}px"
             )
         if self.model.out_channels != self.model.in_channels:
-            raise ValueError("model.out_channels must equal model.in_channels (eps-prediction)")
+            raise ValueError(
+                f"model.out_channels={self.model.out_channels} must equal model.in_channels="
+                f"{self.model.in_channels} (the model predicts eps)"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """A nested, YAML/JSON-friendly dict that :func:`config_from_dict` reads back."""
@@ -173,17 +176,21 @@ _SECTIONS: dict[str, type] = {
 }
 
 
-def load_config(
-    path: str | os.PathLike[str], overrides: list[str] | tuple[str, ...] = ()
-) -> TrainConfig:
-    """Read a YAML config and apply ``key.sub=value`` overrides (values parsed as YAML)."""
-    path = Path(path)
+def read_yaml(path: str | os.PathLike[str]) -> Any:
+    """The parsed content of the YAML config ``path``; a ValueError naming it if unreadable."""
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except OSError as e:
         raise ValueError(f"cannot read config {path}: {e.strerror}") from None
     except yaml.YAMLError as e:
         raise ValueError(f"config {path} is not valid YAML: {e}") from None
+
+
+def load_config(
+    path: str | os.PathLike[str], overrides: list[str] | tuple[str, ...] = ()
+) -> TrainConfig:
+    """Read a YAML config and apply ``key.sub=value`` overrides (values parsed as YAML)."""
+    raw = read_yaml(path)
     if not isinstance(raw, dict):
         raise ValueError(f"config {path} must be a mapping of sections, got {type(raw).__name__}")
     for item in overrides:

@@ -7,7 +7,7 @@ batches without changing results: image ``i`` of :func:`generate` comes from see
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -46,6 +46,13 @@ def _batches(n: int, batch_size: int) -> list[tuple[int, int]]:
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     return [(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
+
+
+def _in_batches(
+    fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch_size: int
+) -> torch.Tensor:
+    """``fn`` applied to ``x`` ``batch_size`` rows at a time, the results concatenated."""
+    return torch.cat([fn(x[a:b]) for a, b in _batches(x.shape[0], batch_size)])
 
 
 def _merge(parts: list[Trajectory]) -> Trajectory:
@@ -118,11 +125,11 @@ def decode(
     callback: Callback | None = None,
 ) -> torch.Tensor:
     """Deterministic DDIM decoding (``eta = 0``) of latents ``x_T``, in batches."""
-    parts = [
-        sample(model, latents[a:b], sched, steps, spacing, 0.0, callback=callback)
-        for a, b in _batches(latents.shape[0], batch_size)
-    ]
-    return torch.cat(parts)
+    return _in_batches(
+        lambda x_T: sample(model, x_T, sched, steps, spacing, 0.0, callback=callback),
+        latents,
+        batch_size,
+    )
 
 
 def encode(
@@ -136,11 +143,9 @@ def encode(
     callback: Callback | None = None,
 ) -> torch.Tensor:
     """Deterministic DDIM encoding ``x_0 -> x_T`` (:func:`ddim.invert`), in batches."""
-    parts = [
-        invert(model, x0[a:b], sched, steps, spacing, callback=callback)
-        for a, b in _batches(x0.shape[0], batch_size)
-    ]
-    return torch.cat(parts)
+    return _in_batches(
+        lambda x: invert(model, x, sched, steps, spacing, callback=callback), x0, batch_size
+    )
 
 
 def per_dim_mse(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -15,12 +15,10 @@ two pixels, and records the accuracy on the last 1,000 (held out) in the file's 
 from __future__ import annotations
 
 import argparse
-import gzip
 import importlib.resources
 import json
 import os
 import time
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ddim.data import load_mnist
+from ddim.data import load_mnist, read_idx
 from ddim.io import atomic_write_bytes
 
 FORMAT = "ddim-mnist-classifier"
@@ -42,25 +40,12 @@ FEATURE_DIM = 128
 
 def load_mnist_labels(path: str | os.PathLike[str]) -> Tensor:
     """An idx1-ubyte labels file (raw or gzip-compressed) as a LongTensor ``(N,)``."""
-    file = Path(path)
-    if not file.is_file():
-        raise ValueError(f"MNIST labels file {file} does not exist or is not a file")
-    raw = file.read_bytes()
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as e:
-            raise ValueError(f"MNIST labels file {file} is not a valid gzip file: {e}") from e
-    if len(raw) < 8:
-        raise ValueError(f"MNIST labels file {file} is truncated: {len(raw)} bytes, header needs 8")
-    magic, n = (int(v) for v in np.frombuffer(raw, dtype=">u4", count=2))
-    if magic != LABELS_MAGIC:
-        raise ValueError(f"MNIST labels file {file} has magic {magic}, not {LABELS_MAGIC}")
+    (n,), raw = read_idx(path, "MNIST labels file", LABELS_MAGIC, 1)
     if len(raw) != 8 + n:
-        raise ValueError(f"MNIST labels file {file} has {len(raw) - 8} labels, header says {n}")
+        raise ValueError(f"MNIST labels file {path} has {len(raw) - 8} labels, header says {n}")
     labels = np.frombuffer(raw, dtype=np.uint8, offset=8)
     if labels.max(initial=0) > 9:
-        raise ValueError(f"MNIST labels file {file} holds labels above 9")
+        raise ValueError(f"MNIST labels file {path} holds labels above 9")
     return torch.from_numpy(labels.astype(np.int64))
 
 
