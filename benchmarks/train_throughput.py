@@ -22,6 +22,7 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -29,19 +30,13 @@ from torch import nn
 from ddim.interop import diffusers_unet_config, from_diffusers
 from ddim.models import UNet, UNetConfig
 from ddim.schedule import NoiseSchedule
+from ddim.train_config import read_yaml
 from ddim.training import diffusion_loss
 
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 PRESETS = {
-    "mnist": UNetConfig(
-        in_channels=1,
-        out_channels=1,
-        ch=64,
-        ch_mult=(1, 2, 2),
-        num_res_blocks=2,
-        attn_resolutions=(14,),
-        dropout=0.1,
-        image_size=28,
-    ),
+    # the bundled model's architecture, as configs/mnist.yaml trains it
+    "mnist": UNetConfig.from_dict(read_yaml(CONFIGS / "mnist.yaml")["model"]),
     "cifar10": UNetConfig(),  # the official CIFAR-10 model, 35.7M parameters
 }
 MODELS = ("ours", "diffusers")

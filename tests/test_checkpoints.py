@@ -136,11 +136,8 @@ def test_missing_bundled_asset_says_how_to_make_it(monkeypatch):
         load_pretrained("toy")
 
 
-def test_bundled_mnist_model_loads_if_shipped():
-    try:
-        net, sched = load_pretrained("mnist")
-    except FileNotFoundError:
-        pytest.skip("the bundled MNIST weights are not trained yet")
+def test_bundled_mnist_model_loads_by_name():
+    net, sched = load_pretrained("mnist")
     assert (net.config.in_channels, net.config.image_size) == (1, 28)
     assert sched.num_timesteps == 1000
 

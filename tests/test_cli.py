@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.resources
 import json
 import re
 import shutil
@@ -27,7 +26,6 @@ from ddim.models.unet import UNet
 
 T = 100
 SCHEDULE = ddim.NoiseSchedule.linear(T, 1e-3, 0.05)
-HAS_MNIST = (importlib.resources.files("ddim") / "assets" / "mnist.safetensors").is_file()
 
 
 @pytest.fixture(scope="module")
@@ -572,9 +570,7 @@ def error_cases() -> list[tuple[str, list[str], str]]:
         ("info-missing", ["info", "{root}/none.safetensors"], "does not exist"),
         ("unknown-command", ["smaple"], "No such command 'smaple'"),
         ("unknown-option", ["sample", "--foo"], "No such option '--foo'"),
-    ] + (
-        [] if HAS_MNIST else [("no-bundled", ["sample", "--out", "{root}/m.png"], "not installed")]
-    )
+    ]
 
 
 @pytest.mark.parametrize("case", error_cases(), ids=lambda c: c[0])
@@ -615,7 +611,6 @@ def test_entry_point_in_a_subprocess(files) -> None:
 # ---------------------------------------------------------------- the bundled model
 
 
-@pytest.mark.skipif(not HAS_MNIST, reason="the bundled mnist model is not trained yet")
 def test_bundled_mnist_samples_and_reconstructs(tmp_path) -> None:
     text = ok("info").stdout
     assert "data shape     1x28x28" in text
