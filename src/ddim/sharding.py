@@ -9,6 +9,7 @@ ends with the statistics of all ``n`` samples.
 
 from __future__ import annotations
 
+import atexit
 import os
 
 import numpy as np
@@ -38,7 +39,10 @@ def init_from_env(device: torch.device | str) -> torch.device:
     """Join the torchrun process group named by ``$WORLD_SIZE`` (if > 1) and pick a device.
 
     The backend is NCCL for CUDA and gloo otherwise; with CUDA each process takes the GPU
-    ``$LOCAL_RANK``. Without torchrun this just returns ``torch.device(device)``.
+    ``$LOCAL_RANK``. Without torchrun this just returns ``torch.device(device)``. A group
+    joined here is destroyed at interpreter exit if the caller has not done so: a gloo group
+    left alive aborts the process on shutdown ("terminate called without an active
+    exception"), which torchrun reports as a failed rank.
     """
     dev = torch.device(device)
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
@@ -48,7 +52,13 @@ def init_from_env(device: torch.device | str) -> torch.device:
         torch.cuda.set_device(dev)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        atexit.register(_leave)
     return dev
+
+
+def _leave() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def merge_across_ranks(stats: FeatureStats) -> FeatureStats:
