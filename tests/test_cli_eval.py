@@ -110,3 +110,72 @@ def test_bad_lists_are_usage_errors(files):
     assert code == 2 and "'10,x' is not a comma-separated int list" in out
     code, out = run("oracle", "--steps", "10,2000", "--dim", "4")
     assert code == 2 and "2000 is more than the model's 1000 timesteps" in out
+
+
+def test_merge_of_pieces_equals_the_whole_grid(files, tmp_path, monkeypatch):
+    ckpt, data = files
+    monkeypatch.setenv("DDIM_CACHE", str(tmp_path / "cache"))
+    common = ["table1", "--ckpt", ckpt, "--ref-data", data, "-n", "3", "--batch-size", "2"]
+    pieces = {
+        "whole": ["--steps", "2,5", "--etas", "0,1"],
+        "a": ["--steps", "2,5", "--etas", "0", "--no-sigma-hat"],
+        "b": ["--steps", "5", "--etas", "1"],
+        "c": ["--steps", "2", "--etas", "1"],
+    }
+    for name, args in pieces.items():
+        code, out = run(*common, *args, "--out-dir", str(tmp_path / name))
+        assert code == 0, out
+    code, out = run("merge", *(str(tmp_path / p / "table1.json") for p in "abc"),
+                    "--out-dir", str(tmp_path / "merged"))  # fmt: skip
+    assert code == 0, out
+    whole = json.loads((tmp_path / "whole/table1.json").read_text())
+    merged = json.loads((tmp_path / "merged/table1.json").read_text())
+    cells = [(r["label"], r["steps"], r["fd"]) for r in whole["rows"]]
+    assert [(r["label"], r["steps"], r["fd"]) for r in merged["rows"]] == cells
+    assert merged["meta"]["merged_from"][0].endswith("a/table1.json")
+    assert out.startswith((tmp_path / "whole/table1.md").read_text().split("\n", 2)[2])
+    assert (tmp_path / "merged/table1.png").stat().st_size > 0
+
+
+def test_merge_of_table2_columns(files, tmp_path):
+    ckpt, data = files
+    for name, steps in (("whole", "2,20"), ("a", "20"), ("b", "2")):
+        code, out = run("table2", "--ckpt", ckpt, "--data", data, "-n", "2", "--steps", steps,
+                        "--out-dir", str(tmp_path / name))  # fmt: skip
+        assert code == 0, out
+    code, out = run("merge", str(tmp_path / "a/table2.json"), str(tmp_path / "b/table2.json"),
+                    "--out-dir", str(tmp_path / "merged"))  # fmt: skip
+    assert code == 0, out
+    whole = json.loads((tmp_path / "whole/table2.json").read_text())["mse"]
+    assert json.loads((tmp_path / "merged/table2.json").read_text())["mse"] == whole
+    assert (tmp_path / "merged/table2.md").read_text() == (tmp_path / "whole/table2.md").read_text()
+
+
+def test_merge_refuses_what_does_not_fit(files, tmp_path):
+    ckpt, data = files
+    for name, n in (("a", "2"), ("b", "3")):
+        code, out = run("table2", "--ckpt", ckpt, "--data", data, "-n", n, "--steps", "2",
+                        "--out-dir", str(tmp_path / name))  # fmt: skip
+        assert code == 0, out
+    a, b = str(tmp_path / "a/table2.json"), str(tmp_path / "b/table2.json")
+    out_dir = str(tmp_path / "merged")
+    code, out = run("merge", a, b, "--out-dir", out_dir)
+    assert (code, out) == (2, f"error: cannot merge: n is 2 in {a} but 3 in {b}\n")
+    code, out = run("merge", a, a, "--out-dir", out_dir)
+    assert (code, out) == (2, f"error: {a} is given twice\n")
+    copy = tmp_path / "copy.json"
+    copy.write_text((tmp_path / "a/table2.json").read_text())
+    code, out = run("merge", a, str(copy), "--out-dir", out_dir)
+    assert (code, out) == (2, f"error: the cell MSE, S = 2 is in both {a} and {copy}\n")
+    oracle = tmp_path / "oracle.json"
+    oracle.write_text('{"rows": []}')
+    code, out = run("merge", str(oracle), "--out-dir", out_dir)
+    assert (code, out) == (
+        2,
+        f"error: {oracle} is not a table1.json or table2.json written by ddim eval\n",
+    )
+    bad = tmp_path / "bad.json"
+    bad.write_text("{")
+    code, out = run("merge", str(bad), "--out-dir", out_dir)
+    assert code == 2 and out.startswith(f"error: {bad} is not JSON (")
+    assert not (tmp_path / "merged").exists()

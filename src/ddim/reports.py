@@ -132,3 +132,79 @@ def mse_markdown(mse: Mapping[int, float]) -> str:
         "|---|" + "---:|" * len(steps) + "\n"
         "| MSE | " + " | ".join(f"{mse[s]:.4g}" for s in steps) + " |\n"
     )
+
+
+# What makes two runs' cells comparable: the model, the features and reference, n and the
+# seeds (the same x_T in every cell), and the spacing; an oracle grid, its D and alpha.
+# Table 2 fixes the images instead of the reference.
+_SAME_TABLE1 = ("ckpt", "features", "n", "seed", "spacing", "ref", "dim", "alpha")
+_SAME_TABLE2 = ("ckpt", "data", "n", "spacing")
+
+
+def merge_results(
+    results: Mapping[str, Mapping[str, Any]],
+) -> tuple[str, list[Row] | dict[int, float], dict[str, Any]]:
+    """Join the ``table1.json`` (or ``table2.json``) contents of separate runs into one table.
+
+    ``results`` maps a name (the file) to its parsed JSON. Each run contributes its cells;
+    the runs must agree on everything that makes cells comparable (for Table 1: checkpoint,
+    features, reference, ``n``, seed and spacing) and no cell may come from two runs.
+    Returns ``("table1", rows, meta)`` or ``("table2", mse, meta)``.
+    """
+    if not results:
+        raise ValueError("nothing to merge")
+    kinds = {_kind(name, doc) for name, doc in results.items()}
+    if len(kinds) > 1:
+        raise ValueError("cannot merge Table 1 results with Table 2 results")
+    kind = kinds.pop()
+    meta = _common_meta(results, _SAME_TABLE1 if kind == "table1" else _SAME_TABLE2)
+    meta["merged_from"] = list(results)
+    seen: dict[tuple[str, int], str] = {}
+    rows: list[Row] = []
+    mse: dict[int, float] = {}
+    for name, doc in results.items():
+        if kind == "table1":
+            cells = [Row(**{k: r[k] for k in Row.__dataclass_fields__}) for r in doc["rows"]]
+            keys = [(r.label, r.steps) for r in cells]
+            rows += cells
+        else:
+            cells = {int(s): float(v) for s, v in doc["mse"].items()}
+            keys = [("MSE", s) for s in cells]
+            mse |= cells
+        for key in keys:
+            if key in seen:
+                raise ValueError(
+                    f"the cell {key[0]}, S = {key[1]} is in both {seen[key]} and {name}"
+                )
+            seen[key] = name
+    if kind == "table1":
+        return kind, _in_table_order(rows), meta
+    return kind, dict(sorted(mse.items())), meta
+
+
+def _kind(name: str, doc: Mapping[str, Any]) -> str:
+    if "rows" in doc and "meta" in doc:
+        return "table1"
+    if "mse" in doc and "meta" in doc:
+        return "table2"
+    raise ValueError(f"{name} is not a table1.json or table2.json written by ddim eval")
+
+
+def _common_meta(results: Mapping[str, Mapping[str, Any]], keys: Sequence[str]) -> dict[str, Any]:
+    (first, doc), *rest = results.items()
+    meta = dict(doc["meta"])
+    for name, other in rest:
+        for key in keys:
+            if other["meta"].get(key) != meta.get(key):
+                raise ValueError(
+                    f"cannot merge: {key} is {meta.get(key)!r} in {first} "
+                    f"but {other['meta'].get(key)!r} in {name}"
+                )
+    return meta
+
+
+def _in_table_order(rows: Sequence[Row]) -> list[Row]:
+    """The eta rows by eta, then sigma-hat; each row's cells by S."""
+    return sorted(
+        rows, key=lambda r: (r.variance == SIGMA_HAT, r.eta if r.eta is not None else 0, r.steps)
+    )

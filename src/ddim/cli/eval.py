@@ -1,4 +1,5 @@
-"""``ddim eval``: the paper's Table 1, Table 2, Figures 5 and 6, and the exact oracle grid.
+"""``ddim eval``: the paper's Table 1, Table 2, Figures 5 and 6, the exact oracle grid, and
+merging grids computed in pieces.
 
 ``table1`` also runs sharded, e.g. ``torchrun --nproc_per_node=4 $(which ddim) eval table1``:
 each process samples its share of the images and rank 0 writes the results.
@@ -7,6 +8,7 @@ each process samples its share of the images and rank 0 writes the results.
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -185,7 +187,7 @@ def oracle_command(
 
 @eval_group.command("table1")
 @run_options(n=1000)
-@steps_list("10,20,50,100")
+@steps_list("10,20,50,100,1000")
 @grid_rows
 @_opt(
     "--features", type=click.Choice(metrics.FEATURES), default="mnist",
@@ -287,3 +289,29 @@ def interpolation_command(run: Run, steps: int) -> None:
         **run.sampling(),
     )  # fmt: skip
     click.echo(f"wrote {out}")
+
+
+@eval_group.command("merge")
+@click.argument("results", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@_opt("--out-dir", type=click.Path(file_okay=False), required=True, help="output folder")
+def merge_command(results: tuple[str, ...], out_dir: str) -> None:
+    """Join the table1.json (or table2.json) files of separate runs into one table.
+
+    For grids computed in pieces, e.g. the S = 1000 cells on another day or machine. The
+    runs must share the checkpoint, n, seed, spacing and reference (or images).
+    """
+    docs = {}
+    for path in results:
+        if path in docs:
+            raise ValueError(f"{path} is given twice")
+        try:
+            docs[path] = json.loads(Path(path).read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not JSON ({e.msg}, line {e.lineno})") from None
+    kind, cells, meta = reports.merge_results(docs)
+    if kind == "table1":
+        experiments.write_table1(cells, out_dir, meta)
+        click.echo(reports.fd_markdown(cells) + f"\nwrote {out_dir}/table1.{{md,json,png}}")
+    else:
+        experiments.write_table2(cells, out_dir, meta)
+        click.echo(reports.mse_markdown(cells) + f"\nwrote {out_dir}/table2.{{md,json}}")
