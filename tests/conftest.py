@@ -1,5 +1,5 @@
-"""Shared fixtures: one thread per test, small deterministic ε-models that every sampler
-test can drive, and tiny U-Net checkpoints."""
+"""Shared fixtures: one thread and an empty working directory per test, small deterministic
+ε-models that every sampler test can drive, and tiny U-Net checkpoints."""
 
 from __future__ import annotations
 
@@ -22,6 +22,15 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def empty_working_directory(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Commands that write to default paths (``samples.png``) write into a fresh folder, so
+    the suite passes whatever a user has made in the checkout (README: sample, then test)."""
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
 
 
 class WigglyEps(torch.nn.Module):
