@@ -159,27 +159,26 @@ def merge_results(
     kind = kinds.pop()
     meta = _common_meta(results, _SAME_TABLE1 if kind == "table1" else _SAME_TABLE2)
     meta["merged_from"] = list(results)
-    seen: dict[tuple[str, int], str] = {}
-    rows: list[Row] = []
-    mse: dict[int, float] = {}
+    merged: dict[tuple[str, int], Any] = {}
+    source: dict[tuple[str, int], str] = {}
     for name, doc in results.items():
-        if kind == "table1":
-            cells = [Row(**{k: r[k] for k in Row.__dataclass_fields__}) for r in doc["rows"]]
-            keys = [(r.label, r.steps) for r in cells]
-            rows += cells
-        else:
-            cells = {int(s): float(v) for s, v in doc["mse"].items()}
-            keys = [("MSE", s) for s in cells]
-            mse |= cells
-        for key in keys:
-            if key in seen:
+        for key, cell in _cells(kind, doc).items():
+            if key in merged:
                 raise ValueError(
-                    f"the cell {key[0]}, S = {key[1]} is in both {seen[key]} and {name}"
+                    f"the cell {key[0]}, S = {key[1]} is in both {source[key]} and {name}"
                 )
-            seen[key] = name
+            merged[key], source[key] = cell, name
     if kind == "table1":
-        return kind, _in_table_order(rows), meta
-    return kind, dict(sorted(mse.items())), meta
+        return kind, _in_table_order(list(merged.values())), meta
+    return kind, {s: v for (_, s), v in sorted(merged.items())}, meta
+
+
+def _cells(kind: str, doc: Mapping[str, Any]) -> dict[tuple[str, int], Any]:
+    """A result file's cells keyed by ``(row label, S)``: Rows for Table 1, MSEs for Table 2."""
+    if kind == "table1":
+        rows = [Row(**{k: r[k] for k in Row.__dataclass_fields__}) for r in doc["rows"]]
+        return {(r.label, r.steps): r for r in rows}
+    return {("MSE", int(s)): float(v) for s, v in doc["mse"].items()}
 
 
 def _kind(name: str, doc: Mapping[str, Any]) -> str:
