@@ -27,11 +27,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ddim.interop import diffusers_unet_config, from_diffusers
+from ddim.formats.diffusers import diffusers_unet_config, from_diffusers
 from ddim.models import UNet, UNetConfig
 from ddim.schedule import NoiseSchedule
-from ddim.train_config import read_yaml
-from ddim.training import diffusion_loss
+from ddim.train.config import read_yaml
+from ddim.train.loop import diffusion_loss
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 PRESETS = {
@@ -44,8 +44,8 @@ MODELS = ("ours", "diffusers")
 
 def build(which: str, config: UNetConfig, device: torch.device) -> nn.Module:
     """Our ``UNet`` or the same network as a diffusers ``UNet2DModel`` (in the layout of
-    :func:`ddim.interop.diffusers_unet_config`, behind its eps-model adapter), in train mode
-    on ``device``."""
+    :func:`ddim.formats.diffusers.diffusers_unet_config`, behind its eps-model adapter), in
+    train mode on ``device``."""
     if which == "ours":
         model = UNet(config)
     else:

@@ -7,7 +7,7 @@ import importlib.resources
 import torch
 
 import ddim
-from ddim.checkpoints import read_metadata
+from ddim.formats.checkpoint import read_metadata
 from ddim.models.classifier import load_classifier
 
 

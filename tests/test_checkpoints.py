@@ -11,8 +11,9 @@ import pytest
 import safetensors.torch
 import torch
 
-from ddim import checkpoints
-from ddim.checkpoints import (
+from ddim.formats import checkpoint as checkpoints
+from ddim.formats.atomic import atomic_write, atomic_write_bytes
+from ddim.formats.checkpoint import (
     CheckpointError,
     check_state_dict,
     convert_legacy,
@@ -21,7 +22,6 @@ from ddim.checkpoints import (
     load_pretrained,
     read_metadata,
 )
-from ddim.io import atomic_write, atomic_write_bytes
 from ddim.models.unet import UNet
 from ddim.schedule import NoiseSchedule
 

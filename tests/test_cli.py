@@ -18,11 +18,13 @@ from click.testing import CliRunner, Result
 from PIL import Image
 
 import ddim
-from ddim import images, workflows
-from ddim.checkpoints import load_pretrained
+from ddim import workflows
 from ddim.cli import main
-from ddim.latents import load_latents
+from ddim.formats import images
+from ddim.formats.checkpoint import load_pretrained
+from ddim.formats.latents import load_latents
 from ddim.models.unet import UNet
+from ddim.workflows import SamplerOptions as Opts
 
 T = 100
 SCHEDULE = ddim.NoiseSchedule.linear(T, 1e-3, 0.05)
@@ -86,7 +88,7 @@ def test_sample_is_batch_invariant_seeded_and_matches_the_library(files, tmp_pat
     np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(c[0], a[3])
     model, sched = load_pretrained(files["tiny.safetensors"])
-    x = workflows.generate(model, sched, 5, (1, 8, 8), steps=10, eta=0.5)
+    x = workflows.generate(model, sched, 5, (1, 8, 8), options=Opts(10, eta=0.5))
     np.testing.assert_array_equal(images.to_uint8(x), a)
     assert a.std() > 10
 
@@ -177,7 +179,7 @@ def test_encode_matches_the_library(files, tmp_path, suffix) -> None:
     assert labels == [str(s) for s in sources]
     model, sched = load_pretrained(files["tiny.safetensors"])
     x0, _ = images.read_images(sources, 1, 8)
-    expected = workflows.encode(model, sched, x0, steps=10, batch_size=1)
+    expected = workflows.encode(model, sched, x0, options=Opts(10), batch_size=1)
     torch.testing.assert_close(latents, expected, atol=0, rtol=0)
     assert latents.std() > 0.3
 
@@ -198,7 +200,7 @@ def test_reconstruct_prints_the_unit_scale_mse(files, tmp_path) -> None:
     )
     model, sched = load_pretrained(files["tiny.safetensors"])
     x0, _ = images.read_images(sources, 1, 8)
-    mse = workflows.reconstruct(model, sched, x0, steps=20).mse
+    mse = workflows.reconstruct(model, sched, x0, options=Opts(20)).mse
     lines = result.stdout.splitlines()
     assert lines[:3] == [f"{m:.6f}  {s}" for m, s in zip(mse.tolist(), sources, strict=True)]
     mean = re.fullmatch(
@@ -275,8 +277,8 @@ def test_interpolate_grid_of_four_seeds_and_images(files, tmp_path) -> None:
     )
     model, sched = load_pretrained(files["tiny.safetensors"])
     x0, _ = images.read_images([files["g0.png"], files["g1.png"]], 1, 8)
-    z = workflows.encode(model, sched, x0, steps=10)
-    x = workflows.decode(model, sched, workflows.interpolation_latents(z, 3), steps=10)
+    z = workflows.encode(model, sched, x0, options=Opts(10))
+    x = workflows.decode(model, sched, workflows.interpolation_latents(z, 3), options=Opts(10))
     np.testing.assert_array_equal(read_png(tmp_path / "im.png"), images.make_grid(x, 3)[..., 0])
 
 
@@ -336,7 +338,7 @@ def test_convert_ours_diffusers_round_trip(files, tmp_path) -> None:
 
 def test_convert_native_diffusers_model(tmp_path, tiny_config) -> None:
     diffusers = pytest.importorskip("diffusers")
-    from ddim.interop import diffusers_unet_config, scheduler_config
+    from ddim.formats.diffusers import diffusers_unet_config, scheduler_config
 
     torch.manual_seed(4)
     unet = diffusers.UNet2DModel(**diffusers_unet_config(tiny_config)).eval()

@@ -11,9 +11,9 @@ from PIL import Image
 
 import ddim
 from ddim.cli.eval import eval_group
-from ddim.gaussian_exact import exact_grid, power_law_spectrum
-from ddim.images import save_npz
-from ddim.metrics import FeatureStats
+from ddim.eval.exact_gaussian import exact_grid, power_law_spectrum
+from ddim.eval.metrics import FeatureStats
+from ddim.formats.images import save_npz
 from ddim.models.unet import UNet, UNetConfig
 
 TINY = UNetConfig(

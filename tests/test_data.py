@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ddim.data import (
+from ddim.formats.datasets import (
     DataConfig,
     load_cifar10,
     load_dataset,

@@ -14,10 +14,12 @@ import torch
 from PIL import Image
 
 import ddim
-from ddim import experiments, reports
-from ddim.metrics import FeatureStats, dataset_stats, pixel_features
-from ddim.oracle import GaussianMixture
-from ddim.sharding import shard
+from ddim.distributed import shard
+from ddim.eval import experiments, reports
+from ddim.eval.metrics import FeatureStats, dataset_stats, pixel_features
+from ddim.models.oracle import GaussianMixture
+from ddim.noise import seeded_latents
+from ddim.workflows import SamplerOptions
 
 SCHED = ddim.NoiseSchedule.linear(1000)
 SHAPE = (1, 4, 4)
@@ -114,7 +116,7 @@ def test_interpolation_figure(tmp_path):
         mix, SCHED, tmp_path / "interp.png", shape=SHAPE, frames=4, steps=20
     )
     assert images.shape == (16, *SHAPE)
-    corners = ddim.workflows.seed_latents(range(4), SHAPE)
+    corners, _ = seeded_latents(range(4), SHAPE)
     first = ddim.sample(mix, corners[:1], SCHED, 20)
     torch.testing.assert_close(images[:1], first)
     assert Image.open(tmp_path / "interp.png").size == (4 * 6 + 2, 4 * 6 + 2)
@@ -123,18 +125,19 @@ def test_interpolation_figure(tmp_path):
 WORKER = """
 import sys, torch
 import ddim
-from ddim.experiments import sample_stats
-from ddim.metrics import pixel_features
-from ddim.sharding import init_from_env, world
+from ddim.eval.experiments import sample_stats
+from ddim.eval.metrics import pixel_features
+from ddim.distributed import init_from_env, world
 
 torch.set_num_threads(1)
 init_from_env("cpu")
 sys.path.insert(0, sys.argv[2])
 from test_experiments import SCHED, SHAPE, image_mixture
+from ddim.workflows import SamplerOptions
 
 stats = sample_stats(
     image_mixture(), SCHED, pixel_features, shape=SHAPE, n=10, batch_size=3, seed=5,
-    steps=5, eta=0.5,
+    options=SamplerOptions(5, eta=0.5),
 )
 if world()[0] == 0:
     stats.save(sys.argv[1])
@@ -155,7 +158,7 @@ def test_two_processes_give_the_statistics_of_one(tmp_path):
     two = FeatureStats.load(tmp_path / "s.npz")
     one = experiments.sample_stats(
         image_mixture(), SCHED, pixel_features, shape=SHAPE, n=10, batch_size=4, seed=5,
-        steps=5, eta=0.5,
+        options=SamplerOptions(5, eta=0.5),
     )  # fmt: skip
     assert two.n == one.n == 10
     np.testing.assert_allclose(two.mu, one.mu, rtol=1e-6, atol=1e-9)

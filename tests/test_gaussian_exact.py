@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import ddim
-from ddim.gaussian_exact import (
+from ddim.eval.exact_gaussian import (
     DiagonalGaussian,
     exact_grid,
     gaussian_w2,
@@ -19,8 +19,8 @@ from ddim.gaussian_exact import (
     output_variance,
     power_law_spectrum,
 )
-from ddim.metrics import frechet_distance
-from ddim.oracle import GaussianMixture
+from ddim.eval.metrics import frechet_distance
+from ddim.models.oracle import GaussianMixture
 
 SCHED = ddim.NoiseSchedule.linear(1000)
 F64 = torch.float64

@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from ddim import images
-from ddim.data import load_npz
+from ddim.formats import images
+from ddim.formats.datasets import load_npz
 
 
 def ramp(n: int = 3, c: int = 1, size: int = 4) -> torch.Tensor:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import ddim
-from ddim import interop
+from ddim.formats import diffusers as interop
 from ddim.models.unet import UNetConfig
 
 diffusers = pytest.importorskip("diffusers")
@@ -155,7 +155,8 @@ def test_missing_diffusers_is_a_clear_import_error(monkeypatch, perturbed_unet) 
 
 def test_core_package_never_imports_diffusers() -> None:
     code = (
-        "import sys, ddim, ddim.cli, ddim.interop, ddim.workflows, ddim.convert, ddim.images; "
+        "import sys, ddim, ddim.cli, ddim.formats.diffusers, ddim.workflows, "
+        "ddim.formats.convert, ddim.formats.images; "
         "print('diffusers' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

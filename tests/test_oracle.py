@@ -1,4 +1,4 @@
-"""The exact noise predictors of ``ddim.oracle`` and the samplers run on them.
+"""The exact noise predictors of ``ddim.models.oracle`` and the samplers run on them.
 
 Conventions: ``a_t = alpha_bar(t)`` of the linear schedule, ``T = 1000``, and the DDIM
 change of variables ``xbar = x / sqrt(a)``, ``sigma = sqrt((1 - a) / a)``, in which the
@@ -16,8 +16,8 @@ from scipy.special import logsumexp
 from scipy.stats import multivariate_normal
 
 import ddim
-from ddim import oracle
-from ddim.oracle import EmpiricalData, GaussianMixture
+from ddim.models import oracle
+from ddim.models.oracle import EmpiricalData, GaussianMixture
 
 T = 1000
 SCHED = ddim.NoiseSchedule.linear(T)
@@ -94,7 +94,7 @@ def test_eps_is_minus_scaled_score_of_log_prob(name: str, t_mode: str) -> None:
     }[t_mode]
     x = noised(orc, ts, seed=5).requires_grad_(True)
     (grad,) = torch.autograd.grad(orc.log_prob(x, ts).sum(), x)
-    expected = -(1 - alpha(ts, x)).sqrt() * grad  # Tweedie, eq. (1) of ddim.oracle
+    expected = -(1 - alpha(ts, x)).sqrt() * grad  # Tweedie, eq. (1) of ddim.models.oracle
     eps = orc(x.detach(), ts)
     assert eps.shape == x.shape and eps.dtype == F64
     # Both sides are the same float64 sums assembled two ways: agreement to ~1e-14
@@ -318,7 +318,7 @@ def test_ddim_runs_on_image_shaped_oracle() -> None:
 
 
 def test_package_exposes_oracle() -> None:
-    assert ddim.oracle.GaussianMixture is GaussianMixture
+    assert ddim.models.oracle.GaussianMixture is GaussianMixture
 
 
 @pytest.mark.parametrize(

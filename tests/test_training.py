@@ -18,11 +18,11 @@ import torch
 import yaml
 from PIL import Image
 
-from ddim import train as train_cli
-from ddim.checkpoints import load_checkpoint, load_pretrained
+from ddim.formats.checkpoint import load_checkpoint, load_pretrained
 from ddim.models.unet import UNet
-from ddim.train_config import config_from_dict, load_config
-from ddim.training import (
+from ddim.train import __main__ as train_cli
+from ddim.train.config import config_from_dict, load_config
+from ddim.train.loop import (
     DataOrder,
     NonFiniteLossError,
     learning_rate,
@@ -100,8 +100,8 @@ def straight(tmp_path_factory):
 KILLER = textwrap.dedent(
     """
     import os, signal, sys
-    from ddim import training
-    from ddim.train_config import load_config
+    from ddim.train import loop as training
+    from ddim.train.config import load_config
 
     config, mode, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
     die = lambda: os.kill(os.getpid(), signal.SIGKILL)

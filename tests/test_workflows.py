@@ -9,10 +9,11 @@ import torch
 
 import ddim
 from ddim import workflows
-from ddim.latents import load_latents, save_latents
-from ddim.sampling import per_sample_randn
+from ddim.formats.latents import load_latents, save_latents
+from ddim.noise import per_sample_randn, seeded_latents
 
 SHAPE = (3, 4, 4)
+Opts = workflows.SamplerOptions
 
 
 class GaussianEps(torch.nn.Module):
@@ -33,7 +34,7 @@ def test_model_calls_skips_repeated_timesteps(sched) -> None:
 
 
 def test_generate_is_batch_size_invariant_and_seeded_per_image(sched, eps_model) -> None:
-    kwargs = {"steps": 5, "eta": 0.7, "seed": 11}
+    kwargs = {"options": workflows.SamplerOptions(5, eta=0.7), "seed": 11}
     full = workflows.generate(eps_model, sched, 5, SHAPE, batch_size=5, **kwargs)
     split = workflows.generate(eps_model, sched, 5, SHAPE, batch_size=2, **kwargs)
     torch.testing.assert_close(split, full, atol=0, rtol=0)
@@ -48,21 +49,21 @@ def test_generate_is_batch_size_invariant_and_seeded_per_image(sched, eps_model)
 
 def test_generate_merges_trajectories(sched, eps_model) -> None:
     x0, traj = workflows.generate(
-        eps_model, sched, 3, SHAPE, batch_size=2, steps=4, return_trajectory=True
+        eps_model, sched, 3, SHAPE, batch_size=2, options=Opts(4), return_trajectory=True
     )
     assert traj.timesteps == [750, 500, 250, 0]
     assert len(traj.xs) == 5 and len(traj.x0_preds) == 4
     assert all(x.shape == (3, *SHAPE) for x in traj.xs + traj.x0_preds)
     torch.testing.assert_close(traj.xs[-1], x0, atol=0, rtol=0)
-    torch.testing.assert_close(traj.xs[0], workflows.seed_latents([0, 1, 2], SHAPE))
+    torch.testing.assert_close(traj.xs[0], seeded_latents([0, 1, 2], SHAPE)[0])
 
 
 def test_seed_latent_is_image_zero_of_that_seed(sched, eps_model) -> None:
-    z = workflows.seed_latents([4, 9], SHAPE)
+    z, _ = seeded_latents([4, 9], SHAPE)
     assert z.shape == (2, *SHAPE)
-    expected = workflows.decode(eps_model, sched, z, steps=5)
+    expected = workflows.decode(eps_model, sched, z, options=Opts(5))
     torch.testing.assert_close(
-        workflows.generate(eps_model, sched, 1, SHAPE, seed=9, steps=5)[0], expected[1]
+        workflows.generate(eps_model, sched, 1, SHAPE, seed=9, options=Opts(5))[0], expected[1]
     )
 
 
@@ -82,12 +83,12 @@ def test_reconstruction_matches_the_closed_form(sched) -> None:
         root = math.sqrt((1 - a) * (1 - a_prev))
         c *= math.sqrt(a * a_prev) + root
         c *= math.sqrt(a / a_prev) * (1 - root) + 1 - a
-    result = workflows.reconstruct(model, sched, x0, steps=steps, batch_size=2)
+    result = workflows.reconstruct(model, sched, x0, options=Opts(steps), batch_size=2)
     torch.testing.assert_close(result.images, c * x0, atol=1e-5, rtol=0)
     expected_mse = (((1 - c) * x0.double() / 2) ** 2).flatten(1).mean(1)
     torch.testing.assert_close(result.mse, expected_mse, atol=1e-9, rtol=1e-4)
     assert 0.98 < c < 0.995 and 1e-6 < result.mse.max() < 1e-4
-    encoded = workflows.encode(model, sched, x0, steps=steps, batch_size=3)
+    encoded = workflows.encode(model, sched, x0, options=Opts(steps), batch_size=3)
     torch.testing.assert_close(result.latents, encoded, atol=0, rtol=0)
 
 
@@ -98,7 +99,7 @@ def test_per_dim_mse_is_on_the_unit_pixel_scale() -> None:
 
 
 def test_interpolation_latents_lines_and_grids() -> None:
-    z = workflows.seed_latents([1, 2, 3, 4], SHAPE)
+    z, _ = seeded_latents([1, 2, 3, 4], SHAPE)
     line = workflows.interpolation_latents(z[:2], 5)
     assert line.shape == (5, *SHAPE)
     torch.testing.assert_close(line[0], z[0])
@@ -116,7 +117,7 @@ def test_interpolation_latents_lines_and_grids() -> None:
 
 @pytest.mark.parametrize("suffix", [".npz", ".pt"])
 def test_latents_files_round_trip(tmp_path, suffix) -> None:
-    z = workflows.seed_latents([0, 1], SHAPE)
+    z, _ = seeded_latents([0, 1], SHAPE)
     save_latents(tmp_path / f"z{suffix}", z, ["a.png", "b.png"])
     back, sources = load_latents(tmp_path / f"z{suffix}")
     torch.testing.assert_close(back, z, atol=0, rtol=0)

@@ -1,9 +1,10 @@
 """ddim: train a DDPM and sample it 10-50x faster with DDIM (Song, Meng & Ermon, ICLR 2021)."""
 
-from ddim import oracle
-from ddim.checkpoints import load_pretrained
+from ddim.formats.checkpoint import load_pretrained
 from ddim.interpolate import slerp, slerp_grid
-from ddim.sampling import Trajectory, invert, sample, seeded_generators
+from ddim.models import oracle
+from ddim.noise import seeded_generators
+from ddim.sampling import Trajectory, invert, sample
 from ddim.schedule import NoiseSchedule
 
 __all__ = [

@@ -1,18 +1,19 @@
-"""The generalized DDIM sampler (Song, Meng & Ermon 2021), its deterministic inverse, and noise.
+"""The generalized DDIM sampler (Song, Meng & Ermon 2021) and its deterministic inverse.
 
-One step from ``t`` to ``t_prev`` (eq. 12), with ``a = alpha_bar``::
+One step from ``t`` to ``t_prev``, with ``a = alpha_bar`` (equation numbers of the paper)::
 
-    x0_pred = (x_t - sqrt(1 - a_t) * eps) / sqrt(a_t)
-    sigma   = eta * sqrt((1 - a_prev) / (1 - a_t)) * sqrt(1 - a_t / a_prev)      (eq. 16)
-    x_prev  = sqrt(a_prev) * x0_pred + sqrt(1 - a_prev - sigma**2) * eps + sigma * z
+    x0_pred = (x_t - sqrt(1 - a_t) * eps) / sqrt(a_t)                             (eq. 9)
+    sigma   = eta * sqrt((1 - a_prev) / (1 - a_t)) * sqrt(1 - a_t / a_prev)       (eq. 16)
+    x_prev  = sqrt(a_prev) * x0_pred + sqrt(1 - a_prev - sigma**2) * eps + sigma * z  (eq. 12)
 
-``eta = 0`` is DDIM, ``eta = 1`` is DDPM's ancestral step. ``variance="ddpm-large"`` is
-the paper's sigma-hat row of Table 1 (the official ``ddpm_noisy`` step): the posterior mean
-of ``q(x_prev | x_t, x0_pred)`` with noise std ``sqrt(1 - a_t / a_prev)``.
+``eta = 0`` is DDIM, ``eta = 1`` is DDPM's ancestral step. ``variance=SIGMA_HAT`` (the
+string ``"ddpm-large"``) is the paper's sigma-hat row of Table 1, the official code's
+``ddpm_noisy`` step: the posterior mean of ``q(x_prev | x_t, x0_pred)`` (Ho et al. eq. 7)
+with noise std ``sqrt(1 - a_t / a_prev)``.
 
 Schedule scalars are Python floats on the host, so a step launches device work only and
 never waits on the device. Non-finite model outputs are flagged on the device and reported
-once, after the loop.
+once, after the loop (:class:`CheckedModel`).
 """
 
 from __future__ import annotations
@@ -24,11 +25,51 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from ddim.noise import StepNoise, step_noise
 from ddim.schedule import NoiseSchedule
 
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Callback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
-VARIANCES = ("ddim", "ddpm-large")
+SIGMA_HAT = "ddpm-large"
+VARIANCES = ("ddim", SIGMA_HAT)
+
+
+# ---------------------------------------------------------------- the paper's equations
+
+
+def predict_x0(x_t: torch.Tensor, eps: torch.Tensor, a_t: float) -> torch.Tensor:
+    """Eq. 9 solved for ``x_0``: ``(x_t - sqrt(1 - a_t) eps) / sqrt(a_t)``."""
+    return (x_t - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)
+
+
+def ddim_sigma(a_t: float, a_prev: float, eta: float) -> float:
+    """Eq. 16: ``eta * sqrt((1 - a_prev) / (1 - a_t)) * sqrt(1 - a_t / a_prev)``."""
+    return eta * math.sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev))
+
+
+def ddim_step(
+    x0_pred: torch.Tensor, eps: torch.Tensor, a_prev: float, sigma: float
+) -> torch.Tensor:
+    """Eq. 12 without its noise term: ``sqrt(a_prev) x0_pred + sqrt(1 - a_prev - sigma^2) eps``.
+
+    For ``eta <= 1``, ``1 - a_prev - sigma**2 >= 0`` holds exactly and is clamped at 0 only
+    against rounding; a larger ``eta`` that breaks it is refused by :func:`sample`.
+    """
+    return math.sqrt(a_prev) * x0_pred + math.sqrt(max(1 - a_prev - sigma**2, 0.0)) * eps
+
+
+def posterior_mean(
+    x_t: torch.Tensor, x0_pred: torch.Tensor, a_t: float, a_prev: float
+) -> torch.Tensor:
+    """The mean of ``q(x_prev | x_t, x_0 = x0_pred)`` (Ho et al. 2020, eq. 7) for a step of
+    ``beta = 1 - a_t / a_prev``: the mean of the sigma-hat step."""
+    beta = 1 - a_t / a_prev
+    return (math.sqrt(a_prev) * beta * x0_pred + math.sqrt(1 - beta) * (1 - a_prev) * x_t) / (
+        1 - a_t
+    )
+
+
+# ---------------------------------------------------------------- running a model
 
 
 @dataclass(frozen=True)
@@ -45,30 +86,43 @@ class Trajectory:
     x0_preds: list[torch.Tensor]
 
 
-def seeded_generators(
-    seed: int, n: int, device: torch.device | str = "cpu"
-) -> list[torch.Generator]:
-    """One generator per sample, sample ``i`` seeded with ``seed + i``."""
-    return [torch.Generator(device=device).manual_seed(seed + i) for i in range(n)]
+class CheckedModel:
+    """``model`` with its output checked: the shape at once, finiteness after the loop.
 
-
-def per_sample_randn(
-    generators: Sequence[torch.Generator],
-    shape: Sequence[int],
-    *,
-    dtype: torch.dtype,
-    device: torch.device | str,
-) -> torch.Tensor:
-    """A standard normal batch whose row ``i`` is drawn from ``generators[i]`` alone.
-
-    Row ``i`` is therefore the same whatever the batch it is part of.
+    Each call records, on the device, whether the output was finite; :meth:`raise_if_nonfinite`
+    reads all records with one device sync and names the first step that was not.
     """
-    return torch.stack(
-        [torch.randn(tuple(shape), generator=g, dtype=dtype, device=device) for g in generators]
-    )
+
+    def __init__(self, model: Model, timesteps: Sequence[int], batch: int, device: torch.device):
+        self.model = model
+        t_all = torch.tensor(list(timesteps), dtype=torch.long, device=device)
+        self._t = [t_all[i].expand(batch) for i in range(len(timesteps))]
+        self._flags: list[tuple[int, int, torch.Tensor]] = []
+
+    def __call__(self, x: torch.Tensor, i: int, t: int) -> torch.Tensor:
+        """``eps`` at step ``i`` (timestep ``t``), in the dtype of ``x``."""
+        eps = self.model(x, self._t[i])
+        if not isinstance(eps, torch.Tensor) or eps.shape != x.shape:
+            shape = tuple(eps.shape) if isinstance(eps, torch.Tensor) else type(eps).__name__
+            raise ValueError(
+                f"model returned {shape} at step {i} (t={t}); "
+                f"expected a tensor of shape {tuple(x.shape)}"
+            )
+        eps = eps.to(x.dtype)
+        self._flags.append((i, t, torch.isfinite(eps).all()))
+        return eps
+
+    def raise_if_nonfinite(self) -> None:
+        """A ValueError naming the first step whose model output was not finite."""
+        if not self._flags:
+            return
+        finite = torch.stack([f for _, _, f in self._flags]).cpu()
+        if not finite.all():
+            i, t, _ = self._flags[int((~finite).nonzero()[0, 0])]
+            raise ValueError(f"model returned non-finite values at step {i} (t={t})")
 
 
-def _step_pairs(
+def step_pairs(
     sched: NoiseSchedule, steps: int | Sequence[int], spacing: str
 ) -> list[tuple[int, int]]:
     """``(t, t_prev)`` for every step, largest ``t`` first; the last ``t_prev`` is ``-1``."""
@@ -76,43 +130,20 @@ def _step_pairs(
     return list(zip(ts, ts[1:] + [-1], strict=True))
 
 
-def _predict_eps(
-    model: Model,
-    x: torch.Tensor,
-    t_batch: torch.Tensor,
-    i: int,
-    t: int,
-    flags: list[tuple[int, int, torch.Tensor]],
-) -> torch.Tensor:
-    """Call the model at step ``i``, check its shape, and flag non-finite output on the device."""
-    eps = model(x, t_batch)
-    if not isinstance(eps, torch.Tensor) or eps.shape != x.shape:
-        shape = tuple(eps.shape) if isinstance(eps, torch.Tensor) else type(eps).__name__
-        raise ValueError(
-            f"model returned {shape} at step {i} (t={t}); "
-            f"expected a tensor of shape {tuple(x.shape)}"
-        )
-    eps = eps.to(x.dtype)
-    flags.append((i, t, torch.isfinite(eps).all()))
-    return eps
-
-
-def _raise_if_nonfinite(flags: list[tuple[int, int, torch.Tensor]]) -> None:
-    """Report the first step whose model output was not finite (one device sync)."""
-    if not flags:
+def _check_eta(sched: NoiseSchedule, pairs: list[tuple[int, int]], eta: float) -> None:
+    """Refuse an ``eta`` whose eq. 16 sigma exceeds ``sqrt(1 - a_prev)`` at some step, where
+    eq. 12's coefficient of ``eps`` would be the square root of a negative number."""
+    if not math.isfinite(eta) or eta < 0:
+        raise ValueError(f"eta must be a finite number >= 0, got {eta}")
+    if eta <= 1:
         return
-    finite = torch.stack([f for _, _, f in flags]).cpu()
-    if not finite.all():
-        i, t, _ = flags[int((~finite).nonzero()[0, 0])]
-        raise ValueError(f"model returned non-finite values at step {i} (t={t})")
-
-
-def _timestep_batch(
-    pairs: list[tuple[int, int]], batch: int, device: torch.device
-) -> list[torch.Tensor]:
-    """The ``t`` argument of every model call, made with one host-to-device copy."""
-    t_all = torch.tensor([t for t, _ in pairs], dtype=torch.long, device=device)
-    return [t_all[i].expand(batch) for i in range(len(pairs))]
+    for i, (t, t_prev) in enumerate(pairs):
+        a_t, a_prev = sched.alpha_bar_at(t), sched.alpha_bar_at(t_prev)
+        if t != t_prev and 1 - a_prev - ddim_sigma(a_t, a_prev, eta) ** 2 < 0:
+            raise ValueError(
+                f"eta = {eta} makes 1 - alpha_bar_prev - sigma^2 negative at step {i} "
+                f"(t={t} -> {t_prev}), so eq. 12 is undefined there; use eta <= 1"
+            )
 
 
 @torch.no_grad()
@@ -140,14 +171,16 @@ def sample(
         sched: the noise schedule the model was trained with.
         steps: a number of steps ``S`` or an explicit sequence of timesteps.
         spacing: how ``S`` steps are laid out (see :meth:`NoiseSchedule.timesteps`).
-        eta: the ``eta`` of eq. 16; 0 is DDIM, 1 is DDPM. Ignored by ``"ddpm-large"``.
+        eta: the ``eta`` of eq. 16 in ``[0, 1]``; 0 is DDIM, 1 is DDPM. A larger ``eta`` is
+            accepted where eq. 12 stays defined at every step, else a ValueError names the
+            step. Ignored by sigma-hat.
         variance: ``"ddim"`` (eq. 16) or ``"ddpm-large"`` (Table 1's sigma-hat).
         clip_denoised: clamp ``x0_pred`` to ``[-1, 1]`` at every step. ``None`` follows the
-            official code: off for ``"ddim"``, on for ``"ddpm-large"``.
-        seed: sample ``i`` draws its noise from a generator seeded with ``seed + i``.
-        generators: one generator per sample, used instead of ``seed`` (for example the
-            ones ``x_T`` was drawn from, see :func:`seeded_generators`).
-        noise: explicit ``z`` for every step, shape ``(len(timesteps), *x_T.shape)``.
+            official code: off for ``"ddim"``, on for sigma-hat.
+        seed, generators, noise: the step noise ``z``, at most one of them: ``seed`` gives
+            sample ``i`` a generator seeded ``seed + i``; ``generators`` one per sample (for
+            example those ``x_T`` was drawn from); ``noise`` every ``z`` explicitly, shape
+            ``(len(timesteps), *x_T.shape)``. With none, ``z`` comes from the global RNG.
         return_trajectory: also return every ``x_t`` and every ``x0_pred``.
         progress: show a tqdm bar.
         callback: called as ``callback(i, t, x, x0_pred)`` after every step.
@@ -157,78 +190,41 @@ def sample(
     """
     if variance not in VARIANCES:
         raise ValueError(f"unknown variance {variance!r}; choose one of {', '.join(VARIANCES)}")
-    if not math.isfinite(eta) or eta < 0:
-        raise ValueError(f"eta must be a finite number >= 0, got {eta}")
+    pairs = step_pairs(sched, steps, spacing)
+    if variance == "ddim":
+        _check_eta(sched, pairs, eta)
     if clip_denoised is None:
-        clip_denoised = variance == "ddpm-large"
-    pairs = _step_pairs(sched, steps, spacing)
-    stochastic = variance == "ddpm-large" or eta > 0
-    gens = _resolve_generators(x_T, seed, generators, noise, len(pairs), stochastic)
+        clip_denoised = variance == SIGMA_HAT
+    stochastic = variance == SIGMA_HAT or eta > 0
+    z: StepNoise = step_noise(x_T, len(pairs), seed, generators, noise, stochastic)
+    eps_model = CheckedModel(model, [t for t, _ in pairs], x_T.shape[0], x_T.device)
 
     x = x_T
-    ts = _timestep_batch(pairs, x.shape[0], x.device)
-    flags: list[tuple[int, int, torch.Tensor]] = []
     traj = Trajectory([], [x_T], []) if return_trajectory else None
     for i, (t, t_prev) in enumerate(tqdm(pairs, disable=not progress, desc="sampling")):
         if t == t_prev:
             continue
         a_t, a_prev = sched.alpha_bar_at(t), sched.alpha_bar_at(t_prev)
-        eps = _predict_eps(model, x, ts[i], i, t, flags)
-        x0_pred = (x - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)
+        eps = eps_model(x, i, t)
+        x0_pred = predict_x0(x, eps, a_t)
         if clip_denoised:
             x0_pred = x0_pred.clamp(-1, 1)
         if variance == "ddim":
-            sigma = eta * math.sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev))
-            x = math.sqrt(a_prev) * x0_pred + math.sqrt(max(1 - a_prev - sigma**2, 0.0)) * eps
+            sigma = ddim_sigma(a_t, a_prev, eta)
+            x = ddim_step(x0_pred, eps, a_prev, sigma)
         else:
-            beta = 1 - a_t / a_prev
-            x = (math.sqrt(a_prev) * beta * x0_pred + math.sqrt(1 - beta) * (1 - a_prev) * x) / (
-                1 - a_t
-            )
-            sigma = math.sqrt(beta) if t_prev >= 0 else 0.0
+            x = posterior_mean(x, x0_pred, a_t, a_prev)
+            sigma = math.sqrt(1 - a_t / a_prev) if t_prev >= 0 else 0.0
         if sigma > 0:
-            x = x + sigma * _step_noise(i, x, gens, noise)
+            x = x + sigma * z(i, x)
         if traj is not None:
             traj.timesteps.append(t)
             traj.xs.append(x)
             traj.x0_preds.append(x0_pred)
         if callback is not None:
             callback(i, t, x, x0_pred)
-    _raise_if_nonfinite(flags)
+    eps_model.raise_if_nonfinite()
     return (x, traj) if traj is not None else x
-
-
-def _resolve_generators(
-    x_T: torch.Tensor,
-    seed: int | None,
-    generators: Sequence[torch.Generator] | None,
-    noise: torch.Tensor | None,
-    n_steps: int,
-    stochastic: bool,
-) -> Sequence[torch.Generator] | None:
-    """Check the noise source; ``None`` means draw from ``noise`` or the global RNG."""
-    if noise is not None:
-        expected = (n_steps, *x_T.shape)
-        if tuple(noise.shape) != expected:
-            raise ValueError(f"noise has shape {tuple(noise.shape)}; expected {expected}")
-        return None
-    if generators is not None:
-        if len(generators) != x_T.shape[0]:
-            raise ValueError(f"got {len(generators)} generators for a batch of {x_T.shape[0]}")
-        return generators
-    if seed is not None and stochastic:
-        return seeded_generators(seed, x_T.shape[0], x_T.device)
-    return None
-
-
-def _step_noise(
-    i: int, x: torch.Tensor, gens: Sequence[torch.Generator] | None, noise: torch.Tensor | None
-) -> torch.Tensor:
-    if noise is not None:
-        return noise[i].to(device=x.device, dtype=x.dtype)
-    if gens is not None:
-        return per_sample_randn(gens, x.shape[1:], dtype=x.dtype, device=x.device)
-    return torch.randn_like(x)
 
 
 @torch.no_grad()
@@ -243,25 +239,22 @@ def invert(
 ) -> torch.Tensor:
     """Deterministic DDIM encoding ``x_0 -> x_T``: the ``eta = 0`` step run upwards (eq. 13).
 
-    It visits the same ``(t_prev, t)`` pairs as :func:`sample` in ascending order, and
-    queries the model at ``(x_{t_prev}, t)``, the timestep of the sampling step it undoes::
-
-        x_t = sqrt(a_t) * (x_prev - sqrt(1 - a_prev) * eps) / sqrt(a_prev) + sqrt(1 - a_t) * eps
-
+    It visits the same ``(t_prev, t)`` pairs as :func:`sample` in ascending order and
+    queries the model at ``(x_{t_prev}, t)``, the timestep of the sampling step it undoes;
+    the step is eq. 9 at ``a_prev`` followed by eq. 12 (``sigma = 0``) towards ``a_t``.
     ``callback(i, t, x, x0_pred)`` is called after every step.
     """
-    pairs = _step_pairs(sched, steps, spacing)[::-1]
-    ts = _timestep_batch(pairs, x0.shape[0], x0.device)
+    pairs = step_pairs(sched, steps, spacing)[::-1]
+    eps_model = CheckedModel(model, [t for t, _ in pairs], x0.shape[0], x0.device)
     x = x0
-    flags: list[tuple[int, int, torch.Tensor]] = []
     for i, (t, t_prev) in enumerate(tqdm(pairs, disable=not progress, desc="encoding")):
         if t == t_prev:
             continue
         a_t, a_prev = sched.alpha_bar_at(t), sched.alpha_bar_at(t_prev)
-        eps = _predict_eps(model, x, ts[i], i, t, flags)
-        x0_pred = (x - math.sqrt(1 - a_prev) * eps) / math.sqrt(a_prev)
-        x = math.sqrt(a_t) * x0_pred + math.sqrt(1 - a_t) * eps
+        eps = eps_model(x, i, t)
+        x0_pred = predict_x0(x, eps, a_prev)
+        x = ddim_step(x0_pred, eps, a_t, 0.0)
         if callback is not None:
             callback(i, t, x, x0_pred)
-    _raise_if_nonfinite(flags)
+    eps_model.raise_if_nonfinite()
     return x

@@ -13,33 +13,40 @@ from dataclasses import dataclass
 import torch
 
 from ddim.interpolate import slerp, slerp_grid
-from ddim.sampling import (
-    Callback,
-    Model,
-    Trajectory,
-    invert,
-    per_sample_randn,
-    sample,
-    seeded_generators,
-)
+from ddim.noise import seeded_latents
+from ddim.sampling import Callback, Model, Trajectory, invert, sample
 from ddim.schedule import NoiseSchedule
+
+
+@dataclass(frozen=True)
+class SamplerOptions:
+    """How to sample, as the keyword arguments of :func:`ddim.sample` that every batched
+    workflow shares: ``steps``, ``spacing``, ``eta``, ``variance`` and ``clip_denoised``.
+
+    Encoding (:func:`encode`) uses ``steps`` and ``spacing`` only.
+    """
+
+    steps: int | Sequence[int] = 50
+    spacing: str = "uniform"
+    eta: float = 0.0
+    variance: str = "ddim"
+    clip_denoised: bool | None = None
+
+    def sample(self, model: Model, x_T: torch.Tensor, sched: NoiseSchedule, **kwargs):
+        """:func:`ddim.sample` with these options; ``kwargs`` are its other arguments."""
+        return sample(
+            model, x_T, sched, self.steps, self.spacing, self.eta, self.variance,
+            self.clip_denoised, **kwargs,
+        )  # fmt: skip
+
+    def invert(self, model: Model, x0: torch.Tensor, sched: NoiseSchedule, **kwargs):
+        """:func:`ddim.invert` with these ``steps`` and ``spacing``."""
+        return invert(model, x0, sched, self.steps, self.spacing, **kwargs)
 
 
 def model_calls(sched: NoiseSchedule, steps: int | Sequence[int], spacing: str) -> int:
     """How many model evaluations one batch takes (repeated timesteps cost none)."""
     return int(sched.timesteps(steps, spacing).unique().numel())
-
-
-def seed_latents(
-    seeds: Sequence[int],
-    shape: Sequence[int],
-    device: torch.device | str = "cpu",
-    dtype: torch.dtype = torch.float32,
-) -> torch.Tensor:
-    """``x_T`` for each seed: the first draw of a generator seeded with it, so seed ``s`` gives
-    the latent of image 0 of ``generate(..., seed=s)``."""
-    gens = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
-    return per_sample_randn(gens, shape, dtype=dtype, device=device)
 
 
 def _batches(n: int, batch_size: int) -> list[tuple[int, int]]:
@@ -73,11 +80,7 @@ def generate(
     seed: int = 0,
     batch_size: int = 64,
     device: torch.device | str = "cpu",
-    steps: int | Sequence[int] = 50,
-    spacing: str = "uniform",
-    eta: float = 0.0,
-    variance: str = "ddim",
-    clip_denoised: bool | None = None,
+    options: SamplerOptions = SamplerOptions(),
     return_trajectory: bool = False,
     callback: Callback | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, Trajectory]:
@@ -91,17 +94,11 @@ def generate(
         raise ValueError(f"n must be >= 1, got {n}")
     outputs, trajectories = [], []
     for start, stop in _batches(n, batch_size):
-        gens = seeded_generators(seed + start, stop - start, device)
-        x_T = per_sample_randn(gens, shape, dtype=torch.float32, device=device)
-        out = sample(
+        x_T, gens = seeded_latents(range(seed + start, seed + stop), shape, device=device)
+        out = options.sample(
             model,
             x_T,
             sched,
-            steps,
-            spacing,
-            eta,
-            variance=variance,
-            clip_denoised=clip_denoised,
             generators=gens,
             return_trajectory=return_trajectory,
             callback=callback,
@@ -119,16 +116,14 @@ def decode(
     sched: NoiseSchedule,
     latents: torch.Tensor,
     *,
-    steps: int | Sequence[int] = 50,
-    spacing: str = "uniform",
+    options: SamplerOptions = SamplerOptions(),
     batch_size: int = 64,
     callback: Callback | None = None,
 ) -> torch.Tensor:
-    """Deterministic DDIM decoding (``eta = 0``) of latents ``x_T``, in batches."""
+    """Decoding of latents ``x_T`` with ``options``, in batches; deterministic (DDIM) with
+    the default ``eta = 0``."""
     return _in_batches(
-        lambda x_T: sample(model, x_T, sched, steps, spacing, 0.0, callback=callback),
-        latents,
-        batch_size,
+        lambda x_T: options.sample(model, x_T, sched, callback=callback), latents, batch_size
     )
 
 
@@ -137,15 +132,12 @@ def encode(
     sched: NoiseSchedule,
     x0: torch.Tensor,
     *,
-    steps: int | Sequence[int] = 50,
-    spacing: str = "uniform",
+    options: SamplerOptions = SamplerOptions(),
     batch_size: int = 64,
     callback: Callback | None = None,
 ) -> torch.Tensor:
     """Deterministic DDIM encoding ``x_0 -> x_T`` (:func:`ddim.invert`), in batches."""
-    return _in_batches(
-        lambda x: invert(model, x, sched, steps, spacing, callback=callback), x0, batch_size
-    )
+    return _in_batches(lambda x: options.invert(model, x, sched, callback=callback), x0, batch_size)
 
 
 def per_dim_mse(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -171,13 +163,14 @@ def reconstruct(
     sched: NoiseSchedule,
     x0: torch.Tensor,
     *,
-    steps: int | Sequence[int] = 50,
-    spacing: str = "uniform",
+    options: SamplerOptions = SamplerOptions(),
     batch_size: int = 64,
     callback: Callback | None = None,
 ) -> Reconstruction:
-    """Encode then decode with the same timesteps (paper Section 5.4)."""
-    kwargs = {"steps": steps, "spacing": spacing, "batch_size": batch_size, "callback": callback}
+    """Encode then decode with the same timesteps (paper Section 5.4); ``eta`` must be 0."""
+    if options.eta != 0 or options.variance != "ddim":
+        raise ValueError("reconstruction decodes with DDIM: eta must be 0 and variance 'ddim'")
+    kwargs = {"options": options, "batch_size": batch_size, "callback": callback}
     latents = encode(model, sched, x0, **kwargs)
     images = decode(model, sched, latents, **kwargs)
     return Reconstruction(latents, images, per_dim_mse(x0.to(images.device), images))

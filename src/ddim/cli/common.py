@@ -22,8 +22,9 @@ import click
 import torch
 from tqdm.auto import tqdm
 
-from ddim import images, workflows
-from ddim.checkpoints import load_pretrained
+from ddim import workflows
+from ddim.formats import images
+from ddim.formats.checkpoint import load_pretrained
 from ddim.models.unet import UNet
 from ddim.sampling import Callback
 from ddim.schedule import SPACINGS, NoiseSchedule
@@ -232,10 +233,9 @@ class ModelRun:
         return bar_total(schedule, self.steps, self.spacing, n, self.batch_size)
 
     def batching(self, callback: Callback) -> dict[str, Any]:
-        """The ``steps``, ``spacing``, ``batch_size`` and ``callback`` of a workflow call."""
+        """The ``options`` (steps, spacing), ``batch_size`` and ``callback`` of a workflow."""
         return {
-            "steps": self.steps,
-            "spacing": self.spacing,
+            "options": workflows.SamplerOptions(self.steps, self.spacing),
             "batch_size": self.batch_size,
             "callback": callback,
         }
@@ -256,7 +256,7 @@ def load_model(
     """An eval-mode U-Net on ``device`` and its schedule, from a checkpoint file, a
     diffusers folder or a bundled model name; each of ``steps`` is checked against it."""
     if Path(ckpt).is_dir():
-        from ddim.interop import load_diffusers
+        from ddim.formats.diffusers import load_diffusers
 
         model, schedule = load_diffusers(ckpt)
         model = model.to(device)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from ddim import convert
 from ddim.cli import common
+from ddim.formats import convert
 
 
 @click.command("convert", short_help="Convert weights between formats.")

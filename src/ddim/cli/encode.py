@@ -5,9 +5,10 @@ from __future__ import annotations
 import click
 import torch
 
-from ddim import images, workflows
+from ddim import workflows
 from ddim.cli import common
-from ddim.latents import SUFFIXES, save_latents
+from ddim.formats import images
+from ddim.formats.latents import SUFFIXES, save_latents
 from ddim.models.unet import UNet
 from ddim.schedule import NoiseSchedule
 

@@ -18,14 +18,15 @@ from typing import Any
 import click
 import torch
 
-from ddim import experiments, gaussian_exact, metrics, reports
 from ddim.cli import common
-from ddim.data import load_mnist
-from ddim.images import read_images
+from ddim.distributed import init_from_env, world
+from ddim.eval import exact_gaussian as gaussian_exact
+from ddim.eval import experiments, metrics, reports
+from ddim.formats.datasets import load_mnist
+from ddim.formats.images import read_images
 from ddim.models.classifier import load_classifier
 from ddim.models.unet import UNet
 from ddim.schedule import SPACINGS, NoiseSchedule
-from ddim.sharding import init_from_env, world
 
 
 class NumberList(click.ParamType):
@@ -102,7 +103,7 @@ class Run:
         return model, schedule, common.image_shape(model)
 
     def sampling(self) -> dict[str, Any]:
-        """The keyword arguments of :mod:`ddim.experiments` these options give."""
+        """The keyword arguments of :mod:`ddim.eval.experiments` these options give."""
         return {"spacing": self.spacing, "batch_size": self.batch_size, "device": self.device}
 
 
@@ -128,7 +129,7 @@ def run_options(n: int) -> common.Decorator:
 
 
 def _load_images(path: str, part: slice, shape: tuple[int, int, int]) -> torch.Tensor:
-    """An MNIST idx3 file (``*idx3-ubyte[.gz]``) or anything ``ddim.images`` reads, sliced."""
+    """An MNIST idx3 file (``*idx3-ubyte[.gz]``) or any images ``read_images`` takes, sliced."""
     if "idx3-ubyte" in Path(path).name:
         x = load_mnist(path)
         if tuple(x.shape[1:]) != shape:

@@ -6,8 +6,8 @@ import json
 
 import click
 
-from ddim.checkpoints import read_metadata
 from ddim.cli import common
+from ddim.formats.checkpoint import read_metadata
 
 
 def _schedule_line(schedule: dict) -> str:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import click
 
-from ddim import images, workflows
+from ddim import workflows
 from ddim.cli import common
+from ddim.formats import images
+from ddim.noise import seeded_latents
 
 SEED = click.IntRange(0, common.MAX_SEED)
 IMAGE = click.Path(exists=True, dir_okay=False)
@@ -87,7 +89,7 @@ def interpolate_command(
     with common.progress(total, "interpolating") as tick:
         batching = run.batching(tick)
         if seeds:
-            corners = workflows.seed_latents(ends, shape, run.device)
+            corners, _ = seeded_latents(ends, shape, device=run.device)
         else:
             x0, _ = images.read_images(ends, shape[0], shape[1])
             corners = workflows.encode(model, schedule, x0.to(run.device), **batching)

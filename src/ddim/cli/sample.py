@@ -5,8 +5,9 @@ from __future__ import annotations
 import click
 import torch
 
-from ddim import images, workflows
+from ddim import workflows
 from ddim.cli import common
+from ddim.formats import images
 from ddim.sampling import VARIANCES
 
 
@@ -106,11 +107,7 @@ def sample_command(
             seed=seed,
             batch_size=batch_size,
             device=device,
-            steps=steps,
-            spacing=spacing,
-            eta=eta,
-            variance=variance,
-            clip_denoised=clip,
+            options=workflows.SamplerOptions(steps, spacing, eta, variance, clip),
             return_trajectory=trajectory is not None,
             callback=tick,
         )

@@ -1,4 +1,4 @@
-"""``ddim train``: the training loop of :mod:`ddim.training`, from a YAML config."""
+"""``ddim train``: the training loop of :mod:`ddim.train.loop`, from a YAML config."""
 
 from __future__ import annotations
 
@@ -35,8 +35,8 @@ def train_command(config: str, overrides: tuple[str, ...], resume: bool, no_prog
     (rerun with --resume to continue), and with 2 on a bad config or data set, a damaged
     checkpoint, or a non-finite loss (the last checkpoint is left intact).
     """
-    from ddim.train_config import load_config
-    from ddim.training import train
+    from ddim.train.config import load_config
+    from ddim.train.loop import train
 
     result = train(load_config(config, overrides), resume=resume, progress=not no_progress)
     if result.stopped_by:

@@ -1,6 +1,7 @@
 """A small MNIST classifier: the feature extractor of FD-MNIST and the labeller of consistency.
 
-Inputs are ``(B, 1, 28, 28)`` in ``[-1, 1]``, like every data set in :mod:`ddim.data`. The
+Inputs are ``(B, 1, 28, 28)`` in ``[-1, 1]``, like every data set in
+:mod:`ddim.formats.datasets`. The
 penultimate layer (:meth:`MnistClassifier.features`, 128 values after a ReLU) plays the role
 Inception-v3's pool layer plays for FID; the logits give the class labels.
 
@@ -28,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ddim.data import load_mnist, read_idx
-from ddim.io import atomic_write_bytes
+from ddim.formats.atomic import atomic_write_bytes
+from ddim.formats.datasets import load_mnist, read_idx
 
 FORMAT = "ddim-mnist-classifier"
 ASSET = "mnist_classifier.safetensors"

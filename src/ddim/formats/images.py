@@ -1,8 +1,8 @@
 """Pictures in and out: batches in ``[-1, 1]`` <-> uint8 pixels, grids, PNG folders, ``.npz``
-arrays and animated GIFs. Every file is written atomically (see :mod:`ddim.io`).
+arrays and animated GIFs. Every file is written atomically (see :mod:`ddim.formats.atomic`).
 
 Pixels map as ``uint8 = round((x + 1) * 127.5)`` after clamping to ``[-1, 1]``, and back
-as ``x = uint8 / 127.5 - 1`` (the same scale as :mod:`ddim.data`).
+as ``x = uint8 / 127.5 - 1`` (the same scale as :mod:`ddim.formats.datasets`).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ddim.data import IMAGE_EXTENSIONS, find_files, load_npz
-from ddim.io import atomic_write_bytes
+from ddim.formats.atomic import atomic_write_bytes
+from ddim.formats.datasets import IMAGE_EXTENSIONS, find_files, load_npz
 
 ARRAY_EXTENSIONS = (".npz", ".npy")
 _MODE_CHANNELS = {"1": 1, "L": 1, "P": 3, "RGB": 3}
@@ -84,7 +84,7 @@ def save_png_folder(folder: str | os.PathLike[str], x: torch.Tensor, start: int 
 
 def save_npz(path: str | os.PathLike[str], x: torch.Tensor, key: str = "samples") -> None:
     """Write a batch as one uint8 ``(N, H, W, C)`` array named ``key`` in an ``.npz`` file
-    (the layout :func:`ddim.data.load_npz` and common FID tools read)."""
+    (the layout :func:`ddim.formats.datasets.load_npz` and common FID tools read)."""
     buffer = io.BytesIO()
     np.savez(buffer, **{key: to_uint8(x)})
     atomic_write_bytes(path, buffer.getvalue())
@@ -156,7 +156,8 @@ def read_images(
 ) -> tuple[torch.Tensor, list[str]]:
     """Load images exactly as they are (no resizing) into a ``(N, C, H, W)`` batch in ``[-1, 1]``.
 
-    ``sources`` are image files, ``.npz``/``.npy`` arrays (see :func:`ddim.data.load_npz`) or
+    ``sources`` are image files, ``.npz``/``.npy`` arrays (see
+    :func:`ddim.formats.datasets.load_npz`) or
     folders of them. Every image must have ``channels`` channels (1: grayscale, 3: RGB) and
     be ``image_size`` pixels square; anything else is an error naming the file. Returns the
     batch and one label per image (the file, with ``[i]`` for images from an array).

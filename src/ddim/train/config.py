@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from ddim.data import DataConfig
+from ddim.formats.datasets import DataConfig
 from ddim.models.unet import UNetConfig
 from ddim.schedule import NoiseSchedule
 

@@ -2,7 +2,7 @@
 
 - :func:`table1` — sample quality (Fréchet distance to reference statistics) for every
   number of steps ``S`` and every row ``eta in etas`` (+ sigma-hat), Section 5.1. Sampling
-  is sharded over torchrun processes (:mod:`ddim.sharding`); sample ``i`` comes from seed
+  is sharded over torchrun processes (:mod:`ddim.distributed`); sample ``i`` comes from seed
   ``seed + i``, so every cell sees the same ``x_T`` and the result does not depend on the
   number of processes.
 - :func:`table2` — per-dimension MSE of DDIM encode -> decode on ``[0, 1]`` pixels, Sec. 5.4.
@@ -17,19 +17,27 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ddim.images import save_png
-from ddim.io import atomic_write_text
-from ddim.metrics import FeatureFn, FeatureStats, consistency
-from ddim.reports import Row, mse_markdown, run_grid, write_fd_grid, write_json
+from ddim.distributed import shard, world
+from ddim.eval.metrics import FeatureFn, FeatureStats, consistency, merge_across_ranks
+from ddim.eval.reports import Row, mse_markdown, run_grid, write_fd_grid, write_json
+from ddim.formats.atomic import atomic_write_text
+from ddim.formats.images import save_png
+from ddim.noise import seeded_latents
 from ddim.sampling import Model
 from ddim.schedule import NoiseSchedule
-from ddim.sharding import merge_across_ranks, shard, world
-from ddim.workflows import decode, generate, interpolation_latents, reconstruct, seed_latents
+from ddim.workflows import (
+    SamplerOptions,
+    decode,
+    generate,
+    interpolation_latents,
+    reconstruct,
+)
 
 LabelFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -43,10 +51,7 @@ def sample_stats(
     n: int,
     batch_size: int,
     seed: int,
-    steps: int,
-    spacing: str = "uniform",
-    eta: float = 0.0,
-    variance: str = "ddim",
+    options: SamplerOptions,
     device: torch.device | str = "cpu",
 ) -> FeatureStats:
     """Feature statistics of ``n`` samples, this rank's share sampled here, then merged.
@@ -55,16 +60,16 @@ def sample_stats(
     """
     rank, size = world()
     mine = shard(n, rank, size)
-    stats = None
-    for start in range(mine.start, mine.stop, batch_size):
-        count = min(batch_size, mine.stop - start)
-        x0 = generate(
-            model, sched, count, shape, seed=seed + start, batch_size=count, device=device,
-            steps=steps, spacing=spacing, eta=eta, variance=variance,
-        )  # fmt: skip
-        batch = FeatureStats.from_features(feature_fn(x0))
-        stats = batch if stats is None else stats.merge(batch)
-    return merge_across_ranks(stats)
+    batches = (
+        feature_fn(
+            generate(
+                model, sched, min(batch_size, mine.stop - start), shape, seed=seed + start,
+                batch_size=batch_size, device=device, options=options,
+            )
+        )
+        for start in range(mine.start, mine.stop, batch_size)
+    )  # fmt: skip
+    return merge_across_ranks(FeatureStats.of_batches(batches))
 
 
 def table1(
@@ -90,9 +95,10 @@ def table1(
     """
 
     def fd_of(steps: int, eta: float, variance: str) -> float:
+        options = SamplerOptions(steps, spacing, eta, variance)
         stats = sample_stats(
             model, sched, feature_fn, shape=shape, n=n, batch_size=batch_size, seed=seed,
-            steps=steps, spacing=spacing, eta=eta, variance=variance, device=device,
+            options=options, device=device,
         )  # fmt: skip
         return stats.frechet_distance(ref_stats)
 
@@ -122,7 +128,8 @@ def table2(
     x0 = images.to(device)
     mse = {}
     for s in steps_list:
-        rec = reconstruct(model, sched, x0, steps=s, spacing=spacing, batch_size=batch_size)
+        options = SamplerOptions(s, spacing)
+        rec = reconstruct(model, sched, x0, options=options, batch_size=batch_size)
         mse[int(s)] = rec.mse.mean().item()
     return mse
 
@@ -160,13 +167,15 @@ def consistency_figure(
     ``show`` samples) and ``consistency.json``. Returns ``{S: fraction of the n samples whose
     label_fn label equals the label at ref_steps}``.
     """
-    latents = seed_latents(range(seed, seed + n), shape, device=device)
-    kwargs = {"spacing": spacing, "batch_size": batch_size}
-    ref = decode(model, sched, latents, steps=ref_steps, **kwargs)
+    latents, _ = seeded_latents(range(seed, seed + n), shape, device=device)
+    options = SamplerOptions(ref_steps, spacing)
+    kwargs = {"batch_size": batch_size}
+    ref = decode(model, sched, latents, options=options, **kwargs)
     ref_labels = label_fn(ref)
     agreement, strips = {}, []
     for s in sorted(steps_list):
-        x = ref if s == ref_steps else decode(model, sched, latents, steps=s, **kwargs)
+        at_s = replace(options, steps=s)
+        x = ref if s == ref_steps else decode(model, sched, latents, options=at_s, **kwargs)
         agreement[int(s)] = consistency(label_fn(x), ref_labels)
         strips.append(x[:show])
     if ref_steps not in steps_list:
@@ -196,8 +205,9 @@ def interpolation_figure(
 ) -> torch.Tensor:
     """Fig. 6: a ``frames x frames`` grid slerped between the latents of seeds ``seed..seed+3``
     (:func:`ddim.slerp_grid`), decoded with DDIM; written as one PNG. Returns the images."""
-    corners = seed_latents(range(seed, seed + 4), shape, device=device)
+    corners, _ = seeded_latents(range(seed, seed + 4), shape, device=device)
     latents = interpolation_latents(corners, frames)
-    images = decode(model, sched, latents, steps=steps, spacing=spacing, batch_size=batch_size)
+    options = SamplerOptions(steps, spacing)
+    images = decode(model, sched, latents, options=options, batch_size=batch_size)
     save_png(out_path, images.cpu(), nrow=frames)
     return images

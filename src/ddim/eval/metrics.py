@@ -20,14 +20,16 @@ import functools
 import io
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
-from ddim.io import atomic_write_bytes
+from ddim.distributed import world
+from ddim.formats.atomic import atomic_write_bytes
 
 FeatureFn = Callable[[torch.Tensor], torch.Tensor]
 FEATURES = ("mnist", "inception", "pixels")
@@ -88,6 +90,17 @@ class FeatureStats:
         centred = f - mu
         scatter = centred.T @ centred
         return cls(mu, scatter / (n - 1) if n > 1 else np.zeros((d, d)), n)
+
+    @classmethod
+    def of_batches(cls, batches: Iterable[torch.Tensor | np.ndarray]) -> FeatureStats:
+        """The statistics of the features of all ``batches`` (each ``(N_i, D)``) together."""
+        stats = None
+        for b in batches:
+            part = cls.from_features(b)
+            stats = part if stats is None else stats.merge(part)
+        if stats is None:
+            raise ValueError("cannot compute feature statistics of no features")
+        return stats
 
     def merge(self, other: FeatureStats) -> FeatureStats:
         """The statistics of the union of two disjoint sets (Chan et al. 1979).
@@ -230,10 +243,7 @@ def dataset_stats(
     """Feature statistics of a data set ``(N, ...)``, computed ``batch_size`` at a time."""
     if images.shape[0] == 0:
         raise ValueError("cannot compute feature statistics of an empty data set")
-    batches = (
-        FeatureStats.from_features(feature_fn(c.to(device))) for c in images.split(batch_size)
-    )
-    return functools.reduce(FeatureStats.merge, batches)
+    return FeatureStats.of_batches(feature_fn(c.to(device)) for c in images.split(batch_size))
 
 
 def consistency(
@@ -250,3 +260,24 @@ def _to_numpy(x: torch.Tensor | np.ndarray) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu().to(torch.float64).numpy()
     return np.asarray(x, dtype=np.float64)
+
+
+def merge_across_ranks(stats: FeatureStats) -> FeatureStats:
+    """The merged statistics of every rank's ``stats`` (a no-op in one process).
+
+    All ranks must hold statistics of the same dimension; the result is identical on all.
+    """
+    size = world()[1]
+    if size == 1:
+        return stats
+    nccl = dist.get_backend() == "nccl"
+    dev = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
+    packed = torch.from_numpy(np.concatenate([[stats.n], stats.mu, stats.sigma.ravel()])).to(dev)
+    gathered = [torch.empty_like(packed) for _ in range(size)]
+    dist.all_gather(gathered, packed)
+    d = stats.mu.shape[0]
+    parts = [p.cpu().numpy() for p in gathered]
+    return functools.reduce(
+        FeatureStats.merge,
+        [FeatureStats(p[1 : 1 + d].copy(), p[1 + d :].reshape(d, d), int(p[0])) for p in parts],
+    )

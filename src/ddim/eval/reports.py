@@ -18,7 +18,7 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ddim.io import atomic_write_bytes, atomic_write_text
+from ddim.formats.atomic import atomic_write_bytes, atomic_write_text
 
 SIGMA_HAT = "ddpm-large"
 

@@ -34,7 +34,7 @@ from typing import Any
 import safetensors.torch
 import torch
 
-from ddim.io import atomic_write_bytes
+from ddim.formats.atomic import atomic_write_bytes
 from ddim.models.unet import UNet, UNetConfig
 from ddim.schedule import NoiseSchedule
 

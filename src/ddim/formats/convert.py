@@ -20,10 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from ddim.checkpoints import CheckpointError, convert_legacy, load_checkpoint, save_weights
+from ddim.formats.checkpoint import CheckpointError, convert_legacy, load_checkpoint, save_weights
 from ddim.models.unet import UNet, UNetConfig
 from ddim.schedule import NoiseSchedule
-from ddim.train_config import config_from_dict, read_yaml
+from ddim.train.config import config_from_dict, read_yaml
 
 SOURCES = ("official", "pesser", "ours", "diffusers")
 TARGETS = ("ours", "diffusers")
@@ -95,7 +95,7 @@ def load_any(
     if fmt not in SOURCES:
         raise ValueError(f"unknown source format {fmt!r}; choose one of {', '.join(SOURCES)}")
     if fmt == "diffusers":
-        from ddim.interop import load_diffusers
+        from ddim.formats.diffusers import load_diffusers
 
         model, schedule = load_diffusers(src)
         return LoadedModel(model, schedule)
@@ -129,7 +129,7 @@ def save_any(
     EMA weights only, or a diffusers pipeline folder."""
     _check_target(dst, fmt, overwrite)
     if fmt == "diffusers":
-        from ddim.interop import save_diffusers
+        from ddim.formats.diffusers import save_diffusers
 
         save_diffusers(loaded.model, loaded.schedule, dst, overwrite=overwrite)
         return

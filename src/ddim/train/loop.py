@@ -19,7 +19,7 @@ up to float rounding.
 
 Checkpoints are written by rank 0 every ``ckpt_every`` steps, at the end, and when
 SIGINT or SIGTERM arrives (the run then stops at the end of the current step; see
-:mod:`ddim.train_state` for the folder layout). A non-finite loss or gradient norm raises
+:mod:`ddim.train.state` for the folder layout). A non-finite loss or gradient norm raises
 :class:`NonFiniteLossError` before the step is applied, leaving the checkpoints intact.
 """
 
@@ -48,16 +48,17 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
-from ddim import sharding
-from ddim.checkpoints import CheckpointError, load_checkpoint, save_weights
-from ddim.data import load_dataset, random_flip
-from ddim.images import save_png
-from ddim.io import atomic_write_text, remove_stale_temps
+from ddim import distributed
+from ddim.formats.atomic import atomic_write_text, remove_stale_temps
+from ddim.formats.checkpoint import CheckpointError, load_checkpoint, save_weights
+from ddim.formats.datasets import load_dataset, random_flip
+from ddim.formats.images import save_png
 from ddim.models.unet import UNet
-from ddim.sampling import per_sample_randn, sample, seeded_generators
+from ddim.noise import seeded_latents
+from ddim.sampling import sample
 from ddim.schedule import NoiseSchedule
-from ddim.train_config import TrainConfig, TrainingConfig
-from ddim.train_state import (
+from ddim.train.config import TrainConfig, TrainingConfig
+from ddim.train.state import (
     Latest,
     checkpoint_paths,
     prune,
@@ -444,8 +445,7 @@ def _rng_state(device: torch.device) -> dict[str, Any]:
 def _sample_noise(config: TrainConfig) -> Tensor:
     """The fixed ``x_T`` of the sample grids, on the CPU: sample ``i`` uses ``seed + i``."""
     tc, shape = config.training, (config.model.in_channels,) + (config.model.image_size,) * 2
-    gens = seeded_generators(tc.seed, tc.num_samples)
-    return per_sample_randn(gens, shape, dtype=torch.float32, device="cpu")
+    return seeded_latents(range(tc.seed, tc.seed + tc.num_samples), shape)[0]
 
 
 @torch.no_grad()
@@ -560,8 +560,8 @@ class _Distributed:
             dev = torch.device(device)
         except RuntimeError:
             raise ValueError(f"training.device {device!r} is not a torch device") from None
-        dev = sharding.init_from_env(dev)
-        return cls(*sharding.world(), dev)
+        dev = distributed.init_from_env(dev)
+        return cls(*distributed.world(), dev)
 
     def all_reduce_mean(self, x: Tensor) -> Tensor:
         if self.world > 1:

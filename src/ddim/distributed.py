@@ -1,10 +1,8 @@
-"""Evaluation over several processes (torchrun): split the sample indices, merge statistics.
+"""Several processes (torchrun): join the process group, find this rank, split the work.
 
 Rank ``r`` of ``W`` takes the contiguous block ``[n r / W, n (r + 1) / W)`` of sample indices
 and draws sample ``i`` from seed ``seed + i``, so together the ranks make exactly the samples
-one process would. Each rank reduces its features to :class:`~ddim.metrics.FeatureStats`;
-:func:`merge_across_ranks` all-gathers them and merges them in rank order, so every rank
-ends with the statistics of all ``n`` samples.
+one process would (:func:`ddim.eval.metrics.merge_across_ranks` joins their statistics).
 """
 
 from __future__ import annotations
@@ -12,11 +10,8 @@ from __future__ import annotations
 import atexit
 import os
 
-import numpy as np
 import torch
 import torch.distributed as dist
-
-from ddim.metrics import FeatureStats
 
 
 def world() -> tuple[int, int]:
@@ -59,25 +54,3 @@ def init_from_env(device: torch.device | str) -> torch.device:
 def _leave() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
-
-
-def merge_across_ranks(stats: FeatureStats) -> FeatureStats:
-    """The merged statistics of every rank's ``stats`` (a no-op in one process).
-
-    All ranks must hold statistics of the same dimension; the result is identical on all.
-    """
-    size = world()[1]
-    if size == 1:
-        return stats
-    nccl = dist.get_backend() == "nccl"
-    dev = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
-    packed = torch.from_numpy(np.concatenate([[stats.n], stats.mu, stats.sigma.ravel()])).to(dev)
-    gathered = [torch.empty_like(packed) for _ in range(size)]
-    dist.all_gather(gathered, packed)
-    d = stats.mu.shape[0]
-    merged = None
-    for p in gathered:
-        p = p.cpu().numpy()
-        part = FeatureStats(p[1 : 1 + d].copy(), p[1 + d :].reshape(d, d).copy(), int(p[0]))
-        merged = part if merged is None else merged.merge(part)
-    return merged

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ddim.io import atomic_write_bytes
+from ddim.formats.atomic import atomic_write_bytes
 
 SUFFIXES = (".npz", ".pt")
 

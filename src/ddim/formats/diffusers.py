@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ddim.checkpoints import describe_schedule
+from ddim.formats.checkpoint import describe_schedule
 from ddim.models.unet import GROUPS, UNet, UNetConfig
 from ddim.schedule import NoiseSchedule
 

@@ -1,7 +1,7 @@
 """An exact benchmark of the samplers: Gaussian data, exact ``eps*``, exact output law.
 
 For data ``x_0 ~ N(0, diag(lambda))`` the noised marginal is ``N(0, diag(a lambda + 1 - a))``
-(``a = alpha_bar(t)``), so the Bayes-optimal noise predictor (Tweedie; ``ddim.oracle`` eq. 1)
+(``a = alpha_bar(t)``), so the Bayes-optimal noise predictor (Tweedie; ``ddim.models.oracle`` eq. 1)
 is linear in ``x`` per coordinate::
 
     eps*(x, t) = sqrt(1 - a) x / (a lambda + 1 - a)                                    (1)
@@ -32,10 +32,11 @@ from collections.abc import Sequence
 
 import torch
 
-from ddim.metrics import FeatureStats, frechet_distance
-from ddim.oracle import GaussianMixture
-from ddim.reports import Row, run_grid
-from ddim.sampling import per_sample_randn, sample, seeded_generators
+from ddim.eval.metrics import FeatureStats, frechet_distance
+from ddim.eval.reports import Row, run_grid
+from ddim.models.oracle import GaussianMixture
+from ddim.noise import seeded_latents
+from ddim.sampling import sample
 from ddim.schedule import NoiseSchedule
 
 F64 = torch.float64
@@ -160,18 +161,19 @@ def mixture_fd(
     mixture's exact mean and covariance, so the estimate carries the error of ``n`` draws;
     :func:`mixture_floor` measures that error on true draws.
     """
-    stats = None
-    for lo in range(0, n, batch_size):
-        gens = seeded_generators(seed + lo, min(batch_size, n - lo))
-        x_T = per_sample_randn(gens, mixture.shape, dtype=F64, device="cpu")
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+
+    def batch(lo: int) -> torch.Tensor:
+        seeds = range(seed + lo, seed + min(lo + batch_size, n))
+        x_T, gens = seeded_latents(seeds, mixture.shape, dtype=F64)
         x0 = sample(
             mixture, x_T, mixture.sched, steps, spacing, eta=eta, variance=variance,
             clip_denoised=False, generators=gens,
         )  # fmt: skip
-        batch = FeatureStats.from_features(x0.reshape(x0.shape[0], -1))
-        stats = batch if stats is None else stats.merge(batch)
-    if stats is None:
-        raise ValueError(f"n must be >= 1, got {n}")
+        return x0.reshape(x0.shape[0], -1)
+
+    stats = FeatureStats.of_batches(batch(lo) for lo in range(0, n, batch_size))
     return frechet_distance(stats.mu, stats.sigma, mixture.mean.numpy(), mixture.covariance.numpy())
 
 

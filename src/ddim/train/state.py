@@ -3,7 +3,7 @@
 ``<out_dir>/checkpoints/`` holds, for each checkpointed step ``N``:
 
 - ``step_000000N.safetensors`` — raw and EMA weights with their config and schedule
-  (:func:`ddim.checkpoints.save_weights`), loadable with :func:`ddim.load_pretrained`;
+  (:func:`ddim.formats.checkpoint.save_weights`), loadable with :func:`ddim.load_pretrained`;
 - ``step_000000N.state.pt`` — everything else resuming needs: optimiser state, EMA update
   count, RNG states, the config (a plain dict read with ``torch.load(weights_only=True)``);
 
@@ -26,8 +26,8 @@ from typing import Any
 
 import torch
 
-from ddim.checkpoints import CheckpointError
-from ddim.io import atomic_write, atomic_write_text
+from ddim.formats.atomic import atomic_write, atomic_write_text
+from ddim.formats.checkpoint import CheckpointError
 
 LATEST = "latest.json"
 STATE_FORMAT_VERSION = 1

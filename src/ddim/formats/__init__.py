@@ -1,0 +1,1 @@
+"""Files: checkpoints, legacy and diffusers weights, images, latents, data sets, atomic writes."""
