@@ -31,7 +31,7 @@ from ddim.formats.diffusers import diffusers_unet_config, from_diffusers
 from ddim.models import UNet, UNetConfig
 from ddim.schedule import NoiseSchedule
 from ddim.train.config import read_yaml
-from ddim.train.loop import diffusion_loss
+from ddim.train.loss import diffusion_loss
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 PRESETS = {

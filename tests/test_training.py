@@ -21,15 +21,9 @@ from PIL import Image
 from ddim.formats.checkpoint import load_checkpoint, load_pretrained
 from ddim.models.unet import UNet
 from ddim.train import __main__ as train_cli
+from ddim.train.batches import DataOrder, sample_timesteps, step_batch
 from ddim.train.config import config_from_dict, load_config
-from ddim.train.loop import (
-    DataOrder,
-    NonFiniteLossError,
-    learning_rate,
-    sample_timesteps,
-    step_batch,
-    train,
-)
+from ddim.train.loop import NonFiniteLossError, learning_rate, train
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {

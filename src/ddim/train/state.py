@@ -25,13 +25,34 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
+from torch import nn
+from torch.optim.swa_utils import AveragedModel
 
-from ddim.formats.atomic import atomic_write, atomic_write_text
-from ddim.formats.checkpoint import CheckpointError
+from ddim.formats.atomic import atomic_write, atomic_write_text, remove_stale_temps
+from ddim.formats.checkpoint import CheckpointError, load_checkpoint
+from ddim.train.config import TrainConfig
 
 LATEST = "latest.json"
 STATE_FORMAT_VERSION = 1
 _STEP_FILE = re.compile(r"^step_(\d+)\.(safetensors|state\.pt)$")
+# Config keys that may change when a run is resumed without changing its results.
+RESUMABLE_KEYS = frozenset(
+    {"out_dir", "data.path"}
+    | {
+        f"training.{k}"
+        for k in (
+            "total_steps",
+            "ckpt_every",
+            "keep_last",
+            "sample_every",
+            "num_samples",
+            "sample_steps",
+            "log_every",
+            "device",
+        )
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -108,3 +129,84 @@ def prune(ckpt_dir: str | os.PathLike[str], latest_step: int, keep_last: int) ->
             with contextlib.suppress(FileNotFoundError):
                 file.unlink()
     return old
+
+
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """The global RNG states (saved for completeness: every draw is re-seeded per step)."""
+    cuda = torch.cuda.get_rng_state_all() if device.type == "cuda" else []
+    return {"torch": torch.get_rng_state(), "cuda": cuda}
+
+
+def restore(
+    latest: Latest,
+    config: TrainConfig,
+    model: nn.Module,
+    ema: AveragedModel,
+    opt: torch.optim.Optimizer,
+) -> int:
+    """Load the checkpoint ``latest`` names into the model, EMA and optimiser; its step."""
+    ckpt = load_checkpoint(latest.weights)
+    state = read_state(latest.state)
+    if not ckpt.step == state["step"] == latest.step:
+        raise CheckpointError(
+            f"{latest.weights} (step {ckpt.step}) and {latest.state} (step {state['step']}) "
+            f"do not belong to step {latest.step}"
+        )
+    if ckpt.model_state is None:
+        raise CheckpointError(f"{latest.weights} lacks the raw model weights needed to resume")
+    changed = config_changes(state["config"], config.to_dict())
+    if changed:
+        raise ValueError(
+            f"the config differs from the one {latest.state} was trained with in "
+            f"{', '.join(changed)}; only {', '.join(sorted(RESUMABLE_KEYS))} may change"
+        )
+    model.load_state_dict(ckpt.model_state)
+    ema.module.load_state_dict(ckpt.ema_state)
+    ema.n_averaged.fill_(state["ema_updates"])
+    opt.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["rng"]["torch"])
+    cuda_states = state["rng"]["cuda"]
+    if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda_states)
+    return latest.step
+
+
+def config_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Dotted keys whose values differ, other than those in :data:`RESUMABLE_KEYS`."""
+    flat_old, flat_new = _flatten(old), _flatten(new)
+    keys = sorted(set(flat_old) | set(flat_new))
+    return [k for k in keys if k not in RESUMABLE_KEYS and flat_old.get(k) != flat_new.get(k)]
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            flat.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            flat[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
+    return flat
+
+
+def prepare_out_dir(config: TrainConfig, step: int, fresh: bool) -> None:
+    """Create the run folder, clear debris a killed run left, and record the config."""
+    out = Path(config.out_dir)
+    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+    for folder in (out, out / "checkpoints", out / "samples"):
+        if folder.is_dir():
+            remove_stale_temps(folder)
+    _truncate_log(out / "log.jsonl", step)
+    if fresh:
+        atomic_write_text(out / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log records past ``step`` (written by a run that died before checkpointing)."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+    atomic_write_text(path, "".join(f"{line}\n" for line in kept))
