@@ -27,10 +27,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ddim.formats.config_file import read_yaml
 from ddim.formats.diffusers import diffusers_unet_config, from_diffusers
 from ddim.models import UNet, UNetConfig
 from ddim.schedule import NoiseSchedule
-from ddim.train.config import read_yaml
 from ddim.train.loss import diffusion_loss
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"

@@ -16,12 +16,12 @@ from ddim.formats.atomic import atomic_write, atomic_write_bytes
 from ddim.formats.checkpoint import (
     CheckpointError,
     check_state_dict,
-    convert_legacy,
     describe_schedule,
     load_checkpoint,
     load_pretrained,
     read_metadata,
 )
+from ddim.formats.legacy import convert_legacy
 from ddim.models.unet import UNet
 from ddim.schedule import NoiseSchedule
 

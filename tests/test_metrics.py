@@ -13,8 +13,10 @@ from scipy import linalg
 
 from ddim.eval import metrics
 from ddim.eval.metrics import FeatureStats, cached_stats, consistency, frechet_distance
+from ddim.formats.datasets import load_mnist_labels
 from ddim.models import classifier
-from ddim.models.classifier import load_classifier, load_mnist_labels, random_shift
+from ddim.models.classifier import load_classifier
+from ddim.train.classifier import accuracy, random_shift
 
 MNIST_DIR = Path("/work/shared/data/mnist")
 
@@ -183,6 +185,6 @@ def test_bundled_classifier_heldout_accuracy_reproduces():
 
     images = load_mnist(MNIST_DIR / "t10k-images-idx3-ubyte.gz")[9000:]
     labels = load_mnist_labels(MNIST_DIR / "t10k-labels-idx1-ubyte.gz")[9000:]
-    acc = classifier.accuracy(load_classifier(), images, labels)
+    acc = accuracy(load_classifier(), images, labels)
     assert acc == pytest.approx(classifier.classifier_info()["heldout_accuracy"], abs=1e-9)
     assert acc >= 0.98

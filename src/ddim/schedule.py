@@ -54,6 +54,15 @@ class NoiseSchedule:
         return cls.from_betas(np.linspace(beta_start, beta_end, num_timesteps, dtype=np.float64))
 
     @classmethod
+    def quad(
+        cls, num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02
+    ) -> NoiseSchedule:
+        """The official code's ``quad`` betas (diffusers' ``scaled_linear``): the squares of
+        ``linspace(sqrt(beta_start), sqrt(beta_end), T)``."""
+        _check_num_timesteps(num_timesteps)
+        return cls.from_betas(np.linspace(beta_start**0.5, beta_end**0.5, num_timesteps) ** 2)
+
+    @classmethod
     def cosine(
         cls, num_timesteps: int = 1000, s: float = 0.008, max_beta: float = 0.999
     ) -> NoiseSchedule:
@@ -135,3 +144,36 @@ def _spaced(S: int, T: int, spacing: str) -> list[int]:
     else:
         seq = (np.round(np.arange(T, 0, -T / S)).astype(np.int64) - 1).tolist()
     return sorted(seq, reverse=True)
+
+
+SCHEDULES = ("linear", "cosine")
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    """The forward process: ``schedule`` is ``linear`` (with ``beta_start``/``beta_end``)
+    or ``cosine`` (Nichol & Dhariwal), over ``num_timesteps`` steps."""
+
+    schedule: str = "linear"
+    num_timesteps: int = 1000
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+
+    def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ValueError(
+                f"diffusion.schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}"
+            )
+        if self.num_timesteps < 1:
+            raise ValueError(f"diffusion.num_timesteps must be >= 1, got {self.num_timesteps}")
+        if not 0 < self.beta_start <= self.beta_end < 1:
+            raise ValueError(
+                f"diffusion needs 0 < beta_start <= beta_end < 1, "
+                f"got {self.beta_start}, {self.beta_end}"
+            )
+
+    def build(self) -> NoiseSchedule:
+        """The :class:`NoiseSchedule` this config describes."""
+        if self.schedule == "cosine":
+            return NoiseSchedule.cosine(self.num_timesteps)
+        return NoiseSchedule.linear(self.num_timesteps, self.beta_start, self.beta_end)

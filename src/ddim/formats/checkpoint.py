@@ -13,7 +13,7 @@ parameters where recognised, for display), ``data_shape``, ``step``, ``extra`` (
 ``sha256``, a digest of every tensor that makes a corrupted file fail loudly.
 
 The official DDIM ``ckpt.pth`` and pesser's ``model-*.ckpt`` files use the same parameter
-names as our U-Net; :func:`convert_legacy` reads them with ``torch.load(weights_only=True)``.
+names as our U-Net; :mod:`ddim.formats.legacy` reads them.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import importlib.resources
 import json
 import math
 import os
-import pickle
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from typing import Any
 import safetensors.torch
 import torch
 
+from ddim import assets
 from ddim.formats.atomic import atomic_write_bytes
 from ddim.models.unet import UNet, UNetConfig
 from ddim.schedule import NoiseSchedule
@@ -240,68 +240,16 @@ def resolve(path_or_name: str | os.PathLike[str]) -> Path:
     """The file behind a path or a bundled model name; a clear error if it does not exist."""
     path = Path(path_or_name)
     if isinstance(path_or_name, str) and path_or_name in BUNDLED and not path.exists():
-        asset = importlib.resources.files("ddim") / "assets" / BUNDLED[path_or_name]
+        asset = assets.path(BUNDLED[path_or_name])
         if not asset.is_file():
             raise FileNotFoundError(
                 f"the bundled {path_or_name!r} model is not installed (expected {asset}); "
                 f"train it with `python -m ddim.train configs/{path_or_name}.yaml`"
             )
-        return Path(str(asset))
+        return asset
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist or is not a file")
     return path
-
-
-def convert_legacy(
-    path: str | os.PathLike[str],
-    which: str = "ema",
-    model_config: Mapping[str, Any] | None = None,
-) -> dict[str, torch.Tensor]:
-    """A U-Net state dict from an official DDIM or pesser checkpoint, keys in our layout.
-
-    - official ``ckpt.pth``: ``[model_state, optimizer_state, epoch, step, ema_state]``
-      with ``module.``-prefixed keys; ``which`` picks the EMA (last entry) or the model;
-    - pesser's ``model-*.ckpt``: one flat state dict (``which`` is then irrelevant).
-
-    The file is read with ``torch.load(weights_only=True)``: tensors and plain containers
-    only, never arbitrary pickled code. With ``model_config`` the result is checked against
-    that U-Net and every missing, unexpected or mis-shaped key is reported.
-    """
-    if which not in WHICH:
-        raise ValueError(f"which must be one of {', '.join(WHICH)}, got {which!r}")
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"legacy checkpoint {path} does not exist or is not a file")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise CheckpointError(
-            f"{path} holds objects other than tensors; refusing to unpickle it ({e})"
-        ) from None
-    except Exception as e:  # torch raises RuntimeError, EOFError, ... for damaged archives
-        raise CheckpointError(f"{path} is truncated or not a PyTorch checkpoint ({e})") from None
-    state = _legacy_state(obj, which, path)
-    if model_config is not None:
-        check_state_dict(UNetConfig.from_dict(dict(model_config)), state, f"weights in {path}")
-    return state
-
-
-def _legacy_state(obj: Any, which: str, path: Path) -> dict[str, torch.Tensor]:
-    if isinstance(obj, (list, tuple)):
-        if which == "ema" and len(obj) < 5:
-            raise CheckpointError(
-                f"{path} is a list of {len(obj)} entries with no EMA state "
-                f"(the official layout keeps it 5th); use which='model'"
-            )
-        obj = obj[-1] if which == "ema" else obj[0]
-    if not isinstance(obj, Mapping) or not obj:
-        raise CheckpointError(f"{path} holds no state dict (found {type(obj).__name__})")
-    not_tensors = [str(k) for k, v in obj.items() if not isinstance(v, torch.Tensor)]
-    if not_tensors:
-        raise CheckpointError(f"{path}: entries that are not tensors: {', '.join(not_tensors[:8])}")
-    prefix = "module."
-    strip = all(str(k).startswith(prefix) for k in obj)
-    return {(k[len(prefix) :] if strip else k): v for k, v in obj.items()}
 
 
 def _header(path: Path, raw: bytes) -> tuple[dict[str, Any], int]:

@@ -13,17 +13,13 @@ the official CIFAR-10 model with the linear schedule of Ho et al.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-
-from ddim.formats.checkpoint import CheckpointError, convert_legacy, load_checkpoint, save_weights
-from ddim.models.unet import UNet, UNetConfig
+from ddim.formats.checkpoint import CheckpointError, load_checkpoint, save_weights
+from ddim.formats.legacy import convert_legacy, legacy_setup
+from ddim.models.unet import UNet
 from ddim.schedule import NoiseSchedule
-from ddim.train.config import config_from_dict, read_yaml
 
 SOURCES = ("official", "pesser", "ours", "diffusers")
 TARGETS = ("ours", "diffusers")
@@ -36,48 +32,6 @@ class LoadedModel:
     model: UNet
     schedule: NoiseSchedule
     step: int = 0
-
-
-def official_setup(raw: Mapping[str, Any]) -> tuple[UNetConfig, NoiseSchedule]:
-    """The U-Net config and schedule of an official DDIM YAML config (already parsed)."""
-    model, data, diffusion = raw["model"], raw["data"], raw["diffusion"]
-    config = UNetConfig(
-        in_channels=int(model["in_channels"]),
-        out_channels=int(model["out_ch"]),
-        ch=int(model["ch"]),
-        ch_mult=tuple(model["ch_mult"]),
-        num_res_blocks=int(model["num_res_blocks"]),
-        attn_resolutions=tuple(model["attn_resolutions"]),
-        dropout=float(model.get("dropout", 0.0)),
-        resamp_with_conv=bool(model.get("resamp_with_conv", True)),
-        image_size=int(data["image_size"]),
-    )
-    T = int(diffusion["num_diffusion_timesteps"])
-    start, end = float(diffusion["beta_start"]), float(diffusion["beta_end"])
-    kind = diffusion["beta_schedule"]
-    if kind == "linear":
-        return config, NoiseSchedule.linear(T, start, end)
-    if kind == "quad":
-        return config, NoiseSchedule.from_betas(np.linspace(start**0.5, end**0.5, T) ** 2)
-    raise ValueError(f"beta_schedule {kind!r} is not supported (linear and quad are)")
-
-
-def legacy_setup(config: str | os.PathLike[str] | None) -> tuple[UNetConfig, NoiseSchedule]:
-    """The architecture and schedule for bare legacy weights, from an official DDIM or a
-    ddim training YAML config; ``None`` gives the official CIFAR-10 model."""
-    if config is None:
-        return UNetConfig(), NoiseSchedule.linear()
-    path = Path(config)
-    raw = read_yaml(path)
-    if not isinstance(raw, dict) or not isinstance(raw.get("diffusion"), dict):
-        raise ValueError(f"config {path} has no 'diffusion' section")
-    try:
-        if "num_diffusion_timesteps" in raw["diffusion"]:
-            return official_setup(raw)
-    except (KeyError, TypeError) as e:
-        raise ValueError(f"official DDIM config {path} lacks {e}") from None
-    run = config_from_dict(raw, source=str(path))
-    return run.model, run.diffusion.build()
 
 
 def load_any(

@@ -37,6 +37,7 @@ except ImportError:  # numpy < 2
 KINDS = ("folder", "mnist", "cifar10", "npz", "digits")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 MNIST_MAGIC = 2051
+LABELS_MAGIC = 2049
 CIFAR_SPLITS = {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)}
 
 PathLike = str | os.PathLike
@@ -145,6 +146,17 @@ def load_mnist(path: PathLike) -> Tensor:
 
 
 # ---------------------------------------------------------------- CIFAR-10 batches
+
+
+def load_mnist_labels(path: str | os.PathLike[str]) -> Tensor:
+    """An idx1-ubyte labels file (raw or gzip-compressed) as a LongTensor ``(N,)``."""
+    (n,), raw = read_idx(path, "MNIST labels file", LABELS_MAGIC, 1)
+    if len(raw) != 8 + n:
+        raise ValueError(f"MNIST labels file {path} has {len(raw) - 8} labels, header says {n}")
+    labels = np.frombuffer(raw, dtype=np.uint8, offset=8)
+    if labels.max(initial=0) > 9:
+        raise ValueError(f"MNIST labels file {path} holds labels above 9")
+    return torch.from_numpy(labels.astype(np.int64))
 
 
 class _ArrayUnpickler(pickle.Unpickler):

@@ -28,7 +28,6 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -285,7 +284,7 @@ def schedule_from_scheduler_config(config: Mapping[str, Any]) -> NoiseSchedule:
     if kind == "linear":
         return NoiseSchedule.linear(T, start, end)
     if kind == "scaled_linear":
-        return NoiseSchedule.from_betas(np.linspace(start**0.5, end**0.5, T) ** 2)
+        return NoiseSchedule.quad(T, start, end)
     if kind == "squaredcos_cap_v2":
         return NoiseSchedule.cosine(T)
     raise ValueError(f"diffusers beta_schedule {kind!r} is not supported here")

@@ -18,49 +18,15 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import types
-import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import yaml
 
+from ddim.formats.config_file import build_section, read_yaml
 from ddim.formats.datasets import DataConfig
 from ddim.models.unet import UNetConfig
-from ddim.schedule import NoiseSchedule
-
-SCHEDULES = ("linear", "cosine")
-
-
-@dataclass(frozen=True)
-class DiffusionConfig:
-    """The forward process: ``schedule`` is ``linear`` (with ``beta_start``/``beta_end``)
-    or ``cosine`` (Nichol & Dhariwal), over ``num_timesteps`` steps."""
-
-    schedule: str = "linear"
-    num_timesteps: int = 1000
-    beta_start: float = 1e-4
-    beta_end: float = 0.02
-
-    def __post_init__(self) -> None:
-        if self.schedule not in SCHEDULES:
-            raise ValueError(
-                f"diffusion.schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}"
-            )
-        if self.num_timesteps < 1:
-            raise ValueError(f"diffusion.num_timesteps must be >= 1, got {self.num_timesteps}")
-        if not 0 < self.beta_start <= self.beta_end < 1:
-            raise ValueError(
-                f"diffusion needs 0 < beta_start <= beta_end < 1, "
-                f"got {self.beta_start}, {self.beta_end}"
-            )
-
-    def build(self) -> NoiseSchedule:
-        """The :class:`NoiseSchedule` this config describes."""
-        if self.schedule == "cosine":
-            return NoiseSchedule.cosine(self.num_timesteps)
-        return NoiseSchedule.linear(self.num_timesteps, self.beta_start, self.beta_end)
+from ddim.schedule import DiffusionConfig
 
 
 @dataclass(frozen=True)
@@ -176,16 +142,6 @@ _SECTIONS: dict[str, type] = {
 }
 
 
-def read_yaml(path: str | os.PathLike[str]) -> Any:
-    """The parsed content of the YAML config ``path``; a ValueError naming it if unreadable."""
-    try:
-        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except OSError as e:
-        raise ValueError(f"cannot read config {path}: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        raise ValueError(f"config {path} is not valid YAML: {e}") from None
-
-
 def load_config(
     path: str | os.PathLike[str], overrides: list[str] | tuple[str, ...] = ()
 ) -> TrainConfig:
@@ -224,7 +180,8 @@ def config_from_dict(raw: dict[str, Any], source: str = "config") -> TrainConfig
         if not isinstance(raw.get(name), dict):
             raise ValueError(f"{source} needs a {name!r} section")
     sections = {
-        name: _build(cls, raw.get(name) or {}, name, source) for name, cls in _SECTIONS.items()
+        name: build_section(cls, raw.get(name) or {}, name, source)
+        for name, cls in _SECTIONS.items()
     }
     out_dir = raw.get("out_dir", "runs/ddim")
     if not isinstance(out_dir, str) or not out_dir:
@@ -233,60 +190,3 @@ def config_from_dict(raw: dict[str, Any], source: str = "config") -> TrainConfig
         return TrainConfig(out_dir=out_dir, **sections)
     except ValueError as e:
         raise ValueError(f"{source}: {e}") from None
-
-
-def _build(cls: type, values: Any, section: str, source: str) -> Any:
-    if not isinstance(values, dict):
-        raise ValueError(f"config section {section!r} in {source} must be a mapping")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls) if f.init}
-    kwargs = {}
-    for key, value in values.items():
-        if key not in names:
-            raise ValueError(f"unknown config key '{section}.{key}' in {source}")
-        kwargs[key] = _coerce(value, hints[key], f"{section}.{key}", source)
-    try:
-        return cls(**kwargs)
-    except TypeError as e:  # a required field is missing
-        raise ValueError(f"config section {section!r} in {source}: {e}") from None
-    except ValueError as e:
-        raise ValueError(f"{source}: {e}") from None
-
-
-def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
-    """``value`` as type ``hint`` where the conversion is lossless, else a ValueError."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        return _coerce(value, next(a for a in args if a is not type(None)), key, source)
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ValueError(f"config key {key!r} in {source} must be a list, got {value!r}")
-        item = args[0]
-        if len(args) != 2 or args[1] is not Ellipsis:
-            if len(value) != len(args):
-                raise ValueError(
-                    f"config key {key!r} in {source} needs {len(args)} values, got {len(value)}"
-                )
-            return tuple(_coerce(v, a, key, source) for v, a in zip(value, args, strict=True))
-        return tuple(_coerce(v, item, key, source) for v in value)
-    if hint is float and not isinstance(value, bool):
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            pass
-    elif hint is int and not isinstance(value, bool):
-        number = value
-        if isinstance(value, str):
-            try:
-                number = float(value)
-            except ValueError:
-                number = None
-        if isinstance(number, float) and number.is_integer():
-            return int(number)
-        if isinstance(number, int):
-            return number
-    elif hint is bool and isinstance(value, bool) or hint is str and isinstance(value, str):
-        return value
-    raise ValueError(f"config key {key!r} in {source} must be {hint.__name__}, got {value!r}")
