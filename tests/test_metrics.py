@@ -13,7 +13,7 @@ from scipy import linalg
 
 from ddim.eval import metrics
 from ddim.eval.metrics import FeatureStats, cached_stats, consistency, frechet_distance
-from ddim.formats.datasets import load_mnist_labels
+from ddim.formats.archives import load_mnist_labels
 from ddim.models import classifier
 from ddim.models.classifier import load_classifier
 from ddim.train.classifier import accuracy, random_shift
@@ -181,7 +181,7 @@ def test_bundled_classifier():
 
 @pytest.mark.skipif(not MNIST_DIR.is_dir(), reason="the shared MNIST files are not here")
 def test_bundled_classifier_heldout_accuracy_reproduces():
-    from ddim.formats.datasets import load_mnist
+    from ddim.formats.archives import load_mnist
 
     images = load_mnist(MNIST_DIR / "t10k-images-idx3-ubyte.gz")[9000:]
     labels = load_mnist_labels(MNIST_DIR / "t10k-labels-idx1-ubyte.gz")[9000:]

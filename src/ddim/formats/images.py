@@ -7,21 +7,32 @@ as ``x = uint8 / 127.5 - 1`` (the same scale as :mod:`ddim.formats.datasets`).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
+from ddim.formats.archives import load_npz
 from ddim.formats.atomic import atomic_write_bytes
-from ddim.formats.datasets import IMAGE_EXTENSIONS, find_files, load_npz
 
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 ARRAY_EXTENSIONS = (".npz", ".npy")
 _MODE_CHANNELS = {"1": 1, "L": 1, "P": 3, "RGB": 3}
+
+
+def find_files(root: Path, extensions: Sequence[str]) -> list[Path]:
+    """Every file under ``root`` (recursive) whose extension, in any case, is one of
+    ``extensions``, sorted by path relative to ``root``."""
+    return sorted(
+        (p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in extensions),
+        key=lambda p: p.relative_to(root).as_posix(),
+    )
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
@@ -84,7 +95,7 @@ def save_png_folder(folder: str | os.PathLike[str], x: torch.Tensor, start: int 
 
 def save_npz(path: str | os.PathLike[str], x: torch.Tensor, key: str = "samples") -> None:
     """Write a batch as one uint8 ``(N, H, W, C)`` array named ``key`` in an ``.npz`` file
-    (the layout :func:`ddim.formats.datasets.load_npz` and common FID tools read)."""
+    (the layout :func:`ddim.formats.archives.load_npz` and common FID tools read)."""
     buffer = io.BytesIO()
     np.savez(buffer, **{key: to_uint8(x)})
     atomic_write_bytes(path, buffer.getvalue())
@@ -157,7 +168,7 @@ def read_images(
     """Load images exactly as they are (no resizing) into a ``(N, C, H, W)`` batch in ``[-1, 1]``.
 
     ``sources`` are image files, ``.npz``/``.npy`` arrays (see
-    :func:`ddim.formats.datasets.load_npz`) or
+    :func:`ddim.formats.archives.load_npz`) or
     folders of them. Every image must have ``channels`` channels (1: grayscale, 3: RGB) and
     be ``image_size`` pixels square; anything else is an error naming the file. Returns the
     batch and one label per image (the file, with ``[i]`` for images from an array).
@@ -187,21 +198,27 @@ def _describe(chw: Sequence[int]) -> str:
     return f"{w}x{h} {kind}"
 
 
-def _read_one(file: Path) -> torch.Tensor:
-    """One image file as ``(C, H, W)`` in ``[-1, 1]``: 8-bit grayscale or RGB only."""
+@contextlib.contextmanager
+def opened_image(file: Path) -> Iterator[Image.Image]:
+    """``file`` opened and decoded by Pillow; a ValueError naming it if it cannot be read."""
     try:
         with Image.open(file) as img:
             img.load()
-            mode = img.mode
-            if mode not in _MODE_CHANNELS:
-                raise ValueError(
-                    f"image {file} has pixel mode {mode}; only 8-bit grayscale (L) and RGB "
-                    f"images without alpha are read"
-                )
-            img = img.convert("L" if _MODE_CHANNELS[mode] == 1 else "RGB")
-            array = np.asarray(img, dtype=np.uint8)
+            yield img
     except (OSError, SyntaxError, Image.DecompressionBombError) as e:
         raise ValueError(f"cannot read image {file}: {e}") from None
+
+
+def _read_one(file: Path) -> torch.Tensor:
+    """One image file as ``(C, H, W)`` in ``[-1, 1]``: 8-bit grayscale or RGB only."""
+    with opened_image(file) as img:
+        if img.mode not in _MODE_CHANNELS:
+            raise ValueError(
+                f"image {file} has pixel mode {img.mode}; only 8-bit grayscale (L) and RGB "
+                f"images without alpha are read"
+            )
+        img = img.convert("L" if _MODE_CHANNELS[img.mode] == 1 else "RGB")
+        array = np.asarray(img, dtype=np.uint8)
     if array.ndim == 2:
         array = array[..., None]
     return torch.from_numpy(array.transpose(2, 0, 1).copy()).float() / 127.5 - 1.0

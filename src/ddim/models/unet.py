@@ -9,12 +9,14 @@ knows nothing about the noise schedule: ``t`` is only fed to a sinusoidal embedd
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from ddim.checks import dataclass_kwargs, is_int
 
 GROUPS = 32
 
@@ -43,18 +45,18 @@ class UNetConfig:
         object.__setattr__(self, "attn_resolutions", tuple(self.attn_resolutions))
         for name in ("in_channels", "out_channels", "ch", "num_res_blocks", "image_size"):
             value = getattr(self, name)
-            if not _is_int(value) or value < 1:
+            if not is_int(value) or value < 1:
                 raise ValueError(f"UNetConfig.{name} must be a positive integer, got {value!r}")
         if self.ch % GROUPS:
             raise ValueError(
                 f"UNetConfig.ch must be divisible by {GROUPS} (GroupNorm groups), got {self.ch}"
             )
-        if not self.ch_mult or not all(_is_int(m) and m >= 1 for m in self.ch_mult):
+        if not self.ch_mult or not all(is_int(m) and m >= 1 for m in self.ch_mult):
             raise ValueError(
                 f"UNetConfig.ch_mult must be a non-empty tuple of positive integers, "
                 f"got {self.ch_mult!r}"
             )
-        if not all(_is_int(r) and r >= 1 for r in self.attn_resolutions):
+        if not all(is_int(r) and r >= 1 for r in self.attn_resolutions):
             raise ValueError(
                 f"UNetConfig.attn_resolutions must hold positive integers, "
                 f"got {self.attn_resolutions!r}"
@@ -88,15 +90,7 @@ class UNetConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> UNetConfig:
         """Build a config from a dict; missing keys take defaults, unknown keys are an error."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown UNetConfig keys: {', '.join(map(str, unknown))}")
-        return cls(**d)
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+        return cls(**dataclass_kwargs(cls, d))
 
 
 def timestep_embedding(t: Tensor, dim: int) -> Tensor:

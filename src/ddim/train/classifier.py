@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ddim.formats.archives import load_mnist, load_mnist_labels
 from ddim.formats.atomic import atomic_write_bytes
-from ddim.formats.datasets import load_mnist, load_mnist_labels
 from ddim.models.classifier import FORMAT, NUM_TRAIN, MnistClassifier
 
 
