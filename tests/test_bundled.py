@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.resources
 
+import pytest
 import torch
 
 import ddim
@@ -24,6 +25,7 @@ def test_bundled_model_is_small_and_describes_itself() -> None:
     assert sched.betas[0].item() == 1e-4 and sched.betas[-1].item() == 0.02
 
 
+@pytest.mark.slow
 def test_fifty_ddim_steps_draw_confident_digits_of_all_ten_classes() -> None:
     model, sched = ddim.load_pretrained("mnist")
     gens = ddim.seeded_generators(0, 100)

@@ -104,7 +104,7 @@ def test_sample_writes_grids_and_folders_and_respects_force(files, tmp_path) -> 
     assert read_png(tmp_path / "row.png").shape == (12, 62)
     ok(*args, "--out", f"{tmp_path / 'pngs'}/")
     names = sorted(p.name for p in (tmp_path / "pngs").iterdir())
-    assert names == [f"{i:06d}.png" for i in range(6)]
+    assert names == [f"{i:06d}.png" for i in range(6)] + ["ddim-sample.json"]
     np.testing.assert_array_equal(read_png(tmp_path / "pngs" / "000004.png"), tile(grid, 1, 1))
 
     again = run(*args, "--out", tmp_path / "grid.png")
@@ -113,7 +113,8 @@ def test_sample_writes_grids_and_folders_and_respects_force(files, tmp_path) -> 
         again.stderr == f"error: {tmp_path / 'grid.png'} already exists; pass --force to "
         "overwrite it\n"
     )
-    assert run(*args, "--out", tmp_path / "pngs").exit_code == 2
+    assert "kept 6 already there" in ok(*args, "--out", tmp_path / "pngs").stdout  # resumed
+    assert run(*args, "--out", tmp_path / "pngs", "--seed", 1).exit_code == 2
     ok(*args, "--out", tmp_path / "grid.png", "--seed", 1, "--force")
     assert not np.array_equal(read_png(tmp_path / "grid.png"), grid)
 
@@ -338,7 +339,8 @@ def test_convert_ours_diffusers_round_trip(files, tmp_path) -> None:
 
 def test_convert_native_diffusers_model(tmp_path, tiny_config) -> None:
     diffusers = pytest.importorskip("diffusers")
-    from ddim.formats.diffusers import diffusers_unet_config, scheduler_config
+    from ddim.formats.diffusers import diffusers_unet_config
+    from ddim.formats.diffusers_folder import scheduler_config
 
     torch.manual_seed(4)
     unet = diffusers.UNet2DModel(**diffusers_unet_config(tiny_config)).eval()
@@ -441,8 +443,41 @@ def test_info_text_and_json(files, perturbed_unet) -> None:
     assert f"parameters     {n:,}\n" in text
     assert "training step  7\n" in text and "data shape     1x8x8\n" in text
     assert "schedule       linear (beta_end=0.05, beta_start=0.001, num_timesteps=100)" in text
+    assert "extra" not in text
     meta = json.loads(ok("info", files["tiny.safetensors"], "--json").stdout)
     assert (meta["step"], meta["num_parameters"], meta["weights"]) == (7, n, ["ema"])
+
+
+def test_info_shows_the_training_config_as_indented_lines(
+    tmp_path, perturbed_unet, write_checkpoint
+) -> None:
+    train_config = {
+        "data": {"key": None, "random_flip": False},
+        "model": {"ch": 32, "ch_mult": [1, 2]},
+        "out_dir": "runs/tiny",
+    }
+    ckpt = write_checkpoint(
+        tmp_path / "c.safetensors",
+        perturbed_unet().state_dict(),
+        SCHEDULE,
+        extra_meta={"train_config": train_config},
+    )
+    text = ok("info", ckpt).stdout
+    assert "\n--precision auto on cpu runs " in text
+    assert (
+        "weights        ema\n"
+        "extra:\n"
+        "  train_config:\n"
+        "    data:\n"
+        "      key: null\n"
+        "      random_flip: false\n"
+        "    model:\n"
+        "      ch: 32\n"
+        "      ch_mult: [1, 2]\n"
+        "    out_dir: runs/tiny\n"
+    ) in text
+    meta = json.loads(ok("info", ckpt, "--json").stdout)
+    assert meta["extra"] == {"train_config": train_config}
 
 
 def test_train_runs_and_resumes(tmp_path, tiny_config) -> None:
@@ -592,6 +627,7 @@ def test_debug_env_reraises(files, monkeypatch) -> None:
     assert isinstance(result.exception, FileNotFoundError)
 
 
+@pytest.mark.slow
 def test_entry_point_in_a_subprocess(files) -> None:
     exe = shutil.which("ddim", path=str(Path(sys.executable).parent))
     if exe is None:
@@ -613,6 +649,7 @@ def test_entry_point_in_a_subprocess(files) -> None:
 # ---------------------------------------------------------------- the bundled model
 
 
+@pytest.mark.slow
 def test_bundled_mnist_samples_and_reconstructs(tmp_path) -> None:
     text = ok("info").stdout
     assert "data shape     1x28x28" in text

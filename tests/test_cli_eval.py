@@ -112,6 +112,7 @@ def test_bad_lists_are_usage_errors(files):
     assert code == 2 and "2000 is more than the model's 1000 timesteps" in out
 
 
+@pytest.mark.slow
 def test_merge_of_pieces_equals_the_whole_grid(files, tmp_path, monkeypatch):
     ckpt, data = files
     monkeypatch.setenv("DDIM_CACHE", str(tmp_path / "cache"))

@@ -144,6 +144,7 @@ if world()[0] == 0:
 """
 
 
+@pytest.mark.slow
 def test_two_processes_give_the_statistics_of_one(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(textwrap.dedent(WORKER))

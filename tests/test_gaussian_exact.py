@@ -54,7 +54,11 @@ def test_deterministic_sampler_is_the_tracked_linear_map():
 
 @pytest.mark.parametrize(
     ("steps", "spacing", "eta", "variance"),
-    [(10, "uniform", 0.5, "ddim"), (20, "quad", 1.0, "ddim"), (10, "uniform", 0.0, "ddpm-large")],
+    [
+        (10, "uniform", 0.5, "ddim"),
+        pytest.param(20, "quad", 1.0, "ddim", marks=pytest.mark.slow),
+        (10, "uniform", 0.0, "ddpm-large"),
+    ],
 )
 def test_exact_variance_matches_monte_carlo(steps, spacing, eta, variance):
     """Sample variances of 20,000 draws of ddim.sample lie within 4.5 standard errors."""
@@ -94,6 +98,7 @@ def test_exact_grid_has_the_shape_of_table_1():
     assert fd["σ̂", 1000] < fd["η = 0", 1000] < fd["η = 1", 1000]
 
 
+@pytest.mark.slow
 def test_exact_fd_matches_a_large_monte_carlo_fd():
     """FD of 40,000 sampler draws to the data law equals the exact FD within its error.
 

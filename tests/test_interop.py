@@ -11,6 +11,7 @@ import torch
 
 import ddim
 from ddim.formats import diffusers as interop
+from ddim.formats import diffusers_folder
 from ddim.models.unet import UNetConfig
 
 diffusers = pytest.importorskip("diffusers")
@@ -91,21 +92,21 @@ def test_adapter_drives_the_sampler(perturbed_unet) -> None:
 )
 def test_pipeline_folder_round_trip(tmp_path, schedule, perturbed_unet) -> None:
     model = perturbed_unet(CONFIG)
-    interop.save_diffusers(model, schedule, tmp_path / "pipe")
+    diffusers_folder.save_diffusers(model, schedule, tmp_path / "pipe")
     assert sorted(p.name for p in (tmp_path / "pipe").iterdir()) == [
         "model_index.json",
         "scheduler",
         "unet",
     ]
-    back, back_schedule = interop.load_diffusers(tmp_path / "pipe")
+    back, back_schedule = diffusers_folder.load_diffusers(tmp_path / "pipe")
     assert torch.equal(back_schedule.betas, schedule.betas)
     for name, value in model.state_dict().items():
         assert torch.equal(back.state_dict()[name], value), name
     pipe = diffusers.DDIMPipeline.from_pretrained(tmp_path / "pipe")
     assert pipe.scheduler.config.num_train_timesteps == schedule.num_timesteps
     with pytest.raises(FileExistsError, match="already exists"):
-        interop.save_diffusers(model, schedule, tmp_path / "pipe")
-    interop.save_diffusers(
+        diffusers_folder.save_diffusers(model, schedule, tmp_path / "pipe")
+    diffusers_folder.save_diffusers(
         perturbed_unet(CONFIG, seed=1), schedule, tmp_path / "pipe", overwrite=True
     )
     assert not any(p.name.startswith(".tmp-") for p in tmp_path.iterdir())
@@ -115,14 +116,16 @@ def test_plain_unet_folder_with_scheduler_config(tmp_path, perturbed_unet) -> No
     model = perturbed_unet(CONFIG)
     interop.to_diffusers_unet(model).save_pretrained(tmp_path)
     with pytest.raises(FileNotFoundError, match="scheduler_config.json is missing"):
-        interop.load_diffusers(tmp_path)
+        diffusers_folder.load_diffusers(tmp_path)
     sched = ddim.NoiseSchedule.linear(500, 2e-4, 0.03)
-    back, _ = interop.load_diffusers(tmp_path, schedule=sched)
+    back, _ = diffusers_folder.load_diffusers(tmp_path, schedule=sched)
     x, t = inputs()
     with torch.no_grad():
         torch.testing.assert_close(back(x, t), model(x, t), atol=0, rtol=0)
-    (tmp_path / "scheduler_config.json").write_text(json.dumps(interop.scheduler_config(sched)))
-    assert torch.equal(interop.load_diffusers(tmp_path)[1].betas, sched.betas)
+    (tmp_path / "scheduler_config.json").write_text(
+        json.dumps(diffusers_folder.scheduler_config(sched))
+    )
+    assert torch.equal(diffusers_folder.load_diffusers(tmp_path)[1].betas, sched.betas)
 
 
 def test_incompatible_diffusers_models_are_refused() -> None:
@@ -144,7 +147,7 @@ def test_incompatible_diffusers_models_are_refused() -> None:
             UNetConfig(ch=32, ch_mult=(2, 2), attn_resolutions=(), image_size=8)
         )
     with pytest.raises(ValueError, match="prediction_type"):
-        interop.schedule_from_scheduler_config({"prediction_type": "v_prediction"})
+        diffusers_folder.schedule_from_scheduler_config({"prediction_type": "v_prediction"})
 
 
 def test_missing_diffusers_is_a_clear_import_error(monkeypatch, perturbed_unet) -> None:
@@ -153,9 +156,11 @@ def test_missing_diffusers_is_a_clear_import_error(monkeypatch, perturbed_unet) 
         interop.to_diffusers_unet(perturbed_unet(CONFIG))
 
 
+@pytest.mark.slow
 def test_core_package_never_imports_diffusers() -> None:
     code = (
-        "import sys, ddim, ddim.cli, ddim.formats.diffusers, ddim.workflows, "
+        "import sys, ddim, ddim.cli, ddim.formats.diffusers, ddim.formats.diffusers_folder, "
+        "ddim.workflows, "
         "ddim.formats.convert, ddim.formats.images; "
         "print('diffusers' in sys.modules)"
     )

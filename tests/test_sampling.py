@@ -9,7 +9,11 @@ import torch
 
 import ddim
 
-diffusers = pytest.importorskip("diffusers")
+
+@pytest.fixture
+def diffusers():
+    """The diffusers package, for the tests that compare against it (skipped without it)."""
+    return pytest.importorskip("diffusers")
 
 
 def make_x_T(shape: tuple[int, ...] = (4, 3, 8, 8), seed: int = 1) -> torch.Tensor:
@@ -18,7 +22,7 @@ def make_x_T(shape: tuple[int, ...] = (4, 3, 8, 8), seed: int = 1) -> torch.Tens
 
 @pytest.mark.parametrize("S", [10, 50])
 @pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
-def test_trajectory_equals_diffusers_ddim(eps_model, sched, eta: float, S: int) -> None:
+def test_trajectory_equals_diffusers_ddim(diffusers, eps_model, sched, eta: float, S: int) -> None:
     x_T = make_x_T()
     noise = torch.randn(S, *x_T.shape, generator=torch.Generator().manual_seed(2))
     ref = diffusers.DDIMScheduler(
@@ -41,7 +45,8 @@ def test_trajectory_equals_diffusers_ddim(eps_model, sched, eta: float, S: int) 
     assert torch.equal(out, traj.xs[-1])
 
 
-def test_thousand_steps_at_eta_one_equal_diffusers_ddpm(eps_model, sched) -> None:
+@pytest.mark.slow
+def test_thousand_steps_at_eta_one_equal_diffusers_ddpm(diffusers, eps_model, sched) -> None:
     x_T = make_x_T((2, 3, 4, 4))
     ref = diffusers.DDPMScheduler(variance_type="fixed_small", clip_sample=False)
     ref.set_timesteps(1000)
@@ -211,6 +216,28 @@ def test_bad_arguments(sched, kwargs: dict, message: str) -> None:
     kwargs = {"steps": 10, **kwargs}
     with pytest.raises(ValueError, match=message):
         ddim.sample(lambda x, t: 0.1 * x, torch.zeros(2, 3), sched, **kwargs)
+
+
+def test_eta_above_one_names_the_step_where_eq_12_breaks(eps_model, sched) -> None:
+    x_T = make_x_T()
+    with pytest.raises(ValueError, match="at step"):
+        ddim.sample(eps_model, x_T, sched, steps=10, eta=1.5, seed=0)
+    out = ddim.sample(eps_model, x_T, sched, steps=10, eta=1.0, seed=0)
+    assert out.shape == x_T.shape and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize(
+    "sources",
+    [
+        {"seed": 0, "noise": torch.zeros(10, 2, 3)},
+        {"seed": 0, "generators": ddim.seeded_generators(0, 2)},
+        {"generators": ddim.seeded_generators(0, 2), "noise": torch.zeros(10, 2, 3)},
+    ],
+    ids=lambda sources: " and ".join(sources),
+)
+def test_two_noise_sources_are_refused(sched, sources: dict) -> None:
+    with pytest.raises(ValueError, match="at most one noise source"):
+        ddim.sample(lambda x, t: 0.1 * x, torch.zeros(2, 3), sched, steps=10, eta=1.0, **sources)
 
 
 def test_bad_model_output_names_step_and_t(sched) -> None:

@@ -127,6 +127,7 @@ def run_killed(config: Path, mode: str, n: int) -> None:
     assert proc.returncode == -signal.SIGKILL, proc.stderr
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_between_checkpoints_is_bit_identical(tmp_path, straight):
     config = write_config(tmp_path)
     run_killed(config, "after-step", 5)  # checkpoint at 4, step 5 done but lost
@@ -147,6 +148,7 @@ def test_resume_after_sigkill_between_checkpoints_is_bit_identical(tmp_path, str
     ]
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_inside_a_checkpoint_write(tmp_path, straight):
     config = write_config(tmp_path)
     run_killed(config, "before-pointer", 2)  # step 4's files written, pointer still at 2
@@ -160,6 +162,7 @@ def test_resume_after_sigkill_inside_a_checkpoint_write(tmp_path, straight):
     assert not any(p.name.startswith(".tmp-") for p in ckpt_dir.iterdir())
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_then_exits_130(tmp_path):
     config = write_config(tmp_path, training={"total_steps": 100_000, "ckpt_every": 100_000})
     out = tmp_path / "run"
@@ -201,6 +204,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, capsys):
     assert "error: loss is nan at step 2" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_ddp_and_grad_accum_match_one_process(tmp_path):
     """Two gloo processes with half the batch each, and one process with two micro-batches,
     end where one process with the whole batch does (up to float rounding).

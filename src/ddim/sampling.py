@@ -25,13 +25,13 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from ddim.names import SIGMA_HAT, VARIANCES
 from ddim.noise import StepNoise, step_noise
+from ddim.precision import autocast, choose
 from ddim.schedule import NoiseSchedule
 
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Callback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
-SIGMA_HAT = "ddpm-large"
-VARIANCES = ("ddim", SIGMA_HAT)
 
 
 # ---------------------------------------------------------------- the paper's equations
@@ -89,19 +89,30 @@ class Trajectory:
 class CheckedModel:
     """``model`` with its output checked: the shape at once, finiteness after the loop.
 
-    Each call records, on the device, whether the output was finite; :meth:`raise_if_nonfinite`
-    reads all records with one device sync and names the first step that was not.
+    Each call runs under the autocast of ``precision`` (:mod:`ddim.precision`) and records,
+    on the device, whether the output was finite; :meth:`raise_if_nonfinite` reads all
+    records with one device sync and names the first step that was not.
     """
 
-    def __init__(self, model: Model, timesteps: Sequence[int], batch: int, device: torch.device):
+    def __init__(
+        self,
+        model: Model,
+        timesteps: Sequence[int],
+        batch: int,
+        device: torch.device,
+        precision: str = "fp32",
+    ):
         self.model = model
+        self.precision = choose(precision, device)[0]
+        self.device = device
         t_all = torch.tensor(list(timesteps), dtype=torch.long, device=device)
         self._t = [t_all[i].expand(batch) for i in range(len(timesteps))]
         self._flags: list[tuple[int, int, torch.Tensor]] = []
 
     def __call__(self, x: torch.Tensor, i: int, t: int) -> torch.Tensor:
         """``eps`` at step ``i`` (timestep ``t``), in the dtype of ``x``."""
-        eps = self.model(x, self._t[i])
+        with autocast(self.precision, self.device):
+            eps = self.model(x, self._t[i])
         if not isinstance(eps, torch.Tensor) or eps.shape != x.shape:
             shape = tuple(eps.shape) if isinstance(eps, torch.Tensor) else type(eps).__name__
             raise ValueError(
@@ -162,6 +173,7 @@ def sample(
     return_trajectory: bool = False,
     progress: bool = False,
     callback: Callback | None = None,
+    precision: str = "fp32",
 ) -> torch.Tensor | tuple[torch.Tensor, Trajectory]:
     """Run the generalized sampler of eq. 12 from ``x_T`` down to ``x_0``.
 
@@ -184,6 +196,9 @@ def sample(
         return_trajectory: also return every ``x_t`` and every ``x0_pred``.
         progress: show a tqdm bar.
         callback: called as ``callback(i, t, x, x0_pred)`` after every step.
+        precision: the model call's precision, ``fp32`` (no autocast), ``bf16``, ``fp16``
+            or ``auto`` (:func:`ddim.precision.choose`); the sampler's arithmetic stays in
+            the dtype of ``x_T``.
 
     Returns:
         ``x_0``, or ``(x_0, Trajectory)`` with ``return_trajectory``.
@@ -197,7 +212,7 @@ def sample(
         clip_denoised = variance == SIGMA_HAT
     stochastic = variance == SIGMA_HAT or eta > 0
     z: StepNoise = step_noise(x_T, len(pairs), seed, generators, noise, stochastic)
-    eps_model = CheckedModel(model, [t for t, _ in pairs], x_T.shape[0], x_T.device)
+    eps_model = CheckedModel(model, [t for t, _ in pairs], x_T.shape[0], x_T.device, precision)
 
     x = x_T
     traj = Trajectory([], [x_T], []) if return_trajectory else None
@@ -236,16 +251,18 @@ def invert(
     spacing: str = "uniform",
     progress: bool = False,
     callback: Callback | None = None,
+    precision: str = "fp32",
 ) -> torch.Tensor:
     """Deterministic DDIM encoding ``x_0 -> x_T``: the ``eta = 0`` step run upwards (eq. 13).
 
     It visits the same ``(t_prev, t)`` pairs as :func:`sample` in ascending order and
     queries the model at ``(x_{t_prev}, t)``, the timestep of the sampling step it undoes;
     the step is eq. 9 at ``a_prev`` followed by eq. 12 (``sigma = 0``) towards ``a_t``.
-    ``callback(i, t, x, x0_pred)`` is called after every step.
+    ``callback(i, t, x, x0_pred)`` is called after every step; ``precision`` is that of
+    :func:`sample`.
     """
     pairs = step_pairs(sched, steps, spacing)[::-1]
-    eps_model = CheckedModel(model, [t for t, _ in pairs], x0.shape[0], x0.device)
+    eps_model = CheckedModel(model, [t for t, _ in pairs], x0.shape[0], x0.device, precision)
     x = x0
     for i, (t, t_prev) in enumerate(tqdm(pairs, disable=not progress, desc="encoding")):
         if t == t_prev:

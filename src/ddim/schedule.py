@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-SPACINGS = ("uniform", "quad", "linspace", "trailing")
+from ddim.names import SPACINGS
 
 
 @dataclass(frozen=True, eq=False)

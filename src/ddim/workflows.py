@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -21,9 +22,10 @@ from ddim.schedule import NoiseSchedule
 @dataclass(frozen=True)
 class SamplerOptions:
     """How to sample, as the keyword arguments of :func:`ddim.sample` that every batched
-    workflow shares: ``steps``, ``spacing``, ``eta``, ``variance`` and ``clip_denoised``.
+    workflow shares: ``steps``, ``spacing``, ``eta``, ``variance``, ``clip_denoised`` and
+    the model call's ``precision``.
 
-    Encoding (:func:`encode`) uses ``steps`` and ``spacing`` only.
+    Encoding (:func:`encode`) uses ``steps``, ``spacing`` and ``precision`` only.
     """
 
     steps: int | Sequence[int] = 50
@@ -31,17 +33,24 @@ class SamplerOptions:
     eta: float = 0.0
     variance: str = "ddim"
     clip_denoised: bool | None = None
+    precision: str = "fp32"
 
-    def sample(self, model: Model, x_T: torch.Tensor, sched: NoiseSchedule, **kwargs):
+    def sample(self, model: Model, x_T: torch.Tensor, sched: NoiseSchedule, **kwargs: Any):
         """:func:`ddim.sample` with these options; ``kwargs`` are its other arguments."""
         return sample(
             model, x_T, sched, self.steps, self.spacing, self.eta, self.variance,
-            self.clip_denoised, **kwargs,
+            self.clip_denoised, precision=self.precision, **kwargs,
         )  # fmt: skip
 
-    def invert(self, model: Model, x0: torch.Tensor, sched: NoiseSchedule, **kwargs):
-        """:func:`ddim.invert` with these ``steps`` and ``spacing``."""
-        return invert(model, x0, sched, self.steps, self.spacing, **kwargs)
+    def invert(self, model: Model, x0: torch.Tensor, sched: NoiseSchedule, **kwargs: Any):
+        """:func:`ddim.invert` with these ``steps``, ``spacing`` and ``precision``."""
+        return invert(
+            model, x0, sched, self.steps, self.spacing, precision=self.precision, **kwargs
+        )
+
+
+#: Today's sampler at its defaults: 50 uniform DDIM steps, eta = 0, the model in fp32.
+DEFAULTS = SamplerOptions()
 
 
 def model_calls(sched: NoiseSchedule, steps: int | Sequence[int], spacing: str) -> int:
@@ -80,7 +89,7 @@ def generate(
     seed: int = 0,
     batch_size: int = 64,
     device: torch.device | str = "cpu",
-    options: SamplerOptions = SamplerOptions(),
+    options: SamplerOptions = DEFAULTS,
     return_trajectory: bool = False,
     callback: Callback | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, Trajectory]:
@@ -116,7 +125,7 @@ def decode(
     sched: NoiseSchedule,
     latents: torch.Tensor,
     *,
-    options: SamplerOptions = SamplerOptions(),
+    options: SamplerOptions = DEFAULTS,
     batch_size: int = 64,
     callback: Callback | None = None,
 ) -> torch.Tensor:
@@ -132,7 +141,7 @@ def encode(
     sched: NoiseSchedule,
     x0: torch.Tensor,
     *,
-    options: SamplerOptions = SamplerOptions(),
+    options: SamplerOptions = DEFAULTS,
     batch_size: int = 64,
     callback: Callback | None = None,
 ) -> torch.Tensor:
@@ -163,7 +172,7 @@ def reconstruct(
     sched: NoiseSchedule,
     x0: torch.Tensor,
     *,
-    options: SamplerOptions = SamplerOptions(),
+    options: SamplerOptions = DEFAULTS,
     batch_size: int = 64,
     callback: Callback | None = None,
 ) -> Reconstruction:

@@ -1,4 +1,5 @@
-"""What every ``ddim`` subcommand shares: options, devices, model loading, outputs, errors.
+"""What every ``ddim`` subcommand shares: errors and output files (options and model
+loading are in :mod:`ddim.cli.options`).
 
 Every failure a user can cause ends the same way: one line ``error: ...`` on stderr and
 exit status 2 (130 when interrupted). :class:`DdimGroup` turns click's usage errors and
@@ -9,33 +10,24 @@ set ``DDIM_DEBUG=1`` to see the traceback instead.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import functools
 import os
 import sys
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
-import torch
-from tqdm.auto import tqdm
 
-from ddim import workflows
-from ddim.formats import images
-from ddim.formats.checkpoint import load_pretrained
-from ddim.models.unet import UNet
-from ddim.sampling import Callback
-from ddim.schedule import SPACINGS, NoiseSchedule
+from ddim.formats.atomic import refuse_overwrite
+
+if TYPE_CHECKING:
+    import torch
+
+    from ddim.sampling import Callback
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
 USER_ERRORS = (ValueError, OSError, ImportError, RuntimeError)
-DEFAULT_MODEL = "mnist"
-MAX_SEED = 2**63 - 1  # seeds are int64
-
-Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
 
 def one_line(message: str) -> str:
@@ -89,199 +81,6 @@ class DdimGroup(click.Group):
         sys.exit(result if isinstance(result, int) else 0)
 
 
-# ---------------------------------------------------------------- devices
-
-
-class DeviceType(click.ParamType):
-    """``cpu``, ``cuda``, ``cuda:N`` or ``mps``, checked to be present on this machine."""
-
-    name = "device"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if isinstance(value, torch.device):
-            return value
-        try:
-            device = torch.device(value)
-        except (RuntimeError, TypeError):
-            self.fail(f"unknown device {value!r}; use cpu, cuda, cuda:N or mps", param, ctx)
-        problem = device_problem(device)
-        if problem:
-            self.fail(problem, param, ctx)
-        return device
-
-
-def device_problem(device: torch.device) -> str | None:
-    """Why ``device`` cannot be used here, or ``None`` if it can."""
-    if device.type == "cpu":
-        return None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            return "CUDA was requested but is not available (no GPU, or a CPU-only torch build)"
-        count = torch.cuda.device_count()
-        if device.index is not None and device.index >= count:
-            return f"{device} was requested but this machine has {count} CUDA device(s)"
-        return None
-    if device.type == "mps":
-        if not torch.backends.mps.is_available():
-            return "MPS was requested but is not available on this machine"
-        return None
-    return f"device type {device.type!r} is not supported; use cpu, cuda, cuda:N or mps"
-
-
-# ---------------------------------------------------------------- options
-
-
-def ckpt_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option(
-        "--ckpt",
-        default=DEFAULT_MODEL,
-        show_default=True,
-        metavar="PATH",
-        help="a ddim .safetensors checkpoint, a diffusers folder, or a bundled model name",
-    )(f)
-
-
-def device_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option(
-        "--device",
-        type=DeviceType(),
-        default="cpu",
-        show_default=True,
-        help="cpu, cuda, cuda:N or mps",
-    )(f)
-
-
-def steps_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option(
-        "--steps",
-        type=click.IntRange(min=1),
-        default=50,
-        show_default=True,
-        help="number of DDIM steps S (at most the model's T)",
-    )(f)
-
-
-def spacing_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option(
-        "--spacing",
-        type=click.Choice(SPACINGS),
-        default="uniform",
-        show_default=True,
-        help="how the S timesteps are laid out in 0..T-1",
-    )(f)
-
-
-def batch_size_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option(
-        "--batch-size",
-        type=click.IntRange(min=1),
-        default=64,
-        show_default=True,
-        help="images per model call (results do not depend on it)",
-    )(f)
-
-
-def seed_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option(
-        "--seed",
-        type=click.IntRange(0, MAX_SEED),
-        default=0,
-        show_default=True,
-        help="image i is drawn with seed + i, whatever the batch size",
-    )(f)
-
-
-def force_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--force", is_flag=True, help="overwrite existing output files")(f)
-
-
-def options_as(cls: type, options: Sequence[Decorator]) -> Decorator:
-    """A decorator that adds ``options`` to a command (in this order in its help) and hands
-    their values to it as one keyword argument ``run``, an instance of the dataclass ``cls``
-    whose fields are named like the options' parameters."""
-    names = [field.name for field in dataclasses.fields(cls)]
-
-    def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
-        @functools.wraps(f)
-        def command(**kwargs: Any) -> Any:
-            run = cls(**{name: kwargs.pop(name) for name in names})
-            return f(run=run, **kwargs)
-
-        for option in reversed(options):
-            command = option(command)
-        return command
-
-    return decorate
-
-
-@dataclass(frozen=True)
-class ModelRun:
-    """The values of :func:`model_options`: which model, and how to step and batch it."""
-
-    ckpt: str
-    steps: int
-    spacing: str
-    batch_size: int
-    device: torch.device
-
-    def load(self) -> tuple[UNet, NoiseSchedule]:
-        """The model on ``device`` and its schedule, ``--steps`` checked against it."""
-        return load_model(self.ckpt, self.device, [self.steps])
-
-    def model_calls(self, schedule: NoiseSchedule, n: int) -> int:
-        """Model calls to sample or encode ``n`` images."""
-        return bar_total(schedule, self.steps, self.spacing, n, self.batch_size)
-
-    def batching(self, callback: Callback) -> dict[str, Any]:
-        """The ``options`` (steps, spacing), ``batch_size`` and ``callback`` of a workflow."""
-        return {
-            "options": workflows.SamplerOptions(self.steps, self.spacing),
-            "batch_size": self.batch_size,
-            "callback": callback,
-        }
-
-
-#: ``--ckpt --steps --spacing --batch-size --device``, handed to a command as ``run: ModelRun``.
-model_options = options_as(
-    ModelRun, [ckpt_option, steps_option, spacing_option, batch_size_option, device_option]
-)
-
-
-# ---------------------------------------------------------------- models
-
-
-def load_model(
-    ckpt: str, device: torch.device, steps: Iterable[int] = ()
-) -> tuple[UNet, NoiseSchedule]:
-    """An eval-mode U-Net on ``device`` and its schedule, from a checkpoint file, a
-    diffusers folder or a bundled model name; each of ``steps`` is checked against it."""
-    if Path(ckpt).is_dir():
-        from ddim.formats.diffusers import load_diffusers
-
-        model, schedule = load_diffusers(ckpt)
-        model = model.to(device)
-    else:
-        model, schedule = load_pretrained(ckpt, device)
-    for s in steps:
-        check_steps(schedule, s)
-    return model, schedule
-
-
-def image_shape(model: UNet) -> tuple[int, int, int]:
-    """``(C, H, W)`` of the images ``model`` takes."""
-    config = model.config
-    return (config.in_channels, config.image_size, config.image_size)
-
-
-def check_steps(schedule: NoiseSchedule, steps: int) -> None:
-    """Reject ``--steps`` above the model's number of training timesteps."""
-    if steps > schedule.num_timesteps:
-        raise click.BadParameter(
-            f"{steps} is more than the model's {schedule.num_timesteps} timesteps",
-            param_hint="'--steps'",
-        )
-
-
 # ---------------------------------------------------------------- outputs
 
 
@@ -290,10 +89,20 @@ def is_folder(out: str) -> bool:
     return out.endswith(("/", os.sep)) or Path(out).is_dir()
 
 
+def refuse_torchrun(what: str) -> None:
+    """A usage error when this process is one of several torchrun processes."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise click.UsageError(f"{what} runs in one process; under torchrun give a folder --out")
+
+
+def check_absent(path: str | Path, force: bool) -> None:
+    """Fail early when ``path`` exists and ``--force`` was not given."""
+    refuse_overwrite(path, force, hint="pass --force to overwrite it")
+
+
 def check_writable(path: Path, force: bool) -> None:
     """Fail early when ``path`` exists (without ``--force``) or cannot be created."""
-    if path.exists() and not force:
-        raise FileExistsError(f"{path} already exists; pass --force to overwrite it")
+    check_absent(path, force)
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a folder, not a file")
     ancestor = path.parent
@@ -305,9 +114,12 @@ def check_writable(path: Path, force: bool) -> None:
         raise PermissionError(f"cannot write {path}: {ancestor} is not writable")
 
 
-def check_output(path: str, suffixes: Sequence[str], what: str, force: bool) -> None:
+def check_output(path: str | None, suffixes: Sequence[str], what: str, force: bool) -> None:
     """Fail early when the output file ``path`` (given as option ``what``) does not end with
-    one of ``suffixes``, or :func:`check_writable` rejects it."""
+    one of ``suffixes``, or :func:`check_writable` rejects it; ``None`` (an output that was
+    not asked for) passes."""
+    if path is None:
+        return
     if Path(path).suffix.lower() not in suffixes:
         raise click.BadParameter(
             f"{path} must end with {' or '.join(suffixes)}", param_hint=f"'{what}'"
@@ -317,6 +129,8 @@ def check_output(path: str, suffixes: Sequence[str], what: str, force: bool) -> 
 
 def check_image_output(out: str, n: int, force: bool) -> None:
     """Check an images ``--out`` (a .png grid, a .npz or a folder) before any work is done."""
+    from ddim.formats import images
+
     if is_folder(out):
         for name in images.png_names(n):
             check_writable(Path(out) / name, force)
@@ -326,6 +140,8 @@ def check_image_output(out: str, n: int, force: bool) -> None:
 
 def write_images(out: str, x: torch.Tensor, nrow: int | None = None) -> str:
     """Write a batch to ``--out`` (checked by :func:`check_image_output`); returns a description."""
+    from ddim.formats import images
+
     n = x.shape[0]
     if is_folder(out):
         images.save_png_folder(out, x)
@@ -337,14 +153,12 @@ def write_images(out: str, x: torch.Tensor, nrow: int | None = None) -> str:
     return f"a grid of {n} images to {out}" if n > 1 else f"1 image to {out}"
 
 
-def bar_total(schedule: NoiseSchedule, steps: int, spacing: str, n: int, batch_size: int) -> int:
-    """Model calls to sample or encode ``n`` images in batches of ``batch_size``."""
-    return workflows.model_calls(schedule, steps, spacing) * -(-n // batch_size)
-
-
 @contextlib.contextmanager
-def progress(total: int, desc: str) -> Iterator[Callback]:
-    """A tqdm bar on stderr (shown only when stderr is a terminal) of ``total`` model calls;
-    yields the sampler callback that advances it."""
-    with tqdm(total=total, desc=desc, unit="step", disable=None, file=sys.stderr) as bar:
+def progress(total: int, desc: str, shown: bool = True) -> Iterator[Callback]:
+    """A tqdm bar on stderr (unless ``shown`` is false, shown only when stderr is a terminal)
+    of ``total`` model calls; yields the sampler callback that advances it."""
+    from tqdm.auto import tqdm
+
+    disable = None if shown else True
+    with tqdm(total=total, desc=desc, unit="step", disable=disable, file=sys.stderr) as bar:
         yield lambda *_: bar.update()

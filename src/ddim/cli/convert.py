@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
-from ddim.cli import common
-from ddim.formats import convert
+from ddim.cli import common, options
+from ddim.cli.options import choice_option
+from ddim.names import CONVERT_SOURCES, CONVERT_TARGETS
 
 
 @click.command("convert", short_help="Convert weights between formats.")
@@ -16,7 +15,7 @@ from ddim.formats import convert
 @click.option(
     "--from",
     "src_format",
-    type=click.Choice(convert.SOURCES),
+    type=click.Choice(CONVERT_SOURCES),
     required=True,
     help="official: DDIM ckpt.pth; pesser: model-*.ckpt; ours: .safetensors; "
     "diffusers: a pipeline or UNet2DModel folder",
@@ -24,7 +23,7 @@ from ddim.formats import convert
 @click.option(
     "--to",
     "dst_format",
-    type=click.Choice(convert.TARGETS),
+    type=click.Choice(CONVERT_TARGETS),
     required=True,
     help="ours: a .safetensors checkpoint (EMA weights); diffusers: a DDPMPipeline folder",
 )
@@ -35,14 +34,13 @@ from ddim.formats import convert
     help="YAML config of official/pesser weights (official DDIM or ddim training config)  "
     "[default: the official CIFAR-10 model]",
 )
-@click.option(
+@choice_option(
     "--which",
-    type=click.Choice(["ema", "model"]),
+    ["ema", "model"],
     default="ema",
-    show_default=True,
     help="the EMA or the raw training weights, where the source has both",
 )
-@common.force_option
+@options.force_option
 def convert_command(
     src: str,
     dst: str,
@@ -53,10 +51,12 @@ def convert_command(
     force: bool,
 ) -> None:
     """Convert the weights in SRC to DST; the result computes the same eps."""
+    from ddim.formats import convert
+
     if dst_format == "ours":
         common.check_output(dst, (".safetensors",), "DST", force)
-    elif Path(dst).exists() and not force:
-        raise FileExistsError(f"{dst} already exists; pass --force to overwrite it")
+    else:
+        common.check_absent(dst, force)
     if config is not None and src_format not in ("official", "pesser"):
         raise click.UsageError("--config applies to --from official or pesser only")
     loaded = convert.convert(

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-import click
-import torch
+from typing import TYPE_CHECKING
 
-from ddim import workflows
-from ddim.cli import common
-from ddim.formats import images
-from ddim.formats.latents import SUFFIXES, save_latents
-from ddim.models.unet import UNet
-from ddim.schedule import NoiseSchedule
+import click
+
+from ddim.cli import common, options
+from ddim.cli.options import count_option, out_option
+
+if TYPE_CHECKING:
+    import torch
+
+    from ddim.models.unet import UNet
+    from ddim.schedule import NoiseSchedule
 
 images_argument = click.argument(
     "sources", metavar="IMAGES...", nargs=-1, required=True, type=click.Path(exists=True)
@@ -18,32 +21,31 @@ images_argument = click.argument(
 
 
 def _load_inputs(
-    run: common.ModelRun, sources: tuple[str, ...]
+    run: options.ModelRun, sources: tuple[str, ...]
 ) -> tuple[UNet, NoiseSchedule, torch.Tensor, list[str]]:
     """The model, its schedule and the images (which must match the model's size)."""
+    from ddim.formats import images
+
     model, schedule = run.load()
-    channels, size, _ = common.image_shape(model)
+    channels, size, _ = options.image_shape(model)
     x0, labels = images.read_images(sources, channels, size)
     return model, schedule, x0.to(run.device), labels
 
 
 @click.command("encode", short_help="Encode images to latents x_T (DDIM inversion).")
 @images_argument
-@click.option(
-    "--out",
-    default="latents.npz",
-    show_default=True,
-    metavar="PATH",
-    help="latents file: .npz (arrays latents, sources) or .pt",
-)
-@common.model_options
-@common.force_option
-def encode_command(sources: tuple[str, ...], out: str, force: bool, run: common.ModelRun) -> None:
+@out_option("latents.npz", "PATH", "latents file: .npz (arrays latents, sources) or .pt")
+@options.model_options
+@options.force_option
+def encode_command(sources: tuple[str, ...], out: str, force: bool, run: options.ModelRun) -> None:
     """Encode images to their latents x_T by deterministic DDIM inversion.
 
     IMAGES are image files, .npz arrays or folders of them; they must have the model's
     size and channels.
     """
+    from ddim import workflows
+    from ddim.formats.latents import SUFFIXES, save_latents
+
     common.check_output(out, SUFFIXES, "--out", force)
     model, schedule, x0, labels = _load_inputs(run, sources)
     with common.progress(run.model_calls(schedule, len(x0)), "encoding") as tick:
@@ -54,36 +56,29 @@ def encode_command(sources: tuple[str, ...], out: str, force: bool, run: common.
 
 @click.command("reconstruct", short_help="Encode and decode images; print the MSE.")
 @images_argument
-@click.option(
-    "--out",
-    default="reconstruction.png",
-    show_default=True,
-    metavar="PATH.png",
-    help="rows of originals above rows of their reconstructions",
+@out_option(
+    "reconstruction.png", "PATH.png", "rows of originals above rows of their reconstructions"
 )
-@click.option(
-    "--ncols",
-    type=click.IntRange(min=1),
-    default=8,
-    show_default=True,
-    help="images per row of the picture",
-)
+@count_option("--ncols", default=8, help="images per row of the picture")
 @click.option("--per-image", is_flag=True, help="also print the error of every image")
-@common.model_options
-@common.force_option
+@options.model_options
+@options.force_option
 def reconstruct_command(
     sources: tuple[str, ...],
     out: str,
     ncols: int,
     per_image: bool,
     force: bool,
-    run: common.ModelRun,
+    run: options.ModelRun,
 ) -> None:
     """Encode images and decode them again with the same steps (paper Section 5.4).
 
     Prints the per-dimension mean squared error between each image and its (unclipped)
     reconstruction, with pixels scaled to [0, 1] as in the paper.
     """
+    from ddim import workflows
+    from ddim.formats import images
+
     common.check_output(out, (".png",), "--out", force)
     model, schedule, x0, labels = _load_inputs(run, sources)
     with common.progress(2 * run.model_calls(schedule, len(x0)), "reconstructing") as tick:

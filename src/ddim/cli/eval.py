@@ -13,20 +13,19 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-import torch
 
-from ddim.cli import common
-from ddim.distributed import init_from_env, world
-from ddim.eval import exact_gaussian as gaussian_exact
-from ddim.eval import experiments, metrics, reports
-from ddim.formats.datasets import load_mnist
-from ddim.formats.images import read_images
-from ddim.models.classifier import load_classifier
-from ddim.models.unet import UNet
-from ddim.schedule import SPACINGS, NoiseSchedule
+from ddim.cli import common, options
+from ddim.cli.options import option
+from ddim.names import FEATURES, SPACINGS
+
+if TYPE_CHECKING:
+    import torch
+
+    from ddim.models.unet import UNet
+    from ddim.schedule import NoiseSchedule
 
 
 class NumberList(click.ParamType):
@@ -63,12 +62,8 @@ class Slice(click.ParamType):
         return slice(start, stop)
 
 
-def _opt(*names: str, **kwargs: Any) -> common.Decorator:
-    return click.option(*names, show_default=True, **kwargs)
-
-
-def steps_list(default: str) -> common.Decorator:
-    return _opt(
+def steps_list(default: str) -> options.Decorator:
+    return option(
         "--steps",
         "steps_list",
         type=NumberList(int, 1),
@@ -79,8 +74,8 @@ def steps_list(default: str) -> common.Decorator:
 
 def grid_rows(f: Callable[..., Any]) -> Callable[..., Any]:
     """``--etas`` and ``--sigma-hat/--no-sigma-hat``: the rows of Table 1."""
-    f = _opt("--sigma-hat/--no-sigma-hat", default=True, help="add the sigma-hat row")(f)
-    return _opt(
+    f = option("--sigma-hat/--no-sigma-hat", default=True, help="add the sigma-hat row")(f)
+    return option(
         "--etas", type=NumberList(float, 0.0), default="0,0.2,0.5,1", help="the eta of each row"
     )(f)
 
@@ -93,32 +88,37 @@ class Run:
     spacing: str
     batch_size: int
     device: torch.device
+    precision: str
     n: int
     seed: int
     out_dir: str
 
     def load(self, steps: Sequence[int]) -> tuple[UNet, NoiseSchedule, tuple[int, int, int]]:
         """The model, its schedule (each of ``steps`` checked against it) and image shape."""
-        model, schedule = common.load_model(self.ckpt, self.device, steps)
-        return model, schedule, common.image_shape(model)
+        model, schedule = options.load_model(self.ckpt, self.device, steps)
+        return model, schedule, options.image_shape(model)
 
     def sampling(self) -> dict[str, Any]:
         """The keyword arguments of :mod:`ddim.eval.experiments` these options give."""
-        return {"spacing": self.spacing, "batch_size": self.batch_size, "device": self.device}
+        from ddim.workflows import SamplerOptions
+
+        options = SamplerOptions(spacing=self.spacing, precision=self.precision)
+        return {"options": options, "batch_size": self.batch_size, "device": self.device}
 
 
-def run_options(n: int) -> common.Decorator:
+def run_options(n: int) -> options.Decorator:
     """``--ckpt --spacing --batch-size --device -n --seed --out-dir``, as ``run: Run``."""
-    return common.options_as(
+    return options.options_as(
         Run,
         [
-            common.ckpt_option,
-            common.spacing_option,
-            common.batch_size_option,
-            common.device_option,
-            _opt("-n", "n", type=click.IntRange(min=1), default=n, help="number of images"),
-            common.seed_option,
-            _opt(
+            options.ckpt_option,
+            options.spacing_option,
+            options.batch_size_option,
+            options.device_option,
+            options.precision_option,
+            option("-n", "n", type=click.IntRange(min=1), default=n, help="number of images"),
+            options.seed_option,
+            option(
                 "--out-dir",
                 type=click.Path(file_okay=False),
                 default="results",
@@ -130,6 +130,9 @@ def run_options(n: int) -> common.Decorator:
 
 def _load_images(path: str, part: slice, shape: tuple[int, int, int]) -> torch.Tensor:
     """An MNIST idx3 file (``*idx3-ubyte[.gz]``) or any images ``read_images`` takes, sliced."""
+    from ddim.formats.datasets import load_mnist
+    from ddim.formats.images import read_images
+
     if "idx3-ubyte" in Path(path).name:
         x = load_mnist(path)
         if tuple(x.shape[1:]) != shape:
@@ -142,6 +145,22 @@ def _load_images(path: str, part: slice, shape: tuple[int, int, int]) -> torch.T
     return x
 
 
+def _write_table1(rows: Sequence[Any], out_dir: str, meta: dict[str, Any]) -> None:
+    """Write ``table1.{md,json,png}`` and print the table (on rank 0 only)."""
+    from ddim.eval import experiments, reports
+
+    if experiments.write_table1(rows, out_dir, meta):
+        click.echo(reports.fd_markdown(rows) + f"\nwrote {out_dir}/table1.{{md,json,png}}")
+
+
+def _write_table2(mse: dict[int, float], out_dir: str, meta: dict[str, Any]) -> None:
+    """Write ``table2.{md,json}`` and print the table."""
+    from ddim.eval import experiments, reports
+
+    experiments.write_table2(mse, out_dir, meta)
+    click.echo(reports.mse_markdown(mse) + f"\nwrote {out_dir}/table2.{{md,json}}")
+
+
 @click.group("eval", cls=common.DdimGroup)
 def eval_group() -> None:
     """Reproduce the paper's experiments: Table 1 and 2, Figures 5 and 6, an exact oracle."""
@@ -150,13 +169,13 @@ def eval_group() -> None:
 @eval_group.command("oracle")
 @steps_list("10,20,50,100,1000")
 @grid_rows
-@_opt(
+@option(
     "--spacing", "spacings", type=click.Choice(SPACINGS), multiple=True,
     default=["uniform", "quad"], help="timestep spacing (repeat for several)",
 )  # fmt: skip
-@_opt("--dim", type=click.IntRange(min=1), default=3072, help="data dimension D")
-@_opt("--alpha", type=click.FloatRange(min=0.0), default=1.0, help="lambda_k = k^-alpha")
-@_opt("--out-dir", type=click.Path(file_okay=False), default=None, help="also write files here")
+@option("--dim", type=click.IntRange(min=1), default=3072, help="data dimension D")
+@option("--alpha", type=click.FloatRange(min=0.0), default=1.0, help="lambda_k = k^-alpha")
+@option("--out-dir", type=click.Path(file_okay=False), default=None, help="also write files here")
 def oracle_command(
     steps_list: list[int],
     etas: list[float],
@@ -171,9 +190,13 @@ def oracle_command(
     Each cell is the exact squared 2-Wasserstein (Fréchet) distance between the sampler's
     output law and the data law; the linear schedule with T = 1000.
     """
+    from ddim.eval import exact_gaussian as gaussian_exact
+    from ddim.eval import reports
+    from ddim.schedule import NoiseSchedule
+
     schedule = NoiseSchedule.linear()
     for steps in steps_list:
-        common.check_steps(schedule, steps)
+        options.check_steps(schedule, steps)
     lam = gaussian_exact.power_law_spectrum(dim, alpha)
     for spacing in spacings:
         start = time.perf_counter()
@@ -190,13 +213,13 @@ def oracle_command(
 @run_options(n=1000)
 @steps_list("10,20,50,100,1000")
 @grid_rows
-@_opt(
-    "--features", type=click.Choice(metrics.FEATURES), default="mnist",
+@option(
+    "--features", type=click.Choice(FEATURES), default="mnist",
     help="mnist: the bundled classifier (FD-MNIST); inception: FID (ddim[fid]); pixels",
 )  # fmt: skip
-@_opt("--ref-data", metavar="PATH", help="reference images: an MNIST idx3 file, .npz or folder")
-@_opt("--ref-slice", type=Slice(), default=":", help="which reference images, START:STOP")
-@_opt("--ref-stats", type=click.Path(dir_okay=False), help="precomputed statistics (.npz)")
+@option("--ref-data", metavar="PATH", help="reference images: an MNIST idx3 file, .npz or folder")
+@option("--ref-slice", type=Slice(), default=":", help="which reference images, START:STOP")
+@option("--ref-stats", type=click.Path(dir_okay=False), help="precomputed statistics (.npz)")
 def table1_command(
     run: Run,
     steps_list: list[int],
@@ -212,6 +235,10 @@ def table1_command(
     Reference statistics come from --ref-stats, or from --ref-data (cached under
     $DDIM_CACHE/stats).
     """
+    from ddim.distributed import init_from_env, world
+    from ddim.eval import experiments, metrics
+    from ddim.precision import choose
+
     if (ref_data is None) == (ref_stats is None):
         raise click.UsageError("give exactly one of --ref-data and --ref-stats")
     run = dataclasses.replace(run, device=init_from_env(run.device))
@@ -229,41 +256,45 @@ def table1_command(
         )
     rows = experiments.table1(
         model, schedule, steps_list, etas, sigma_hat, run.n, run.batch_size, feature_fn, ref,
-        run.seed, shape=shape, spacing=run.spacing, device=run.device,
+        run.seed, shape=shape, options=run.sampling()["options"], device=run.device,
     )  # fmt: skip
     meta = {
         "title": f"Table 1 ({features} features, {run.spacing} spacing, n = {run.n})",
         "ckpt": run.ckpt, "features": features, "n": run.n, "seed": run.seed,
-        "spacing": run.spacing, "processes": world()[1],
+        "spacing": run.spacing, "precision": choose(run.precision, run.device)[0],
+        "processes": world()[1],
         "ref": ref_stats or f"{ref_data}[{ref_slice.start}:{ref_slice.stop}]",
     }  # fmt: skip
-    if experiments.write_table1(rows, run.out_dir, meta):
-        click.echo(reports.fd_markdown(rows) + f"\nwrote {run.out_dir}/table1.{{md,json,png}}")
+    _write_table1(rows, run.out_dir, meta)
 
 
 @eval_group.command("table2")
 @run_options(n=100)
 @steps_list("10,20,50,100,200,500,1000")
-@_opt("--data", required=True, metavar="PATH", help="images: an MNIST idx3 file, .npz or folder")
-@_opt("--slice", "part", type=Slice(), default=":", help="which images, START:STOP")
+@option("--data", required=True, metavar="PATH", help="images: an MNIST idx3 file, .npz or folder")
+@option("--slice", "part", type=Slice(), default=":", help="which images, START:STOP")
 def table2_command(run: Run, steps_list: list[int], data: str, part: slice) -> None:
     """Table 2: per-dimension MSE ([0, 1] pixels) of encode -> decode of the first n images."""
+    from ddim.eval import experiments
+
     model, schedule, shape = run.load(steps_list)
     x0 = _load_images(data, part, shape)[: run.n]
     mse = experiments.table2(model, schedule, x0, steps_list, **run.sampling())
     meta = {"ckpt": run.ckpt, "data": f"{data}[{part.start}:{part.stop}]", "n": x0.shape[0]}
-    experiments.write_table2(mse, run.out_dir, meta | {"spacing": run.spacing})
-    click.echo(reports.mse_markdown(mse) + f"\nwrote {run.out_dir}/table2.{{md,json}}")
+    _write_table2(mse, run.out_dir, meta | {"spacing": run.spacing})
 
 
 @eval_group.command("consistency")
 @run_options(n=100)
 @steps_list("10,20,50,100")
-@_opt("--ref-steps", type=click.IntRange(min=1), default=1000, help="the reference S")
-@_opt("--show", type=click.IntRange(min=1), default=8, help="samples per row of the figure")
+@option("--ref-steps", type=click.IntRange(min=1), default=1000, help="the reference S")
+@option("--show", type=click.IntRange(min=1), default=8, help="samples per row of the figure")
 def consistency_command(run: Run, steps_list: list[int], ref_steps: int, show: int) -> None:
     """Figure 5: the same x_T decoded at each S, and how often the MNIST classifier's label
     at S matches its label at --ref-steps."""
+    from ddim.eval import experiments
+    from ddim.models.classifier import load_classifier
+
     model, schedule, shape = run.load([*steps_list, ref_steps])
     if shape != (1, 28, 28):
         raise ValueError(f"consistency labels come from the MNIST classifier; model is {shape}")
@@ -278,9 +309,11 @@ def consistency_command(run: Run, steps_list: list[int], ref_steps: int, show: i
 
 @eval_group.command("interpolation")
 @run_options(n=8)
-@_opt("--steps", type=click.IntRange(min=1), default=50, help="DDIM steps S")
+@option("--steps", type=click.IntRange(min=1), default=50, help="DDIM steps S")
 def interpolation_command(run: Run, steps: int) -> None:
     """Figure 6: an n x n slerp grid between the x_T of seeds seed .. seed+3, decoded."""
+    from ddim.eval import experiments
+
     if run.n < 2:
         raise click.BadParameter("an interpolation grid needs n >= 2", param_hint="'-n'")
     model, schedule, shape = run.load([steps])
@@ -294,13 +327,15 @@ def interpolation_command(run: Run, steps: int) -> None:
 
 @eval_group.command("merge")
 @click.argument("results", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@_opt("--out-dir", type=click.Path(file_okay=False), required=True, help="output folder")
+@option("--out-dir", type=click.Path(file_okay=False), required=True, help="output folder")
 def merge_command(results: tuple[str, ...], out_dir: str) -> None:
     """Join the table1.json (or table2.json) files of separate runs into one table.
 
     For grids computed in pieces, e.g. the S = 1000 cells on another day or machine. The
     runs must share the checkpoint, n, seed, spacing and reference (or images).
     """
+    from ddim.eval import reports
+
     docs = {}
     for path in results:
         if path in docs:
@@ -310,9 +345,4 @@ def merge_command(results: tuple[str, ...], out_dir: str) -> None:
         except json.JSONDecodeError as e:
             raise ValueError(f"{path} is not JSON ({e.msg}, line {e.lineno})") from None
     kind, cells, meta = reports.merge_results(docs)
-    if kind == "table1":
-        experiments.write_table1(cells, out_dir, meta)
-        click.echo(reports.fd_markdown(cells) + f"\nwrote {out_dir}/table1.{{md,json,png}}")
-    else:
-        experiments.write_table2(cells, out_dir, meta)
-        click.echo(reports.mse_markdown(cells) + f"\nwrote {out_dir}/table2.{{md,json}}")
+    (_write_table1 if kind == "table1" else _write_table2)(cells, out_dir, meta)

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from ddim.cli import common
-from ddim.formats.checkpoint import read_metadata
+from ddim.cli import options
+
+if TYPE_CHECKING:
+    import torch
 
 
 def _schedule_line(schedule: dict) -> str:
@@ -15,13 +19,34 @@ def _schedule_line(schedule: dict) -> str:
     return f"{schedule.get('kind', 'unknown')} ({params})"
 
 
+def _value(value: Any) -> str:
+    """A leaf of the metadata as YAML writes it inline: strings bare, the rest as JSON."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _nested_lines(section: Mapping[str, Any], indent: int) -> Iterator[str]:
+    """``key: value`` lines of a nested mapping, each section's keys indented under it."""
+    pad = " " * indent
+    for key, value in section.items():
+        if isinstance(value, Mapping) and value:
+            yield f"{pad}{key}:"
+            yield from _nested_lines(value, indent + 2)
+        else:
+            yield f"{pad}{key}: {_value(value)}"
+
+
 @click.command("info", short_help="Show what a checkpoint holds.")
-@click.argument("ckpt", default=common.DEFAULT_MODEL, metavar="[CKPT]")
+@click.argument("ckpt", default=options.DEFAULT_MODEL, metavar="[CKPT]")
 @click.option("--json", "as_json", is_flag=True, help="print the metadata as JSON")
-def info_command(ckpt: str, as_json: bool) -> None:
+@options.device_option
+def info_command(ckpt: str, as_json: bool, device: torch.device) -> None:
     """Show a checkpoint's model config, parameter count, schedule and training step
-    (the bundled MNIST model by default)."""
+    (the bundled MNIST model by default), and what --precision auto picks on --device."""
+    from ddim.formats.checkpoint import read_metadata
+    from ddim.precision import choose
+
     meta = read_metadata(ckpt)
+    chosen, why = choose("auto", device)
     if as_json:
         click.echo(json.dumps(meta, indent=2, sort_keys=True))
         return
@@ -36,8 +61,11 @@ def info_command(ckpt: str, as_json: bool) -> None:
         ("training step", str(meta["step"])),
         ("weights", ", ".join(meta["weights"])),
     ]
-    if meta["extra"]:
-        lines.append(("extra", json.dumps(meta["extra"], sort_keys=True)))
     width = max(len(key) for key, _ in lines)
     for key, value in lines:
         click.echo(f"{key:<{width}}  {value}")
+    if meta["extra"]:
+        click.echo("extra:")
+        for line in _nested_lines(meta["extra"], 2):
+            click.echo(line)
+    click.echo(f"--precision auto on {device} runs {chosen}: {why}")

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import click
 
-from ddim import workflows
-from ddim.cli import common
-from ddim.formats import images
-from ddim.noise import seeded_latents
+from ddim.cli import common, options
+from ddim.cli.options import count_option, out_option
 
-SEED = click.IntRange(0, common.MAX_SEED)
+SEED = click.IntRange(0, options.MAX_SEED)
 IMAGE = click.Path(exists=True, dir_okay=False)
 
 
@@ -35,23 +33,18 @@ IMAGE = click.Path(exists=True, dir_okay=False)
     is_flag=True,
     help="the paper's 2-D interpolation between four corners: FRAMES x FRAMES images",
 )
-@click.option(
+@count_option(
     "--frames",
-    type=click.IntRange(min=2),
+    minimum=2,
     default=10,
-    show_default=True,
     help="images along each interpolation (the ends included)",
 )
-@click.option(
-    "--out",
-    default="interpolation.png",
-    show_default=True,
-    metavar="PATH.png",
-    help="a strip (or, with --grid, a grid) of the decoded images",
+@out_option(
+    "interpolation.png", "PATH.png", "a strip (or, with --grid, a grid) of the decoded images"
 )
 @click.option("--gif", default=None, metavar="PATH.gif", help="also write the strip as a GIF")
-@common.model_options
-@common.force_option
+@options.model_options
+@options.force_option
 def interpolate_command(
     seeds: tuple[tuple[int, int], ...],
     image_pairs: tuple[tuple[str, str], ...],
@@ -60,9 +53,13 @@ def interpolate_command(
     out: str,
     gif: str | None,
     force: bool,
-    run: common.ModelRun,
+    run: options.ModelRun,
 ) -> None:
     """Interpolate spherically between latents x_T and decode with DDIM (eta = 0)."""
+    from ddim import workflows
+    from ddim.formats import images
+    from ddim.noise import seeded_latents
+
     if bool(seeds) == bool(image_pairs):
         raise click.UsageError("give either --seeds A B or --images A.png B.png")
     pairs = seeds or image_pairs
@@ -76,11 +73,10 @@ def interpolate_command(
     if gif is not None and grid:
         raise click.UsageError("--gif animates a line interpolation; drop --grid")
     common.check_output(out, (".png",), "--out", force)
-    if gif is not None:
-        common.check_output(gif, (".gif",), "--gif", force)
+    common.check_output(gif, (".gif",), "--gif", force)
 
     model, schedule = run.load()
-    shape = common.image_shape(model)
+    shape = options.image_shape(model)
     ends = [item for pair in pairs for item in pair]
     n = frames * frames if grid else frames
     total = run.model_calls(schedule, n)

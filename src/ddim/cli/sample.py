@@ -2,79 +2,73 @@
 
 from __future__ import annotations
 
-import click
-import torch
+from typing import TYPE_CHECKING
 
-from ddim import workflows
-from ddim.cli import common
-from ddim.formats import images
-from ddim.sampling import VARIANCES
+import click
+
+from ddim.cli import common, options
+from ddim.cli.options import choice_option, count_option, option
+from ddim.names import VARIANCES
+
+if TYPE_CHECKING:
+    import torch
+
+    from ddim import workflows
 
 
 @click.command("sample", short_help="Sample images from a model.")
-@common.ckpt_option
-@common.steps_option
-@common.spacing_option
-@click.option(
+@options.ckpt_option
+@options.steps_option
+@options.spacing_option
+@option(
     "--eta",
     type=click.FloatRange(min=0.0),
     default=0.0,
-    show_default=True,
     help="eta of eq. 16: 0 is DDIM (deterministic), 1 is DDPM",
 )
-@click.option(
+@choice_option(
     "--variance",
-    type=click.Choice(VARIANCES),
+    VARIANCES,
     default="ddim",
-    show_default=True,
     help="ddim: sigma from --eta; ddpm-large: Table 1's sigma-hat row (ignores --eta)",
 )
-@click.option(
+@option(
     "--clip/--no-clip",
     default=None,
     show_default="off for ddim, on for ddpm-large",
     help="clamp the predicted x0 to [-1, 1] at every step",
 )
-@click.option(
-    "-n",
-    "--num",
-    "n",
-    type=click.IntRange(min=1),
-    default=64,
-    show_default=True,
-    help="number of images",
-)
-@common.batch_size_option
-@common.seed_option
-@common.device_option
-@click.option(
-    "--out",
-    default="samples.png",
-    show_default=True,
-    metavar="PATH",
-    help="a .png grid, a .npz array (uint8 N,H,W,C) or a folder of PNGs (end it with /)",
+@count_option("-n", "--num", "n", default=64, help="number of images")
+@options.batch_size_option
+@options.seed_option
+@options.device_option
+@options.precision_option
+@options.out_option(
+    "samples.png",
+    "PATH",
+    "a .png grid, a .npz array (uint8 N,H,W,C) or a folder of PNGs (end it with /); a "
+    "folder is filled by every torchrun process and resumed by a rerun",
 )
 @click.option(
-    "--nrow",
-    type=click.IntRange(min=1),
+    "--npz",
     default=None,
-    show_default="a square grid",
-    help="images per grid row",
+    metavar="PATH.npz",
+    help="with a folder --out, also pack its images into one .npz (uint8 N,H,W,C)",
 )
+@count_option("--nrow", default=None, show_default="a square grid", help="images per grid row")
 @click.option(
     "--trajectory",
     default=None,
     metavar="PATH.gif",
     help="also write the denoising sequence of the whole grid as an animated GIF",
 )
-@click.option(
+@choice_option(
     "--trajectory-of",
-    type=click.Choice(["xt", "x0"]),
+    ["xt", "x0"],
     default="xt",
-    show_default=True,
     help="animate the states x_t or the predictions of x0",
 )
-@common.force_option
+@options.force_option
 def sample_command(
     ckpt: str,
     steps: int,
@@ -86,28 +80,44 @@ def sample_command(
     batch_size: int,
     seed: int,
     device: torch.device,
+    precision: str,
     out: str,
+    npz: str | None,
     nrow: int | None,
     trajectory: str | None,
     trajectory_of: str,
     force: bool,
 ) -> None:
-    """Sample images from a model (the bundled MNIST model by default)."""
+    """Sample images from a model (the bundled MNIST model by default).
+
+    Under ``torchrun --nproc_per_node K`` with a folder --out, the processes share the
+    images (image i always comes from seed + i), and a rerun with the same options skips
+    the images already written.
+    """
+    from ddim import workflows
+    from ddim.formats import images
+
+    sampler = workflows.SamplerOptions(steps, spacing, eta, variance, clip, precision)
+    if common.is_folder(out) and trajectory is None:
+        _sample_to_folder(ckpt, n, batch_size, seed, device, sampler, out, npz, force)
+        return
+    if npz is not None:
+        raise click.UsageError("--npz needs a folder --out (ending with /) and no --trajectory")
+    common.refuse_torchrun("ddim sample with a file --out or --trajectory")
     common.check_image_output(out, n, force)
-    if trajectory is not None:
-        common.check_output(trajectory, (".gif",), "--trajectory", force)
-    model, schedule = common.load_model(ckpt, device, [steps])
-    total = common.bar_total(schedule, steps, spacing, n, batch_size)
+    common.check_output(trajectory, (".gif",), "--trajectory", force)
+    model, schedule = options.load_model(ckpt, device, [steps])
+    total = options.bar_total(schedule, steps, spacing, n, batch_size)
     with common.progress(total, "sampling") as tick:
         result = workflows.generate(
             model,
             schedule,
             n,
-            common.image_shape(model),
+            options.image_shape(model),
             seed=seed,
             batch_size=batch_size,
             device=device,
-            options=workflows.SamplerOptions(steps, spacing, eta, variance, clip),
+            options=sampler,
             return_trajectory=trajectory is not None,
             callback=tick,
         )
@@ -118,3 +128,39 @@ def sample_command(
         frames = traj.xs if trajectory_of == "xt" else traj.x0_preds
         images.save_gif(trajectory, frames, nrow)
         click.echo(f"wrote {len(frames)} frames of {trajectory_of} to {trajectory}")
+
+
+def _sample_to_folder(
+    ckpt: str,
+    n: int,
+    batch_size: int,
+    seed: int,
+    device: torch.device,
+    sampler: workflows.SamplerOptions,
+    out: str,
+    npz: str | None,
+    force: bool,
+) -> None:
+    """``ddim sample`` into a folder: this process's share, then (rank 0) the summary."""
+    from ddim import distributed
+    from ddim.formats import sample_folder
+
+    common.check_output(npz, (".npz",), "--npz", force)
+    device = distributed.init_from_env(device)
+    rank, world_size = distributed.world()
+    model, schedule = options.load_model(ckpt, device, [sampler.steps])
+    mine = sum(b - a for a, b in sample_folder.rank_batches(n, batch_size, rank, world_size))
+    total = options.bar_total(schedule, sampler.steps, sampler.spacing, mine, batch_size)
+    with common.progress(total, "sampling", shown=rank == 0) as tick:
+        written, kept = sample_folder.sample_to_folder(
+            model, schedule, n, options.image_shape(model), out, seed=seed,
+            batch_size=batch_size, device=device, options=sampler, manifest={"ckpt": ckpt},
+            overwrite=force, callback=tick,
+        )  # fmt: skip
+    if rank != 0:
+        return
+    note = f" (kept {kept} already there)" if kept else ""
+    click.echo(f"wrote {written} PNGs in {out}{note} with {world_size} process(es)")
+    if npz is not None:
+        sample_folder.pack_npz(out, n, npz)
+        click.echo(f"wrote {n} images to {npz}")

@@ -32,6 +32,7 @@ from ddim.noise import seeded_latents
 from ddim.sampling import Model
 from ddim.schedule import NoiseSchedule
 from ddim.workflows import (
+    DEFAULTS,
     SamplerOptions,
     decode,
     generate,
@@ -85,7 +86,7 @@ def table1(
     seed: int = 0,
     *,
     shape: Sequence[int],
-    spacing: str = "uniform",
+    options: SamplerOptions = DEFAULTS,
     device: torch.device | str = "cpu",
 ) -> list[Row]:
     """Table 1: FD between ``n`` samples and ``ref_stats`` for each ``(setting, S)``.
@@ -95,10 +96,10 @@ def table1(
     """
 
     def fd_of(steps: int, eta: float, variance: str) -> float:
-        options = SamplerOptions(steps, spacing, eta, variance)
+        cell = replace(options, steps=steps, eta=eta, variance=variance)
         stats = sample_stats(
             model, sched, feature_fn, shape=shape, n=n, batch_size=batch_size, seed=seed,
-            options=options, device=device,
+            options=cell, device=device,
         )  # fmt: skip
         return stats.frechet_distance(ref_stats)
 
@@ -120,7 +121,7 @@ def table2(
     images: torch.Tensor,
     steps_list: Sequence[int],
     *,
-    spacing: str = "uniform",
+    options: SamplerOptions = DEFAULTS,
     batch_size: int = 64,
     device: torch.device | str = "cpu",
 ) -> dict[int, float]:
@@ -128,8 +129,8 @@ def table2(
     x0 = images.to(device)
     mse = {}
     for s in steps_list:
-        options = SamplerOptions(s, spacing)
-        rec = reconstruct(model, sched, x0, options=options, batch_size=batch_size)
+        at_s = replace(options, steps=s)
+        rec = reconstruct(model, sched, x0, options=at_s, batch_size=batch_size)
         mse[int(s)] = rec.mse.mean().item()
     return mse
 
@@ -157,7 +158,7 @@ def consistency_figure(
     show: int = 8,
     ref_steps: int = 1000,
     seed: int = 0,
-    spacing: str = "uniform",
+    options: SamplerOptions = DEFAULTS,
     batch_size: int = 64,
     device: torch.device | str = "cpu",
 ) -> dict[int, float]:
@@ -168,7 +169,7 @@ def consistency_figure(
     label_fn label equals the label at ref_steps}``.
     """
     latents, _ = seeded_latents(range(seed, seed + n), shape, device=device)
-    options = SamplerOptions(ref_steps, spacing)
+    options = replace(options, steps=ref_steps)
     kwargs = {"batch_size": batch_size}
     ref = decode(model, sched, latents, options=options, **kwargs)
     ref_labels = label_fn(ref)
@@ -184,7 +185,7 @@ def consistency_figure(
     save_png(out / "consistency.png", torch.cat(strips).cpu(), nrow=min(show, n))
     write_json(
         out / "consistency.json",
-        {"n": n, "seed": seed, "ref_steps": ref_steps, "spacing": spacing,
+        {"n": n, "seed": seed, "ref_steps": ref_steps, "spacing": options.spacing,
          "agreement": {str(s): v for s, v in agreement.items()}},
     )  # fmt: skip
     return agreement
@@ -199,7 +200,7 @@ def interpolation_figure(
     frames: int = 8,
     steps: int = 50,
     seed: int = 0,
-    spacing: str = "uniform",
+    options: SamplerOptions = DEFAULTS,
     batch_size: int = 64,
     device: torch.device | str = "cpu",
 ) -> torch.Tensor:
@@ -207,7 +208,7 @@ def interpolation_figure(
     (:func:`ddim.slerp_grid`), decoded with DDIM; written as one PNG. Returns the images."""
     corners, _ = seeded_latents(range(seed, seed + 4), shape, device=device)
     latents = interpolation_latents(corners, frames)
-    options = SamplerOptions(steps, spacing)
+    options = replace(options, steps=steps)
     images = decode(model, sched, latents, options=options, batch_size=batch_size)
     save_png(out_path, images.cpu(), nrow=frames)
     return images

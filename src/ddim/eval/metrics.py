@@ -30,9 +30,9 @@ import torch.distributed as dist
 
 from ddim.distributed import world
 from ddim.formats.atomic import atomic_write_bytes
+from ddim.names import FEATURES
 
 FeatureFn = Callable[[torch.Tensor], torch.Tensor]
-FEATURES = ("mnist", "inception", "pixels")
 INCEPTION_DIM = 2048
 
 

@@ -19,8 +19,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from ddim.formats.atomic import atomic_write_bytes, atomic_write_text
-
-SIGMA_HAT = "ddpm-large"
+from ddim.names import SIGMA_HAT
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,14 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO]
     fsync_dir(target.parent)
 
 
+def refuse_overwrite(
+    path: str | os.PathLike[str], overwrite: bool, hint: str = "pass overwrite=True to replace it"
+) -> None:
+    """A FileExistsError when ``path`` exists and ``overwrite`` is false."""
+    if not overwrite and Path(path).exists():
+        raise FileExistsError(f"{path} already exists; {hint}")
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` to ``path`` atomically."""
     with atomic_write(path, "wb") as f:

@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
+from ddim.formats.atomic import refuse_overwrite
 from ddim.formats.checkpoint import CheckpointError, load_checkpoint, save_weights
 from ddim.formats.legacy import convert_legacy, legacy_setup
 from ddim.models.unet import UNet
+from ddim.names import CONVERT_SOURCES as SOURCES
+from ddim.names import CONVERT_TARGETS as TARGETS
 from ddim.schedule import NoiseSchedule
-
-SOURCES = ("official", "pesser", "ours", "diffusers")
-TARGETS = ("ours", "diffusers")
 
 
 @dataclass(frozen=True)
@@ -49,7 +48,7 @@ def load_any(
     if fmt not in SOURCES:
         raise ValueError(f"unknown source format {fmt!r}; choose one of {', '.join(SOURCES)}")
     if fmt == "diffusers":
-        from ddim.formats.diffusers import load_diffusers
+        from ddim.formats.diffusers_folder import load_diffusers
 
         model, schedule = load_diffusers(src)
         return LoadedModel(model, schedule)
@@ -83,7 +82,7 @@ def save_any(
     EMA weights only, or a diffusers pipeline folder."""
     _check_target(dst, fmt, overwrite)
     if fmt == "diffusers":
-        from ddim.formats.diffusers import save_diffusers
+        from ddim.formats.diffusers_folder import save_diffusers
 
         save_diffusers(loaded.model, loaded.schedule, dst, overwrite=overwrite)
         return
@@ -122,5 +121,4 @@ def _check_target(dst: str | os.PathLike[str], fmt: str, overwrite: bool) -> Non
     """Reject an unknown target format, or an existing ``dst`` without ``overwrite``."""
     if fmt not in TARGETS:
         raise ValueError(f"unknown target format {fmt!r}; choose one of {', '.join(TARGETS)}")
-    if Path(dst).exists() and not overwrite:
-        raise FileExistsError(f"{dst} already exists; pass overwrite=True to replace it")
+    refuse_overwrite(dst, overwrite)

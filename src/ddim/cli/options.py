@@ -1,0 +1,232 @@
+"""The options several ``ddim`` subcommands share, and the model they choose.
+
+Nothing here imports torch or the library until a command runs: ``ddim --help`` and usage
+errors stay fast. The lists that ``click.Choice`` offers come from :mod:`ddim.cli.choices`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from ddim.names import PRECISIONS, SPACINGS
+
+if TYPE_CHECKING:
+    import torch
+
+    from ddim.models.unet import UNet
+    from ddim.sampling import Callback
+    from ddim.schedule import NoiseSchedule
+
+DEFAULT_MODEL = "mnist"
+MAX_SEED = 2**63 - 1  # seeds are int64
+
+Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+
+def option(*names: str, **kwargs: Any) -> Decorator:
+    """``click.option`` that shows its default in the help unless told otherwise."""
+    kwargs.setdefault("show_default", True)
+    return click.option(*names, **kwargs)
+
+
+def count_option(*names: str, minimum: int = 1, **kwargs: Any) -> Decorator:
+    """:func:`option` taking a whole number ``>= minimum``."""
+    return option(*names, type=click.IntRange(min=minimum), **kwargs)
+
+
+def choice_option(name: str, choices: Sequence[str], **kwargs: Any) -> Decorator:
+    """:func:`option` taking one of ``choices``."""
+    return option(name, type=click.Choice(choices), **kwargs)
+
+
+def out_option(default: str, metavar: str, help: str) -> Decorator:
+    """``--out``: what a command writes, ``default`` shown in the help."""
+    return option("--out", default=default, metavar=metavar, help=help)
+
+
+# ---------------------------------------------------------------- devices
+
+
+class DeviceType(click.ParamType):
+    """``cpu``, ``cuda``, ``cuda:N`` or ``mps``, checked to be present on this machine."""
+
+    name = "device"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        import torch
+
+        if isinstance(value, torch.device):
+            return value
+        try:
+            device = torch.device(value)
+        except (RuntimeError, TypeError):
+            self.fail(f"unknown device {value!r}; use cpu, cuda, cuda:N or mps", param, ctx)
+        problem = device_problem(device)
+        if problem:
+            self.fail(problem, param, ctx)
+        return device
+
+
+def device_problem(device: torch.device) -> str | None:
+    """Why ``device`` cannot be used here, or ``None`` if it can."""
+    import torch
+
+    if device.type == "cpu":
+        return None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            return "CUDA was requested but is not available (no GPU, or a CPU-only torch build)"
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            return f"{device} was requested but this machine has {count} CUDA device(s)"
+        return None
+    if device.type == "mps":
+        if not torch.backends.mps.is_available():
+            return "MPS was requested but is not available on this machine"
+        return None
+    return f"device type {device.type!r} is not supported; use cpu, cuda, cuda:N or mps"
+
+
+# ---------------------------------------------------------------- options
+
+ckpt_option = option(
+    "--ckpt",
+    default=DEFAULT_MODEL,
+    metavar="PATH",
+    help="a ddim .safetensors checkpoint, a diffusers folder, or a bundled model name",
+)
+device_option = option(
+    "--device", type=DeviceType(), default="cpu", help="cpu, cuda, cuda:N or mps"
+)
+steps_option = count_option(
+    "--steps", default=50, help="number of DDIM steps S (at most the model's T)"
+)
+spacing_option = choice_option(
+    "--spacing", SPACINGS, default="uniform", help="how the S timesteps are laid out in 0..T-1"
+)
+precision_option = choice_option(
+    "--precision",
+    PRECISIONS,
+    default="auto",
+    help="the model call's precision; auto: bf16 on GPUs and on CPUs with native bf16, "
+    "else fp32 (see `ddim info --device`)",
+)
+batch_size_option = count_option(
+    "--batch-size", default=64, help="images per model call (results do not depend on it)"
+)
+seed_option = option(
+    "--seed",
+    type=click.IntRange(0, MAX_SEED),
+    default=0,
+    help="image i is drawn with seed + i, whatever the batch size",
+)
+force_option = click.option("--force", is_flag=True, help="overwrite existing output files")
+
+
+def options_as(cls: type, options: Sequence[Decorator]) -> Decorator:
+    """A decorator that adds ``options`` to a command (in this order in its help) and hands
+    their values to it as one keyword argument ``run``, an instance of the dataclass ``cls``
+    whose fields are named like the options' parameters."""
+    names = [field.name for field in dataclasses.fields(cls)]
+
+    def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(f)
+        def command(**kwargs: Any) -> Any:
+            run = cls(**{name: kwargs.pop(name) for name in names})
+            return f(run=run, **kwargs)
+
+        for each in reversed(options):
+            command = each(command)
+        return command
+
+    return decorate
+
+
+@dataclass(frozen=True)
+class ModelRun:
+    """The values of :func:`model_options`: which model, and how to step and batch it."""
+
+    ckpt: str
+    steps: int
+    spacing: str
+    batch_size: int
+    device: torch.device
+    precision: str
+
+    def load(self) -> tuple[UNet, NoiseSchedule]:
+        """The model on ``device`` and its schedule, ``--steps`` checked against it."""
+        return load_model(self.ckpt, self.device, [self.steps])
+
+    def model_calls(self, schedule: NoiseSchedule, n: int) -> int:
+        """Model calls to sample or encode ``n`` images."""
+        return bar_total(schedule, self.steps, self.spacing, n, self.batch_size)
+
+    def batching(self, callback: Callback) -> dict[str, Any]:
+        """The ``options`` (steps, spacing, precision), ``batch_size`` and ``callback`` of a
+        workflow."""
+        from ddim import workflows
+
+        return {
+            "options": workflows.SamplerOptions(self.steps, self.spacing, precision=self.precision),
+            "batch_size": self.batch_size,
+            "callback": callback,
+        }
+
+
+#: ``--ckpt --steps --spacing --batch-size --device --precision``, handed to a command as
+#: ``run: ModelRun``.
+model_options = options_as(
+    ModelRun,
+    [ckpt_option, steps_option, spacing_option, batch_size_option, device_option, precision_option],
+)
+
+
+# ---------------------------------------------------------------- models
+
+
+def load_model(
+    ckpt: str, device: torch.device, steps: Iterable[int] = ()
+) -> tuple[UNet, NoiseSchedule]:
+    """An eval-mode U-Net on ``device`` and its schedule, from a checkpoint file, a
+    diffusers folder or a bundled model name; each of ``steps`` is checked against it."""
+    if Path(ckpt).is_dir():
+        from ddim.formats.diffusers_folder import load_diffusers
+
+        model, schedule = load_diffusers(ckpt)
+        model = model.to(device)
+    else:
+        from ddim.formats.checkpoint import load_pretrained
+
+        model, schedule = load_pretrained(ckpt, device)
+    for s in steps:
+        check_steps(schedule, s)
+    return model, schedule
+
+
+def image_shape(model: UNet) -> tuple[int, int, int]:
+    """``(C, H, W)`` of the images ``model`` takes."""
+    config = model.config
+    return (config.in_channels, config.image_size, config.image_size)
+
+
+def check_steps(schedule: NoiseSchedule, steps: int) -> None:
+    """Reject ``--steps`` above the model's number of training timesteps."""
+    if steps > schedule.num_timesteps:
+        raise click.BadParameter(
+            f"{steps} is more than the model's {schedule.num_timesteps} timesteps",
+            param_hint="'--steps'",
+        )
+
+
+def bar_total(schedule: NoiseSchedule, steps: int, spacing: str, n: int, batch_size: int) -> int:
+    """Model calls to sample or encode ``n`` images in batches of ``batch_size``."""
+    from ddim import workflows
+
+    return workflows.model_calls(schedule, steps, spacing) * -(-n // batch_size)

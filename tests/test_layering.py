@@ -1,0 +1,128 @@
+"""The package's layers, read from its source: who may import whom, and how long a module
+may grow. Function-level imports count as much as module-level ones."""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "ddim"
+MAX_LINES = 350
+
+
+def module_name(path: Path) -> str:
+    """``ddim.train.loop`` for ``src/ddim/train/loop.py`` (``ddim.train`` for its ``__init__``)."""
+    parts = ("ddim", *path.relative_to(PACKAGE).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imported(path: Path) -> Iterator[str]:
+    """Every module ``path`` imports, absolute; ``from a import b`` gives ``a`` and ``a.b``."""
+    package = module_name(path).split(".")
+    if path.name != "__init__.py":
+        package = package[:-1]
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            anchor = package[: len(package) + 1 - node.level] if node.level else []
+            base = ".".join(filter(None, [*anchor, node.module]))
+            yield base
+            yield from (f"{base}.{alias.name}" for alias in node.names)
+
+
+def within(module: str, packages: tuple[str, ...]) -> bool:
+    """Whether ``module`` is one of ``packages`` or inside one."""
+    return any(module == p or module.startswith(f"{p}.") for p in packages)
+
+
+MODULES = sorted(PACKAGE.rglob("*.py"))
+
+
+def violations(sources: list[Path], forbidden: tuple[str, ...]) -> list[str]:
+    """``file imports module`` for each import of ``sources`` inside ``forbidden``."""
+    return sorted(
+        f"{path.relative_to(PACKAGE.parent)} imports {module}"
+        for path in sources
+        for module in set(imported(path))
+        if within(module, forbidden)
+    )
+
+
+def under(folder: str) -> list[Path]:
+    """The modules of the subpackage ``ddim.<folder>``."""
+    return [p for p in MODULES if p.relative_to(PACKAGE).parts[0] == folder]
+
+
+def test_the_modules_are_found() -> None:
+    assert PACKAGE / "sampling.py" in MODULES and PACKAGE / "cli" / "__init__.py" in MODULES
+
+
+def test_only_the_cli_and_main_modules_import_the_cli() -> None:
+    sources = [p for p in MODULES if p.name != "__main__.py" and p not in under("cli")]
+    assert violations(sources, ("ddim.cli",)) == []
+
+
+def test_training_imports_no_evaluation_or_cli() -> None:
+    """``python -m ddim.train`` (``train/__main__.py``) is the ``ddim train`` command itself."""
+    library = [p for p in under("train") if p.name != "__main__.py"]
+    assert violations(library, ("ddim.eval", "ddim.cli")) == []
+
+
+def test_models_import_no_files_training_or_evaluation() -> None:
+    assert violations(under("models"), ("ddim.formats", "ddim.train", "ddim.eval")) == []
+
+
+def test_top_level_modules_are_the_core_below_everything() -> None:
+    sources = [
+        p for p in MODULES if p.parent == PACKAGE and p.name not in ("__init__.py", "workflows.py")
+    ]
+    forbidden = ("ddim.formats", "ddim.train", "ddim.eval", "ddim.cli")
+    assert violations(sources, forbidden) == []
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_module_is_at_most_350_lines(path: Path) -> None:
+    lines = len(path.read_text(encoding="utf-8").splitlines())
+    assert lines <= MAX_LINES, f"{path.name} has {lines} lines"
+
+
+def top_level_imports(path: Path) -> set[str]:
+    """The ``ddim`` modules ``path`` imports when it is loaded (module-level statements only;
+    imports inside functions or ``if TYPE_CHECKING`` blocks run later or never)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    statements = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+    known = {module_name(p) for p in MODULES}
+    out = set()
+    for node in statements:
+        names = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif node.module and node.level == 0:
+            names = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+        out |= {n for n in names if n in known}
+    return out
+
+
+def test_no_import_cycle() -> None:
+    def ancestors(module: str) -> set[str]:  # loaded before the module itself, always
+        parts = module.split(".")
+        return {".".join(parts[:k]) for k in range(1, len(parts) + 1)}
+
+    graph = {m: top_level_imports(p) - ancestors(m) for p in MODULES if (m := module_name(p))}
+    done: set[str] = set()
+
+    def visit(module: str, stack: list[str]) -> None:
+        if module in stack:
+            pytest.fail("import cycle: " + " -> ".join([*stack[stack.index(module) :], module]))
+        if module in done:
+            return
+        for dep in sorted(graph.get(module, ())):
+            visit(dep, [*stack, module])
+        done.add(module)
+
+    for module in sorted(graph):
+        visit(module, [])
