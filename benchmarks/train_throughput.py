@@ -3,7 +3,8 @@
 Both models are built from one :class:`UNetConfig` (diffusers in its DDPM layout: the same
 channels, blocks, attention resolutions, padding and time embedding, so the parameter
 counts match), live side by side, and run full training steps (q-sample, eps-MSE forward,
-backward, Adam step) on the same batches. Repetitions alternate the order of the two
+backward, Adam step) on the same batches; ours runs twice, in the default memory layout
+and channels-last (``training.channels_last``). Repetitions alternate the order of the
 models to cancel drift. Peak memory is measured per model in a fresh process:
 ``torch.cuda.max_memory_allocated`` on a GPU, the process's peak RSS
 (``resource.getrusage``) on the CPU.
@@ -39,20 +40,22 @@ PRESETS = {
     "mnist": UNetConfig.from_dict(read_yaml(CONFIGS / "mnist.yaml")["model"]),
     "cifar10": UNetConfig(),  # the official CIFAR-10 model, 35.7M parameters
 }
-MODELS = ("ours", "diffusers")
+#: Our U-Net as ``training.channels_last`` runs it, as it runs by default, and diffusers'.
+MODELS = ("ours-cl", "ours", "diffusers")
 
 
 def build(which: str, config: UNetConfig, device: torch.device) -> nn.Module:
     """Our ``UNet`` or the same network as a diffusers ``UNet2DModel`` (in the layout of
     :func:`ddim.formats.diffusers.diffusers_unet_config`, behind its eps-model adapter), in
     train mode on ``device``."""
-    if which == "ours":
+    if which.startswith("ours"):
         model = UNet(config)
     else:
         from diffusers import UNet2DModel
 
         model = from_diffusers(UNet2DModel(**diffusers_unet_config(config)))
-    return model.to(device).train()
+    model = model.to(device).train()
+    return model.to(memory_format=torch.channels_last) if which == "ours-cl" else model
 
 
 class Trainer:
@@ -73,6 +76,9 @@ class Trainer:
             )
             for _ in range(4)
         ]
+        if which == "ours-cl":
+            layout = torch.channels_last
+            self.batches = [(x.contiguous(memory_format=layout), n, t) for x, n, t in self.batches]
         self.alpha_bar = NoiseSchedule.linear(1000).alpha_bar.to(device)
         self.steps = 0
 
@@ -197,7 +203,10 @@ def main(argv: list[str] | None = None) -> None:
         for which in MODELS if r % 2 == 0 else MODELS[::-1]:
             seconds = trainers[which].run(args.steps)
             rates[which].append(args.batch_size * args.steps / seconds)
-    ratios = [a / b for a, b in zip(rates["ours"], rates["diffusers"], strict=True)]
+    ratios = {
+        ours: [a / b for a, b in zip(rates[ours], rates["diffusers"], strict=True)]
+        for ours in MODELS[:-1]
+    }
 
     size = f"{config.image_size}x{config.image_size}x{config.in_channels}"
     print(
@@ -216,7 +225,9 @@ def main(argv: list[str] | None = None) -> None:
             f"{which:>9} images/s: median {statistics.median(r):9.1f}  "
             f"(min {min(r):.1f}, max {max(r):.1f})"
         )
-    print(f"ratio ours/diffusers (median of paired repetitions): {statistics.median(ratios):.3f}")
+    for ours, paired in ratios.items():
+        median = statistics.median(paired)
+        print(f"ratio {ours}/diffusers (median of paired repetitions): {median:.3f}")
 
     if not args.no_memory:
         del trainers

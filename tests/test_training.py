@@ -271,7 +271,7 @@ def test_completed_run_exports_ema_weights_and_samples(tmp_path):
             "sample_every": 2,
             "num_samples": 6,
             "sample_steps": 5,
-            "bf16": True,
+            "precision": "bf16",
         },
     )
     train(load_config(config), progress=False)
@@ -376,3 +376,62 @@ def test_shipped_configs():
         n_params = sum(p.numel() for p in UNet(mnist.model).parameters())
     assert n_params * 4 < 20e6
     assert math.isclose(mnist.diffusion.beta_end, 0.02) and mnist.diffusion.num_timesteps == 1000
+
+
+def test_channels_last_trains_the_same_model_up_to_rounding(tmp_path):
+    """channels_last changes the memory layout only: without dropout (whose masks follow the
+    memory order) each step's loss matches the contiguous run's to float rounding, and a
+    resumed channels_last run is bit-identical to an uninterrupted one."""
+    no_dropout = {"dropout": 0.0}
+    plain = write_config(tmp_path, "plain", model=no_dropout)
+    train(load_config(plain), progress=False)
+    config = write_config(
+        tmp_path, model=no_dropout, training={"channels_last": True, "total_steps": 3}
+    )
+    train(load_config(config), progress=False)
+    train(load_config(config, ["training.total_steps=6"]), resume=True, progress=False)
+    cl, ref = losses(tmp_path / "run"), losses(tmp_path / "plain")
+    assert [s for s, _ in cl] == [s for s, _ in ref] == [1, 2, 3, 4, 5, 6]
+    for (_, a), (_, b) in zip(cl, ref, strict=True):
+        assert a == pytest.approx(b, rel=1e-5)
+    once = write_config(tmp_path, "once", model=no_dropout, training={"channels_last": True})
+    train(load_config(once), progress=False)
+    assert_identical(final_states(tmp_path / "once"), final_states(tmp_path / "run"))
+
+
+def test_unknown_training_precision_is_refused(tmp_path):
+    config = write_config(tmp_path, training={"precision": "fp8"})
+    with pytest.raises(ValueError, match="training.precision must be one of fp32, bf16"):
+        load_config(config)
+
+
+def test_min_snr_weights_by_hand():
+    """At t = 0, alpha_bar = 1 - 1e-4, so SNR = 9999 and w = 5 / 9999; where SNR < 5 the
+    weight is 1; the weighted loss is the batch mean of weight x per-sample MSE."""
+    from ddim.schedule import NoiseSchedule
+    from ddim.train.loss import diffusion_loss, loss_weights
+
+    alpha_bar = NoiseSchedule.linear(1000, 1e-4, 0.02).alpha_bar
+    t = torch.tensor([0, 300, 999])
+    w = loss_weights(t, alpha_bar, "min-snr", 5.0)
+    assert w[0].item() == pytest.approx(5 / 9999, rel=1e-6)
+    assert alpha_bar[300] / (1 - alpha_bar[300]) < 5 and w[1:].tolist() == [1.0, 1.0]
+    assert loss_weights(t, alpha_bar, "simple", 5.0) is None
+
+    def zero(x, t):
+        return torch.zeros_like(x)
+
+    x0 = torch.randn(3, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    noise = torch.randn(3, 1, 4, 4, generator=torch.Generator().manual_seed(1))
+    per_sample = noise.pow(2).flatten(1).mean(1)
+    weighted = diffusion_loss(zero, x0, t, noise, alpha_bar, w)
+    assert weighted.item() == pytest.approx((w * per_sample).mean().item(), rel=1e-6)
+    plain = diffusion_loss(zero, x0, t, noise, alpha_bar)
+    assert plain.item() == pytest.approx(per_sample.mean().item(), rel=1e-6)
+
+
+def test_min_snr_config_is_checked(tmp_path):
+    config = write_config(tmp_path, training={"loss_weighting": "min-snr", "min_snr_gamma": 2})
+    assert load_config(config).training.min_snr_gamma == 2.0
+    with pytest.raises(ValueError, match="training.loss_weighting must be one of simple, min-snr"):
+        load_config(write_config(tmp_path, "bad", training={"loss_weighting": "snr"}))

@@ -118,6 +118,16 @@ precision_option = choice_option(
     help="the model call's precision; auto: bf16 on GPUs and on CPUs with native bf16, "
     "else fp32 (see `ddim info --device`)",
 )
+channels_last_option = option(
+    "--channels-last/--no-channels-last",
+    default=False,
+    help="run the model in channels-last memory layout",
+)
+compile_option = option(
+    "--compile/--no-compile",
+    default=False,
+    help="torch.compile the model (its cost, paid once per process, is printed)",
+)
 batch_size_option = count_option(
     "--batch-size", default=64, help="images per model call (results do not depend on it)"
 )
@@ -159,10 +169,15 @@ class ModelRun:
     batch_size: int
     device: torch.device
     precision: str
+    channels_last: bool
+    compile: bool
 
     def load(self) -> tuple[UNet, NoiseSchedule]:
         """The model on ``device`` and its schedule, ``--steps`` checked against it."""
-        return load_model(self.ckpt, self.device, [self.steps])
+        return load_model(
+            self.ckpt, self.device, [self.steps], channels_last=self.channels_last,
+            compile=self.compile,
+        )  # fmt: skip
 
     def model_calls(self, schedule: NoiseSchedule, n: int) -> int:
         """Model calls to sample or encode ``n`` images."""
@@ -180,22 +195,31 @@ class ModelRun:
         }
 
 
-#: ``--ckpt --steps --spacing --batch-size --device --precision``, handed to a command as
-#: ``run: ModelRun``.
+#: ``--ckpt --steps --spacing --batch-size --device --precision --channels-last --compile``,
+#: handed to a command as ``run: ModelRun``.
 model_options = options_as(
     ModelRun,
-    [ckpt_option, steps_option, spacing_option, batch_size_option, device_option, precision_option],
-)
+    [
+        ckpt_option, steps_option, spacing_option, batch_size_option, device_option,
+        precision_option, channels_last_option, compile_option,
+    ],
+)  # fmt: skip
 
 
 # ---------------------------------------------------------------- models
 
 
 def load_model(
-    ckpt: str, device: torch.device, steps: Iterable[int] = ()
+    ckpt: str,
+    device: torch.device,
+    steps: Iterable[int] = (),
+    *,
+    channels_last: bool = False,
+    compile: bool = False,
 ) -> tuple[UNet, NoiseSchedule]:
     """An eval-mode U-Net on ``device`` and its schedule, from a checkpoint file, a
-    diffusers folder or a bundled model name; each of ``steps`` is checked against it."""
+    diffusers folder or a bundled model name; each of ``steps`` is checked against it.
+    ``channels_last`` and ``compile`` prepare it (:func:`ddim.models.fast.for_inference`)."""
     if Path(ckpt).is_dir():
         from ddim.formats.diffusers_folder import load_diffusers
 
@@ -207,7 +231,18 @@ def load_model(
         model, schedule = load_pretrained(ckpt, device)
     for s in steps:
         check_steps(schedule, s)
+    if channels_last or compile:
+        from ddim.models.fast import for_inference
+
+        model = for_inference(model, channels_last=channels_last, compile=compile)
     return model, schedule
+
+
+def report_compilation(model: object) -> None:
+    """Say what torch.compile cost, once the compiled ``model`` has run."""
+    seconds = getattr(model, "seconds", None)
+    if seconds is not None:
+        click.echo(f"torch.compile took {seconds:.1f} s (once per process and batch shape)")
 
 
 def image_shape(model: UNet) -> tuple[int, int, int]:

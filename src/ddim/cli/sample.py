@@ -43,6 +43,8 @@ if TYPE_CHECKING:
 @options.seed_option
 @options.device_option
 @options.precision_option
+@options.channels_last_option
+@options.compile_option
 @options.out_option(
     "samples.png",
     "PATH",
@@ -81,6 +83,8 @@ def sample_command(
     seed: int,
     device: torch.device,
     precision: str,
+    channels_last: bool,
+    compile: bool,
     out: str,
     npz: str | None,
     nrow: int | None,
@@ -99,14 +103,17 @@ def sample_command(
 
     sampler = workflows.SamplerOptions(steps, spacing, eta, variance, clip, precision)
     if common.is_folder(out) and trajectory is None:
-        _sample_to_folder(ckpt, n, batch_size, seed, device, sampler, out, npz, force)
+        fast = {"channels_last": channels_last, "compile": compile}
+        _sample_to_folder(ckpt, n, batch_size, seed, device, sampler, out, npz, force, fast)
         return
     if npz is not None:
         raise click.UsageError("--npz needs a folder --out (ending with /) and no --trajectory")
     common.refuse_torchrun("ddim sample with a file --out or --trajectory")
     common.check_image_output(out, n, force)
     common.check_output(trajectory, (".gif",), "--trajectory", force)
-    model, schedule = options.load_model(ckpt, device, [steps])
+    model, schedule = options.load_model(
+        ckpt, device, [steps], channels_last=channels_last, compile=compile
+    )
     total = options.bar_total(schedule, steps, spacing, n, batch_size)
     with common.progress(total, "sampling") as tick:
         result = workflows.generate(
@@ -122,6 +129,7 @@ def sample_command(
             callback=tick,
         )
     x0 = result[0] if trajectory is not None else result
+    options.report_compilation(model)
     click.echo(f"wrote {common.write_images(out, x0, nrow)}")
     if trajectory is not None:
         traj = result[1]
@@ -140,6 +148,7 @@ def _sample_to_folder(
     out: str,
     npz: str | None,
     force: bool,
+    fast: dict[str, bool],
 ) -> None:
     """``ddim sample`` into a folder: this process's share, then (rank 0) the summary."""
     from ddim import distributed
@@ -148,7 +157,7 @@ def _sample_to_folder(
     common.check_output(npz, (".npz",), "--npz", force)
     device = distributed.init_from_env(device)
     rank, world_size = distributed.world()
-    model, schedule = options.load_model(ckpt, device, [sampler.steps])
+    model, schedule = options.load_model(ckpt, device, [sampler.steps], **fast)
     mine = sum(b - a for a, b in sample_folder.rank_batches(n, batch_size, rank, world_size))
     total = options.bar_total(schedule, sampler.steps, sampler.spacing, mine, batch_size)
     with common.progress(total, "sampling", shown=rank == 0) as tick:
@@ -159,6 +168,7 @@ def _sample_to_folder(
         )  # fmt: skip
     if rank != 0:
         return
+    options.report_compilation(model)
     note = f" (kept {kept} already there)" if kept else ""
     click.echo(f"wrote {written} PNGs in {out}{note} with {world_size} process(es)")
     if npz is not None:

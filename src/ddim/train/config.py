@@ -26,7 +26,9 @@ import yaml
 from ddim.formats.config_file import build_section, read_yaml
 from ddim.formats.datasets import DataConfig
 from ddim.models.unet import UNetConfig
+from ddim.names import PRECISIONS
 from ddim.schedule import DiffusionConfig
+from ddim.train.loss import LOSS_WEIGHTINGS
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,10 @@ class TrainingConfig:
     disables clipping). ``antithetic`` pairs ``t`` with ``T - 1 - t`` as the official code
     does. ``ckpt_every``/``sample_every``/``log_every`` are in steps (0 disables samples);
     ``keep_last`` checkpoints are kept. ``device`` is ``auto``, ``cpu``, ``cuda`` or
-    ``cuda:N``.
+    ``cuda:N``. ``precision`` is the forward pass's autocast (:mod:`ddim.precision`; the
+    loss, the optimiser and the EMA stay in fp32); ``channels_last`` and ``compile`` run
+    the model in channels-last layout and under ``torch.compile``. ``loss_weighting`` and
+    ``min_snr_gamma`` weight the loss across ``t`` (:mod:`ddim.train.loss`).
     """
 
     total_steps: int = 800_000
@@ -52,7 +57,11 @@ class TrainingConfig:
     grad_clip: float = 1.0
     ema_decay: float = 0.9999
     grad_accum: int = 1
-    bf16: bool = False
+    precision: str = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+    loss_weighting: str = "simple"
+    min_snr_gamma: float = 5.0
     antithetic: bool = True
     seed: int = 0
     ckpt_every: int = 5000
@@ -90,6 +99,19 @@ class TrainingConfig:
             )
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"training.ema_decay must lie in [0, 1), got {self.ema_decay}")
+        if self.loss_weighting not in LOSS_WEIGHTINGS:
+            raise ValueError(
+                f"training.loss_weighting must be one of {', '.join(LOSS_WEIGHTINGS)}, "
+                f"got {self.loss_weighting!r}"
+            )
+        if not math.isfinite(self.min_snr_gamma) or self.min_snr_gamma <= 0:
+            raise ValueError(
+                f"training.min_snr_gamma must be a finite number > 0, got {self.min_snr_gamma}"
+            )
+        if self.precision not in PRECISIONS:
+            raise ValueError(
+                f"training.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
+            )
         if self.batch_size % self.grad_accum:
             raise ValueError(
                 f"training.batch_size={self.batch_size} is not divisible by "

@@ -42,10 +42,11 @@ from ddim.formats.datasets import load_dataset
 from ddim.formats.images import save_png
 from ddim.models.unet import UNet
 from ddim.noise import seeded_latents
+from ddim.precision import autocast, choose
 from ddim.sampling import sample
 from ddim.train import batches
 from ddim.train.config import TrainConfig
-from ddim.train.loss import diffusion_loss
+from ddim.train.loss import diffusion_loss, loss_weights
 from ddim.train.runtime import Distributed, StopRequest, TrainLog, say
 from ddim.train.state import (
     checkpoint_paths,
@@ -86,6 +87,8 @@ class _Run:
     alpha_bar: Tensor
     model: UNet
     ddp: nn.Module
+    forward: nn.Module
+    precision: str
     ema: AveragedModel
     opt: torch.optim.Optimizer
     describe: dict[str, Any]
@@ -194,6 +197,8 @@ def _setup(config: TrainConfig, ctx: Distributed) -> _Run:
     data = load_dataset(config.data)
     torch.manual_seed(batches.derive_seed(tc.seed, batches.INIT))
     model = UNet(config.model).to(ctx.device)
+    if tc.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(tc.ema_decay), use_buffers=True)
     ema.eval()
     opt = torch.optim.Adam(
@@ -211,7 +216,11 @@ def _setup(config: TrainConfig, ctx: Distributed) -> _Run:
     }
     order = batches.DataOrder(len(data), tc.seed)
     alpha_bar = sched.alpha_bar.to(ctx.device)
-    return _Run(config, ctx, data, order, alpha_bar, model, ddp, ema, opt, describe)
+    forward = torch.compile(ddp) if tc.compile else ddp
+    precision = choose(tc.precision, ctx.device)[0]
+    return _Run(
+        config, ctx, data, order, alpha_bar, model, ddp, forward, precision, ema, opt, describe
+    )
 
 
 def _train_step(run: _Run, step: int, stop_requested: bool) -> tuple[float, float, float, bool]:
@@ -226,6 +235,8 @@ def _train_step(run: _Run, step: int, stop_requested: bool) -> tuple[float, floa
     x0, t, noise = batches.step_batch(run.data, run.order, step, run.config, len(run.alpha_bar))
     own = slice(ctx.rank * share, (ctx.rank + 1) * share)
     x0, t, noise = (v[own].to(ctx.device, non_blocking=True) for v in (x0, t, noise))
+    if tc.channels_last:
+        x0, noise = (v.contiguous(memory_format=torch.channels_last) for v in (x0, noise))
 
     run.opt.zero_grad(set_to_none=True)
     loss_sum = torch.zeros((), device=ctx.device)
@@ -235,8 +246,11 @@ def _train_step(run: _Run, step: int, stop_requested: bool) -> tuple[float, floa
         last = k == tc.grad_accum - 1
         sync = contextlib.nullcontext() if last or ctx.world == 1 else run.ddp.no_sync()
         with sync:
-            with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=tc.bf16):
-                loss = diffusion_loss(run.ddp, x0[part], t[part], noise[part], run.alpha_bar)
+            weights = loss_weights(t[part], run.alpha_bar, tc.loss_weighting, tc.min_snr_gamma)
+            with autocast(run.precision, ctx.device):
+                loss = diffusion_loss(
+                    run.forward, x0[part], t[part], noise[part], run.alpha_bar, weights
+                )
             (loss / tc.grad_accum).backward()
         loss_sum += loss.detach()
 

@@ -1,9 +1,18 @@
-"""The training objective: Ho et al.'s simple loss on the forward process ``q(x_t | x_0)``."""
+"""The training objective: the eps MSE on the forward process ``q(x_t | x_0)``, weighted
+across ``t`` as ``training.loss_weighting`` says.
+
+- ``simple``: Ho et al.'s L_simple (their eq. 14), weight 1 at every ``t``;
+- ``min-snr``: min-SNR-gamma (Hang et al. 2023) for eps-prediction,
+  ``w(t) = min(SNR_t, gamma) / SNR_t`` with ``SNR_t = alpha_bar_t / (1 - alpha_bar_t)``:
+  the low-noise steps, whose eps is easy and whose x0 error it hides, count less.
+"""
 
 from __future__ import annotations
 
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+LOSS_WEIGHTINGS = ("simple", "min-snr")
 
 
 def q_sample(x0: Tensor, t: Tensor, noise: Tensor, alpha_bar: Tensor) -> Tensor:
@@ -13,8 +22,30 @@ def q_sample(x0: Tensor, t: Tensor, noise: Tensor, alpha_bar: Tensor) -> Tensor:
     return a.sqrt().to(x0.dtype) * x0 + (1 - a).sqrt().to(x0.dtype) * noise
 
 
+def loss_weights(t: Tensor, alpha_bar: Tensor, weighting: str, gamma: float) -> Tensor | None:
+    """The weight of each sample's eps MSE (float32), or ``None`` for ``simple``; computed
+    in float64 from the schedule's ``alpha_bar`` table."""
+    if weighting == "simple":
+        return None
+    if weighting != "min-snr":
+        raise ValueError(f"unknown loss weighting {weighting!r}")
+    a = alpha_bar[t]
+    snr = a / (1 - a)
+    return (snr.clamp(max=gamma) / snr).float()
+
+
 def diffusion_loss(
-    model: nn.Module, x0: Tensor, t: Tensor, noise: Tensor, alpha_bar: Tensor
+    model: nn.Module,
+    x0: Tensor,
+    t: Tensor,
+    noise: Tensor,
+    alpha_bar: Tensor,
+    weights: Tensor | None = None,
 ) -> Tensor:
-    """Ho et al.'s simple loss (eq. 14): the mean squared error of the predicted noise."""
-    return F.mse_loss(model(q_sample(x0, t, noise, alpha_bar), t).float(), noise)
+    """The mean squared error of the predicted noise, in fp32; with ``weights`` (one per
+    sample, :func:`loss_weights`) the batch mean of each sample's weighted MSE."""
+    eps = model(q_sample(x0, t, noise, alpha_bar), t).float()
+    if weights is None:
+        return F.mse_loss(eps, noise)
+    per_sample = (eps - noise).pow(2).flatten(1).mean(1)
+    return (weights * per_sample).mean()
