@@ -113,7 +113,7 @@ def test_consistency_figure(tmp_path):
 def test_interpolation_figure(tmp_path):
     mix = image_mixture()
     images = experiments.interpolation_figure(
-        mix, SCHED, tmp_path / "interp.png", shape=SHAPE, frames=4, steps=20
+        mix, SCHED, tmp_path / "interp.png", shape=SHAPE, frames=4, options=SamplerOptions(20)
     )
     assert images.shape == (16, *SHAPE)
     corners, _ = seeded_latents(range(4), SHAPE)

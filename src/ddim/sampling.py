@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from ddim.names import SIGMA_HAT, VARIANCES
 from ddim.noise import StepNoise, step_noise
-from ddim.precision import autocast, choose
+from ddim.precision import DTYPES, choose
 from ddim.schedule import NoiseSchedule
 
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -104,15 +104,19 @@ class CheckedModel:
     ):
         self.model = model
         self.precision = choose(precision, device)[0]
-        self.device = device
+        self._autocast = DTYPES.get(self.precision), torch.device(device).type
         t_all = torch.tensor(list(timesteps), dtype=torch.long, device=device)
         self._t = [t_all[i].expand(batch) for i in range(len(timesteps))]
         self._flags: list[tuple[int, int, torch.Tensor]] = []
 
     def __call__(self, x: torch.Tensor, i: int, t: int) -> torch.Tensor:
         """``eps`` at step ``i`` (timestep ``t``), in the dtype of ``x``."""
-        with autocast(self.precision, self.device):
+        dtype, device_type = self._autocast
+        if dtype is None:
             eps = self.model(x, self._t[i])
+        else:
+            with torch.autocast(device_type, dtype=dtype):
+                eps = self.model(x, self._t[i])
         if not isinstance(eps, torch.Tensor) or eps.shape != x.shape:
             shape = tuple(eps.shape) if isinstance(eps, torch.Tensor) else type(eps).__name__
             raise ValueError(

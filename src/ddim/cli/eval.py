@@ -98,11 +98,12 @@ class Run:
         model, schedule = options.load_model(self.ckpt, self.device, steps)
         return model, schedule, options.image_shape(model)
 
-    def sampling(self) -> dict[str, Any]:
-        """The keyword arguments of :mod:`ddim.eval.experiments` these options give."""
+    def sampling(self, steps: int = 50) -> dict[str, Any]:
+        """The keyword arguments of :mod:`ddim.eval.experiments` these options give, with
+        ``steps`` where an experiment does not choose them itself."""
         from ddim.workflows import SamplerOptions
 
-        options = SamplerOptions(spacing=self.spacing, precision=self.precision)
+        options = SamplerOptions(steps, spacing=self.spacing, precision=self.precision)
         return {"options": options, "batch_size": self.batch_size, "device": self.device}
 
 
@@ -319,8 +320,8 @@ def interpolation_command(run: Run, steps: int) -> None:
     model, schedule, shape = run.load([steps])
     out = Path(run.out_dir) / "interpolation.png"
     experiments.interpolation_figure(
-        model, schedule, out, shape=shape, frames=run.n, steps=steps, seed=run.seed,
-        **run.sampling(),
+        model, schedule, out, shape=shape, frames=run.n, seed=run.seed,
+        **run.sampling(steps),
     )  # fmt: skip
     click.echo(f"wrote {out}")
 

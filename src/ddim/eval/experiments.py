@@ -198,17 +198,16 @@ def interpolation_figure(
     *,
     shape: Sequence[int],
     frames: int = 8,
-    steps: int = 50,
     seed: int = 0,
     options: SamplerOptions = DEFAULTS,
     batch_size: int = 64,
     device: torch.device | str = "cpu",
 ) -> torch.Tensor:
     """Fig. 6: a ``frames x frames`` grid slerped between the latents of seeds ``seed..seed+3``
-    (:func:`ddim.slerp_grid`), decoded with DDIM; written as one PNG. Returns the images."""
+    (:func:`ddim.slerp_grid`), decoded with ``options`` (DDIM, ``options.steps`` steps);
+    written as one PNG. Returns the images."""
     corners, _ = seeded_latents(range(seed, seed + 4), shape, device=device)
     latents = interpolation_latents(corners, frames)
-    options = replace(options, steps=steps)
     images = decode(model, sched, latents, options=options, batch_size=batch_size)
     save_png(out_path, images.cpu(), nrow=frames)
     return images

@@ -47,6 +47,7 @@ class TrainingConfig:
     ``min_snr_gamma`` weight the loss across ``t`` (:mod:`ddim.train.loss`).
     """
 
+    # the optimisation
     total_steps: int = 800_000
     batch_size: int = 128
     lr: float = 2e-4
@@ -57,20 +58,23 @@ class TrainingConfig:
     grad_clip: float = 1.0
     ema_decay: float = 0.9999
     grad_accum: int = 1
-    precision: str = "fp32"
-    channels_last: bool = False
-    compile: bool = False
+    # the objective and its randomness
     loss_weighting: str = "simple"
     min_snr_gamma: float = 5.0
     antithetic: bool = True
     seed: int = 0
+    # checkpoints, sample grids and the log
     ckpt_every: int = 5000
     keep_last: int = 3
     sample_every: int = 5000
     num_samples: int = 64
     sample_steps: int = 50
     log_every: int = 50
+    # where and how the model runs
     device: str = "auto"
+    precision: str = "fp32"
+    channels_last: bool = False
+    compile: bool = False
 
     def __post_init__(self) -> None:
         positive = (
