@@ -55,7 +55,7 @@ def build(which: str, config: UNetConfig, device: torch.device) -> nn.Module:
 
         model = from_diffusers(UNet2DModel(**diffusers_unet_config(config)))
     model = model.to(device).train()
-    return model.to(memory_format=torch.channels_last) if which == "ours-cl" else model
+    return model.to(memory_format=torch.channels_last) if which.startswith("ours-cl") else model
 
 
 class Trainer:
@@ -76,7 +76,8 @@ class Trainer:
             )
             for _ in range(4)
         ]
-        if which == "ours-cl":
+        self.forward = torch.compile(self.model) if which.endswith("compiled") else self.model
+        if which.startswith("ours-cl"):
             layout = torch.channels_last
             self.batches = [(x.contiguous(memory_format=layout), n, t) for x, n, t in self.batches]
         self.alpha_bar = NoiseSchedule.linear(1000).alpha_bar.to(device)
@@ -84,7 +85,7 @@ class Trainer:
 
     def step(self) -> None:
         x0, noise, t = self.batches[self.steps % len(self.batches)]
-        loss = diffusion_loss(self.model, x0, t, noise, self.alpha_bar)
+        loss = diffusion_loss(self.forward, x0, t, noise, self.alpha_bar)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
@@ -169,6 +170,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=5, help="steps per repetition (default: 5)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps per model (default: 3)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time our channels-last U-Net under torch.compile (training.compile)",
+    )
     args = p.parse_args(argv)
     for name in ("batch_size", "repeats", "steps"):
         if getattr(args, name) < 1:
@@ -191,21 +197,20 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"error: {e}") from None
     device = torch.device(args.device)
 
-    trainers = {which: Trainer(which, config, args.batch_size, device) for which in MODELS}
+    models = ("ours-cl-compiled", *MODELS) if args.compile else MODELS
+    trainers = {which: Trainer(which, config, args.batch_size, device) for which in models}
     counts = {w: sum(p.numel() for p in t.model.parameters()) for w, t in trainers.items()}
     if abs(counts["ours"] / counts["diffusers"] - 1) > 0.05:
         raise SystemExit(f"parameter counts differ by more than 5%: {counts}")
-    for trainer in trainers.values():
-        trainer.run(args.warmup)
-
-    rates: dict[str, list[float]] = {w: [] for w in MODELS}
+    warm_up = {which: trainer.run(args.warmup) for which, trainer in trainers.items()}
+    rates: dict[str, list[float]] = {w: [] for w in models}
     for r in range(args.repeats):
-        for which in MODELS if r % 2 == 0 else MODELS[::-1]:
+        for which in models if r % 2 == 0 else models[::-1]:
             seconds = trainers[which].run(args.steps)
             rates[which].append(args.batch_size * args.steps / seconds)
     ratios = {
         ours: [a / b for a, b in zip(rates[ours], rates["diffusers"], strict=True)]
-        for ours in MODELS[:-1]
+        for ours in models[:-1]
     }
 
     size = f"{config.image_size}x{config.image_size}x{config.in_channels}"
@@ -219,7 +224,7 @@ def main(argv: list[str] | None = None) -> None:
         f"timing: {args.repeats} repetitions x {args.steps} steps, alternating order, "
         f"after {args.warmup} warm-up steps each"
     )
-    for which in MODELS:
+    for which in models:
         r = rates[which]
         print(
             f"{which:>9} images/s: median {statistics.median(r):9.1f}  "
@@ -228,6 +233,8 @@ def main(argv: list[str] | None = None) -> None:
     for ours, paired in ratios.items():
         median = statistics.median(paired)
         print(f"ratio {ours}/diffusers (median of paired repetitions): {median:.3f}")
+    if args.compile:
+        print(f"torch.compile warm-up ({args.warmup} steps): {warm_up['ours-cl-compiled']:.1f} s")
 
     if not args.no_memory:
         del trainers
