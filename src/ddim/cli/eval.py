@@ -1,5 +1,5 @@
-"""``ddim eval``: the paper's Table 1, Table 2, Figures 5 and 6, the exact oracle grid, and
-merging grids computed in pieces.
+"""``ddim eval``: the paper's Table 1, Table 2, Figures 5 and 6, the exact oracle grid,
+merging grids computed in pieces, and the sample checks of :mod:`ddim.cli.eval_checks`.
 
 ``table1`` also runs sharded, e.g. ``torchrun --nproc_per_node=4 $(which ddim) eval table1``:
 each process samples its share of the images and rank 0 writes the results.
@@ -10,140 +10,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 
 from ddim.cli import common, options
+from ddim.cli.eval_checks import blobs_command, memorization_command
+from ddim.cli.eval_options import Run, Slice, grid_rows, load_images, run_options, steps_list
 from ddim.cli.options import option
 from ddim.names import FEATURES, SPACINGS
-
-if TYPE_CHECKING:
-    import torch
-
-    from ddim.models.unet import UNet
-    from ddim.schedule import NoiseSchedule
-
-
-class NumberList(click.ParamType):
-    """A comma-separated list of numbers ``>= minimum``, e.g. ``10,20,50``."""
-
-    def __init__(self, kind: type, minimum: float) -> None:
-        self.kind, self.minimum = kind, minimum
-        self.name = f"{kind.__name__} list"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if isinstance(value, list):
-            return value
-        try:
-            items = [self.kind(v) for v in str(value).split(",") if v.strip()]
-        except ValueError:
-            self.fail(f"{value!r} is not a comma-separated {self.name}", param, ctx)
-        if not items or min(items) < self.minimum:
-            self.fail(f"{value!r} needs one or more values >= {self.minimum}", param, ctx)
-        return items
-
-
-class Slice(click.ParamType):
-    """``START:STOP`` (either may be empty), as in Python."""
-
-    name = "start:stop"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if isinstance(value, slice):
-            return value
-        try:
-            start, stop = (int(v) if v else None for v in str(value).split(":"))
-        except ValueError:
-            self.fail(f"{value!r} is not START:STOP, e.g. 9000:10000", param, ctx)
-        return slice(start, stop)
-
-
-def steps_list(default: str) -> options.Decorator:
-    return option(
-        "--steps",
-        "steps_list",
-        type=NumberList(int, 1),
-        default=default,
-        help="numbers of steps S, comma-separated",
-    )
-
-
-def grid_rows(f: Callable[..., Any]) -> Callable[..., Any]:
-    """``--etas`` and ``--sigma-hat/--no-sigma-hat``: the rows of Table 1."""
-    f = option("--sigma-hat/--no-sigma-hat", default=True, help="add the sigma-hat row")(f)
-    return option(
-        "--etas", type=NumberList(float, 0.0), default="0,0.2,0.5,1", help="the eta of each row"
-    )(f)
-
-
-@dataclass(frozen=True)
-class Run:
-    """The values of :func:`run_options`: the model, how many images, where results go."""
-
-    ckpt: str
-    spacing: str
-    batch_size: int
-    device: torch.device
-    precision: str
-    n: int
-    seed: int
-    out_dir: str
-
-    def load(self, steps: Sequence[int]) -> tuple[UNet, NoiseSchedule, tuple[int, int, int]]:
-        """The model, its schedule (each of ``steps`` checked against it) and image shape."""
-        model, schedule = options.load_model(self.ckpt, self.device, steps)
-        return model, schedule, options.image_shape(model)
-
-    def sampling(self, steps: int = 50) -> dict[str, Any]:
-        """The keyword arguments of :mod:`ddim.eval.experiments` these options give, with
-        ``steps`` where an experiment does not choose them itself."""
-        from ddim.workflows import SamplerOptions
-
-        options = SamplerOptions(steps, spacing=self.spacing, precision=self.precision)
-        return {"options": options, "batch_size": self.batch_size, "device": self.device}
-
-
-def run_options(n: int) -> options.Decorator:
-    """``--ckpt --spacing --batch-size --device -n --seed --out-dir``, as ``run: Run``."""
-    return options.options_as(
-        Run,
-        [
-            options.ckpt_option,
-            options.spacing_option,
-            options.batch_size_option,
-            options.device_option,
-            options.precision_option,
-            option("-n", "n", type=click.IntRange(min=1), default=n, help="number of images"),
-            options.seed_option,
-            option(
-                "--out-dir",
-                type=click.Path(file_okay=False),
-                default="results",
-                help="output folder",
-            ),
-        ],
-    )
-
-
-def _load_images(path: str, part: slice, shape: tuple[int, int, int]) -> torch.Tensor:
-    """An MNIST idx3 file (``*idx3-ubyte[.gz]``) or any images ``read_images`` takes, sliced."""
-    from ddim.formats.datasets import load_mnist
-    from ddim.formats.images import read_images
-
-    if "idx3-ubyte" in Path(path).name:
-        x = load_mnist(path)
-        if tuple(x.shape[1:]) != shape:
-            raise ValueError(f"{path} holds {tuple(x.shape[1:])} images; the model takes {shape}")
-    else:
-        x = read_images([path], shape[0], shape[1])[0]
-    x = x[part]
-    if x.shape[0] == 0:
-        raise ValueError(f"the slice {part.start}:{part.stop} of {path} holds no images")
-    return x
 
 
 def _write_table1(rows: Sequence[Any], out_dir: str, meta: dict[str, Any]) -> None:
@@ -165,6 +42,10 @@ def _write_table2(mse: dict[int, float], out_dir: str, meta: dict[str, Any]) -> 
 @click.group("eval", cls=common.DdimGroup)
 def eval_group() -> None:
     """Reproduce the paper's experiments: Table 1 and 2, Figures 5 and 6, an exact oracle."""
+
+
+eval_group.add_command(blobs_command)
+eval_group.add_command(memorization_command)
 
 
 @eval_group.command("oracle")
@@ -252,7 +133,7 @@ def table1_command(
         ref = metrics.cached_stats(
             key,
             lambda: metrics.dataset_stats(
-                feature_fn, _load_images(ref_data, ref_slice, shape), run.batch_size, run.device
+                feature_fn, load_images(ref_data, ref_slice, shape), run.batch_size, run.device
             ),
         )
     rows = experiments.table1(
@@ -279,7 +160,7 @@ def table2_command(run: Run, steps_list: list[int], data: str, part: slice) -> N
     from ddim.eval import experiments
 
     model, schedule, shape = run.load(steps_list)
-    x0 = _load_images(data, part, shape)[: run.n]
+    x0 = load_images(data, part, shape)[: run.n]
     mse = experiments.table2(model, schedule, x0, steps_list, **run.sampling())
     meta = {"ckpt": run.ckpt, "data": f"{data}[{part.start}:{part.stop}]", "n": x0.shape[0]}
     _write_table2(mse, run.out_dir, meta | {"spacing": run.spacing})

@@ -1,0 +1,141 @@
+"""The options of ``ddim eval``: number lists, slices, the rows of Table 1, the model run
+(:class:`Run`), and reading reference images.
+
+Nothing here imports torch or the library until a command runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from ddim.cli import options
+from ddim.cli.options import option
+
+if TYPE_CHECKING:
+    import torch
+
+    from ddim.models.unet import UNet
+    from ddim.schedule import NoiseSchedule
+
+
+class NumberList(click.ParamType):
+    """A comma-separated list of numbers ``>= minimum``, e.g. ``10,20,50``."""
+
+    def __init__(self, kind: type, minimum: float) -> None:
+        self.kind, self.minimum = kind, minimum
+        self.name = f"{kind.__name__} list"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, list):
+            return value
+        try:
+            items = [self.kind(v) for v in str(value).split(",") if v.strip()]
+        except ValueError:
+            self.fail(f"{value!r} is not a comma-separated {self.name}", param, ctx)
+        if not items or min(items) < self.minimum:
+            self.fail(f"{value!r} needs one or more values >= {self.minimum}", param, ctx)
+        return items
+
+
+class Slice(click.ParamType):
+    """``START:STOP`` (either may be empty), as in Python."""
+
+    name = "start:stop"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, slice):
+            return value
+        try:
+            start, stop = (int(v) if v else None for v in str(value).split(":"))
+        except ValueError:
+            self.fail(f"{value!r} is not START:STOP, e.g. 9000:10000", param, ctx)
+        return slice(start, stop)
+
+
+def steps_list(default: str) -> options.Decorator:
+    return option(
+        "--steps",
+        "steps_list",
+        type=NumberList(int, 1),
+        default=default,
+        help="numbers of steps S, comma-separated",
+    )
+
+
+def grid_rows(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``--etas`` and ``--sigma-hat/--no-sigma-hat``: the rows of Table 1."""
+    f = option("--sigma-hat/--no-sigma-hat", default=True, help="add the sigma-hat row")(f)
+    return option(
+        "--etas", type=NumberList(float, 0.0), default="0,0.2,0.5,1", help="the eta of each row"
+    )(f)
+
+
+@dataclass(frozen=True)
+class Run:
+    """The values of :func:`run_options`: the model, how many images, where results go."""
+
+    ckpt: str
+    spacing: str
+    batch_size: int
+    device: torch.device
+    precision: str
+    n: int
+    seed: int
+    out_dir: str
+
+    def load(self, steps: Sequence[int]) -> tuple[UNet, NoiseSchedule, tuple[int, int, int]]:
+        """The model, its schedule (each of ``steps`` checked against it) and image shape."""
+        model, schedule = options.load_model(self.ckpt, self.device, steps)
+        return model, schedule, options.image_shape(model)
+
+    def sampling(self, steps: int = 50) -> dict[str, Any]:
+        """The keyword arguments of :mod:`ddim.eval.experiments` these options give, with
+        ``steps`` where an experiment does not choose them itself."""
+        from ddim.workflows import SamplerOptions
+
+        options = SamplerOptions(steps, spacing=self.spacing, precision=self.precision)
+        return {"options": options, "batch_size": self.batch_size, "device": self.device}
+
+
+def run_options(n: int) -> options.Decorator:
+    """``--ckpt --spacing --batch-size --device -n --seed --out-dir``, as ``run: Run``."""
+    return options.options_as(
+        Run,
+        [
+            options.ckpt_option,
+            options.spacing_option,
+            options.batch_size_option,
+            options.device_option,
+            options.precision_option,
+            option("-n", "n", type=click.IntRange(min=1), default=n, help="number of images"),
+            options.seed_option,
+            option(
+                "--out-dir",
+                type=click.Path(file_okay=False),
+                default="results",
+                help="output folder",
+            ),
+        ],
+    )
+
+
+def load_images(path: str, part: slice, shape: tuple[int, int, int]) -> torch.Tensor:
+    """An MNIST idx3 file (``*idx3-ubyte[.gz]``) or any images ``read_images`` takes, sliced."""
+    from ddim.formats.datasets import load_mnist
+    from ddim.formats.images import read_images
+
+    if "idx3-ubyte" in Path(path).name:
+        x = load_mnist(path)
+        if tuple(x.shape[1:]) != shape:
+            raise ValueError(f"{path} holds {tuple(x.shape[1:])} images; the model takes {shape}")
+    else:
+        x = read_images([path], shape[0], shape[1])[0]
+    x = x[part]
+    if x.shape[0] == 0:
+        raise ValueError(f"the slice {part.start}:{part.stop} of {path} holds no images")
+    return x
