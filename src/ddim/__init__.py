@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from ddim.interpolate import slerp, slerp_grid
     from ddim.models import oracle
     from ddim.noise import seeded_generators
-    from ddim.sampling import Trajectory, invert, sample
+    from ddim.sampling import Trajectory, invert, model_calls, sample
     from ddim.schedule import NoiseSchedule
 
 _SOURCES = {
@@ -22,6 +22,7 @@ _SOURCES = {
     "Trajectory": "ddim.sampling",
     "invert": "ddim.sampling",
     "load_pretrained": "ddim.formats.checkpoint",
+    "model_calls": "ddim.sampling",
     "oracle": "ddim.models",  # the module ddim.models.oracle
     "sample": "ddim.sampling",
     "seeded_generators": "ddim.noise",
@@ -34,6 +35,7 @@ __all__ = [
     "Trajectory",
     "invert",
     "load_pretrained",
+    "model_calls",
     "oracle",
     "sample",
     "seeded_generators",

@@ -4,10 +4,21 @@ This module imports nothing, so the command line can offer these choices in ``--
 without importing torch; the library modules that implement them import them from here.
 """
 
-SPACINGS = ("uniform", "quad", "linspace", "trailing")
+SPACINGS = ("uniform", "quad", "linspace", "trailing", "logsnr", "karras")
 #: The paper's sigma-hat row of Table 1 (the official code's ``ddpm_noisy`` step).
 SIGMA_HAT = "ddpm-large"
 VARIANCES = ("ddim", SIGMA_HAT)
+#: The solvers of ``ddim.sample(solver=...)`` and the order each reaches (``ddim.solvers``);
+#: a run needs at least that many steps.
+SOLVER_ORDERS = {
+    "ddim": 1, "dpmpp-2m": 2, "dpmpp-3m": 3, "unipc": 2, "plms": 2, "heun": 2, "dpmpp-2m-sde": 2,
+}  # fmt: skip
+SOLVERS = tuple(SOLVER_ORDERS)
+#: How a solver run ends: a step to alpha_bar = 1 (first order or trapezoidal), or at the
+#: smallest timestep.
+FINAL_STEPS = ("denoise", "trapezoid", "none")
+#: The final step of the solvers other than ddim (measured: docs/RESULTS.md, "Solvers").
+DEFAULT_FINAL_STEP = "trapezoid"
 CONVERT_SOURCES = ("official", "pesser", "ours", "diffusers")
 CONVERT_TARGETS = ("ours", "diffusers")
 FEATURES = ("mnist", "inception", "pixels")

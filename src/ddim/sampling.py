@@ -11,6 +11,8 @@ string ``"ddpm-large"``) is the paper's sigma-hat row of Table 1, the official c
 ``ddpm_noisy`` step: the posterior mean of ``q(x_prev | x_t, x0_pred)`` (Ho et al. eq. 7)
 with noise std ``sqrt(1 - a_t / a_prev)``.
 
+``solver=`` picks another solver of the same probability-flow ODE (:mod:`ddim.solvers`).
+
 Schedule scalars are Python floats on the host, so a step launches device work only and
 never waits on the device. Non-finite model outputs are flagged on the device and reported
 once, after the loop (:class:`CheckedModel`).
@@ -19,19 +21,22 @@ once, after the loop (:class:`CheckedModel`).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 import torch
 from tqdm.auto import tqdm
 
-from ddim.names import SIGMA_HAT, VARIANCES
+from ddim.checked_model import Callback, CheckedModel, Model, Trajectory
+from ddim.names import DEFAULT_FINAL_STEP, FINAL_STEPS, SIGMA_HAT, SOLVER_ORDERS, SOLVERS, VARIANCES
 from ddim.noise import StepNoise, step_noise
-from ddim.precision import DTYPES, choose
 from ddim.schedule import NoiseSchedule
+from ddim.solvers import SOLVER_FUNCTIONS, Grid, Prediction
+from ddim.solvers import model_calls as _solver_calls
 
-Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-Callback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
+__all__ = [
+    "Callback", "CheckedModel", "Model", "Trajectory", "invert", "model_calls", "sample",
+    "step_pairs",
+]  # fmt: skip
 
 
 # ---------------------------------------------------------------- the paper's equations
@@ -67,74 +72,6 @@ def posterior_mean(
     return (math.sqrt(a_prev) * beta * x0_pred + math.sqrt(1 - beta) * (1 - a_prev) * x_t) / (
         1 - a_t
     )
-
-
-# ---------------------------------------------------------------- running a model
-
-
-@dataclass(frozen=True)
-class Trajectory:
-    """Every state of one sampling run (the official ``--sequence`` output).
-
-    ``timesteps`` lists the steps that ran (zero-length steps are left out), ``xs[0]`` is
-    ``x_T`` and ``xs[k + 1]`` the state after the step at ``timesteps[k]``, which predicted
-    ``x0_preds[k]``.
-    """
-
-    timesteps: list[int]
-    xs: list[torch.Tensor]
-    x0_preds: list[torch.Tensor]
-
-
-class CheckedModel:
-    """``model`` with its output checked: the shape at once, finiteness after the loop.
-
-    Each call runs under the autocast of ``precision`` (:mod:`ddim.precision`) and records,
-    on the device, whether the output was finite; :meth:`raise_if_nonfinite` reads all
-    records with one device sync and names the first step that was not.
-    """
-
-    def __init__(
-        self,
-        model: Model,
-        timesteps: Sequence[int],
-        batch: int,
-        device: torch.device,
-        precision: str = "fp32",
-    ):
-        self.model = model
-        self.precision = choose(precision, device)[0]
-        self._autocast = DTYPES.get(self.precision), torch.device(device).type
-        t_all = torch.tensor(list(timesteps), dtype=torch.long, device=device)
-        self._t = [t_all[i].expand(batch) for i in range(len(timesteps))]
-        self._flags: list[tuple[int, int, torch.Tensor]] = []
-
-    def __call__(self, x: torch.Tensor, i: int, t: int) -> torch.Tensor:
-        """``eps`` at step ``i`` (timestep ``t``), in the dtype of ``x``."""
-        dtype, device_type = self._autocast
-        if dtype is None:
-            eps = self.model(x, self._t[i])
-        else:
-            with torch.autocast(device_type, dtype=dtype):
-                eps = self.model(x, self._t[i])
-        if not isinstance(eps, torch.Tensor) or eps.shape != x.shape:
-            shape = tuple(eps.shape) if isinstance(eps, torch.Tensor) else type(eps).__name__
-            raise ValueError(
-                f"model returned {shape} at step {i} (t={t}); "
-                f"expected a tensor of shape {tuple(x.shape)}"
-            )
-        eps = eps.to(x.dtype)
-        self._flags.append((i, t, torch.isfinite(eps).all()))
-        return eps
-
-    def raise_if_nonfinite(self) -> None:
-        """A ValueError naming the first step whose model output was not finite."""
-        if not self._flags:
-            return
-        finite = torch.stack([f for _, _, f in self._flags]).cpu()
-        if not finite.all():
-            i, t, _ = self._flags[int((~finite).nonzero()[0, 0])]
-            raise ValueError(f"model returned non-finite values at step {i} (t={t})")
 
 
 def step_pairs(
@@ -178,8 +115,10 @@ def sample(
     progress: bool = False,
     callback: Callback | None = None,
     precision: str = "fp32",
+    solver: str = "ddim",
+    final_step: str | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, Trajectory]:
-    """Run the generalized sampler of eq. 12 from ``x_T`` down to ``x_0``.
+    """Run the generalized sampler of eq. 12 (or another ``solver``) from ``x_T`` to ``x_0``.
 
     Args:
         model: any ``model(x_t, t) -> eps`` with ``t`` a LongTensor ``(B,)`` in ``0..T-1``.
@@ -203,10 +142,37 @@ def sample(
         precision: the model call's precision, ``fp32`` (no autocast), ``bf16``, ``fp16``
             or ``auto`` (:func:`ddim.precision.choose`); the sampler's arithmetic stays in
             the dtype of ``x_T``.
+        solver: ``"ddim"`` (this module's eq. 12, any ``eta``, sigma-hat) or one of the
+            probability-flow solvers of :mod:`ddim.solvers`: ``dpmpp-2m``, ``dpmpp-3m``,
+            ``unipc``, ``plms``, ``heun`` and the stochastic ``dpmpp-2m-sde``. These take
+            ``eta = 0`` and ``variance = "ddim"`` only, and need at least as many steps
+            as their order; :func:`model_calls` says what a run costs.
+        final_step: how a solver run ends
+            (:func:`ddim.solvers.to_data`): ``"denoise"`` steps from the smallest timestep
+            to ``alpha_bar = 1`` by returning the data prediction there (DDIM's last step);
+            ``"trapezoid"`` takes that step by the trapezoidal rule in ``sigma / alpha``;
+            ``"none"`` returns the state at the smallest timestep as it is, one model call
+            cheaper. ``None``: ``"denoise"`` for ``ddim`` (which then runs eq. 12 above;
+            with another final step it runs as the first-order solver, ``eta = 0``), else
+            :data:`~ddim.names.DEFAULT_FINAL_STEP` (``"trapezoid"``, chosen on the exact
+            Gaussian oracle and FD-MNIST; see docs/RESULTS.md).
 
     Returns:
         ``x_0``, or ``(x_0, Trajectory)`` with ``return_trajectory``.
     """
+    if solver != "ddim" or final_step not in (None, "denoise"):
+        final_step = final_step or DEFAULT_FINAL_STEP
+        _check_solver(solver, eta, variance, final_step)
+        grid = solver_grid(sched, steps, spacing, solver, final_step)
+        z = step_noise(x_T, grid.steps, seed, generators, noise, solver == "dpmpp-2m-sde")
+        return _solve(
+            model, x_T, grid, solver, bool(clip_denoised), z, return_trajectory, progress,
+            callback, precision,
+        )  # fmt: skip
+    if final_step not in (None, "denoise"):
+        raise ValueError(
+            f"solver 'ddim' always ends with the denoising step; got final_step={final_step!r}"
+        )
     if variance not in VARIANCES:
         raise ValueError(f"unknown variance {variance!r}; choose one of {', '.join(VARIANCES)}")
     pairs = step_pairs(sched, steps, spacing)
@@ -244,6 +210,96 @@ def sample(
             callback(i, t, x, x0_pred)
     eps_model.raise_if_nonfinite()
     return (x, traj) if traj is not None else x
+
+
+def _check_solver(solver: str, eta: float, variance: str, final_step: str) -> None:
+    """A ValueError for a solver or option that does not exist or does not combine."""
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")
+    if eta != 0 and solver == "ddim":
+        raise ValueError(f"eta needs final_step 'denoise' (eq. 12), not {final_step!r}")
+    if eta != 0:
+        hint = (
+            "; dpmpp-2m-sde is the stochastic multistep solver" if solver != "dpmpp-2m-sde" else ""
+        )
+        raise ValueError(f"eta applies to solver 'ddim' only, not {solver!r}{hint}")
+    if variance != "ddim":
+        raise ValueError(f"variance {variance!r} applies to solver 'ddim' only, not {solver!r}")
+    if final_step not in FINAL_STEPS:
+        raise ValueError(
+            f"unknown final_step {final_step!r}; choose one of {', '.join(FINAL_STEPS)}"
+        )
+
+
+def solver_grid(
+    sched: NoiseSchedule, steps: int | Sequence[int], spacing: str, solver: str, final_step: str
+) -> Grid:
+    """The :class:`~ddim.solvers.Grid` of a solver run; at least ``order`` distinct steps."""
+    grid = Grid.build(sched, sched.timesteps(steps, spacing).tolist(), final_step)
+    if grid.steps < SOLVER_ORDERS[solver]:
+        raise ValueError(
+            f"solver {solver!r} needs at least {SOLVER_ORDERS[solver]} steps; this run has "
+            f"{grid.steps} (steps={steps if isinstance(steps, int) else len(steps)}, "
+            f"final_step={final_step!r})"
+        )
+    return grid
+
+
+def _solve(
+    model: Model,
+    x_T: torch.Tensor,
+    grid: Grid,
+    solver: str,
+    clip_denoised: bool,
+    z: StepNoise,
+    return_trajectory: bool,
+    progress: bool,
+    callback: Callback | None,
+    precision: str,
+) -> torch.Tensor | tuple[torch.Tensor, Trajectory]:
+    """Run ``solver`` over ``grid``, with the checks and reports of :func:`sample`."""
+    points = [t for t in grid.ts if t >= 0]
+    eps_model = CheckedModel(model, points, x_T.shape[0], x_T.device, precision)
+    traj = Trajectory([], [x_T], []) if return_trajectory else None
+    bar = tqdm(total=grid.steps, disable=not progress, desc=f"sampling ({solver})")
+
+    def denoise(i: int, x: torch.Tensor) -> Prediction:
+        eps = eps_model(x, i, grid.ts[i])
+        x0 = (x - grid.sigma[i] * eps) / grid.alpha[i]
+        if clip_denoised:
+            x0 = x0.clamp(-1, 1)
+            eps = (x - grid.alpha[i] * x0) / grid.sigma[i]
+        return Prediction(eps, x0)
+
+    def report(i: int, x: torch.Tensor, x0: torch.Tensor) -> None:
+        bar.update()
+        if traj is not None:
+            traj.timesteps.append(grid.ts[i])
+            traj.xs.append(x)
+            traj.x0_preds.append(x0)
+        if callback is not None:
+            callback(i, grid.ts[i], x, x0)
+
+    with bar:
+        x = SOLVER_FUNCTIONS[solver](denoise, x_T, grid, z, report)
+    eps_model.raise_if_nonfinite()
+    return (x, traj) if traj is not None else x
+
+
+def model_calls(
+    sched: NoiseSchedule,
+    steps: int | Sequence[int] = 50,
+    spacing: str = "uniform",
+    solver: str = "ddim",
+    final_step: str | None = None,
+) -> int:
+    """The number of model evaluations :func:`sample` makes with these options (per batch):
+    one per step that is not zero-length, plus Heun's and PLMS's extra calls."""
+    if solver == "ddim" and final_step in (None, "denoise"):
+        return sum(t != t_prev for t, t_prev in step_pairs(sched, steps, spacing))
+    final_step = final_step or DEFAULT_FINAL_STEP
+    _check_solver(solver, 0.0, "ddim", final_step)
+    return _solver_calls(solver, solver_grid(sched, steps, spacing, solver, final_step))
 
 
 @torch.no_grad()

@@ -111,9 +111,21 @@ class NoiseSchedule:
         - ``linspace`` — ``round(linspace(0, T - 1, S))``: 0, 111, ..., 999 (diffusers' "linspace").
         - ``trailing`` — ``round(arange(T, 0, -T / S)) - 1``: 999, 899, ..., 99 (diffusers'
           "trailing"); it starts at the last training timestep and never visits ``t = 0``.
+        - ``logsnr`` — uniform in ``lambda_t = log(sqrt(a_t / (1 - a_t)))`` from ``t = T - 1``
+          to ``t = 0`` (DPM-Solver's default layout): 999, 886, 757, ..., 5, 0 for the linear
+          schedule.
+        - ``karras`` — Karras et al. (2022, eq. 5) with ``rho = 7`` in
+          ``sigma~_t = sqrt((1 - a_t) / a_t)``, from ``t = T - 1`` to ``t = 0``: 999, 937,
+          ..., 18, 0.
+
+        The last two are mapped to the nearest integer timesteps (linear interpolation of
+        ``lambda`` or ``log sigma~`` over ``t``), then nudged apart so that no timestep
+        repeats.
         """
         T = self.num_timesteps
         if isinstance(steps, (int, np.integer)) and not isinstance(steps, bool):
+            if spacing in NOISE_LEVEL_SPACINGS:
+                return torch.tensor(self._by_noise_level(int(steps), spacing), dtype=torch.long)
             return torch.tensor(_spaced(int(steps), T, spacing), dtype=torch.long)
         seq = [int(t) for t in steps]
         if not seq:
@@ -123,10 +135,47 @@ class NoiseSchedule:
             raise ValueError(f"timesteps {bad[:5]} are outside 0..{T - 1}")
         return torch.tensor(sorted(seq, reverse=True), dtype=torch.long)
 
+    def _by_noise_level(self, S: int, spacing: str) -> list[int]:
+        """``S`` distinct timesteps placed by noise level (``logsnr``/``karras``), largest first."""
+        T = self.num_timesteps
+        if not 1 <= S <= T:
+            raise ValueError(f"steps must be between 1 and T={T}, got {S}")
+        a = self.alpha_bar.double().numpy()
+        if spacing == "logsnr":
+            level = 0.5 * np.log(a / (1 - a))  # decreasing in t
+            targets = np.linspace(level[-1], level[0], S)
+        else:
+            level = -0.5 * np.log((1 - a) / a)  # -log sigma~, decreasing in t
+            rho = KARRAS_RHO
+            s_max, s_min = np.sqrt((1 - a[-1]) / a[-1]), np.sqrt((1 - a[0]) / a[0])
+            ramp = np.linspace(0, 1, S)
+            targets = -np.log(
+                (s_max ** (1 / rho) + ramp * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
+            )
+        t = np.interp(targets, level[::-1], np.arange(T, dtype=np.float64)[::-1])
+        return _distinct(np.round(t).astype(np.int64).tolist(), T)
+
+
+def _distinct(ts: list[int], T: int) -> list[int]:
+    """``ts`` (any order) made strictly monotone in ``0..T-1`` by moving repeats by the least
+    amount, largest first."""
+    up = sorted(ts)
+    for k in range(1, len(up)):
+        up[k] = max(up[k], up[k - 1] + 1)
+    up[-1] = min(up[-1], T - 1)
+    for k in range(len(up) - 2, -1, -1):
+        up[k] = min(up[k], up[k + 1] - 1)
+    return up[::-1]
+
 
 def _check_num_timesteps(num_timesteps: int) -> None:
     if num_timesteps < 1:
         raise ValueError(f"num_timesteps must be at least 1, got {num_timesteps}")
+
+
+#: The spacings placed by noise level rather than by ``t``, and Karras et al.'s ``rho``.
+NOISE_LEVEL_SPACINGS = ("logsnr", "karras")
+KARRAS_RHO = 7.0
 
 
 def _spaced(S: int, T: int, spacing: str) -> list[int]:

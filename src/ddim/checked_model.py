@@ -1,0 +1,83 @@
+"""Running an ε-model inside a sampler: the call with its checks, and the record of a run.
+
+:class:`CheckedModel` runs each call under the chosen autocast, checks the output's shape at
+once and its finiteness on the device, and reports a non-finite step once, after the loop,
+so a step never waits on the device. :class:`Trajectory` is every state of one run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ddim.precision import DTYPES, choose
+
+Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Callback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    """Every state of one sampling run (the official ``--sequence`` output).
+
+    ``timesteps`` lists the steps that ran (zero-length steps are left out), ``xs[0]`` is
+    ``x_T`` and ``xs[k + 1]`` the state after the step at ``timesteps[k]``, which predicted
+    ``x0_preds[k]``.
+    """
+
+    timesteps: list[int]
+    xs: list[torch.Tensor]
+    x0_preds: list[torch.Tensor]
+
+
+class CheckedModel:
+    """``model`` with its output checked: the shape at once, finiteness after the loop.
+
+    Each call runs under the autocast of ``precision`` (:mod:`ddim.precision`) and records,
+    on the device, whether the output was finite; :meth:`raise_if_nonfinite` reads all
+    records with one device sync and names the first step that was not.
+    """
+
+    def __init__(
+        self,
+        model: Model,
+        timesteps: Sequence[int],
+        batch: int,
+        device: torch.device,
+        precision: str = "fp32",
+    ):
+        self.model = model
+        self.precision = choose(precision, device)[0]
+        self._autocast = DTYPES.get(self.precision), torch.device(device).type
+        t_all = torch.tensor(list(timesteps), dtype=torch.long, device=device)
+        self._t = [t_all[i].expand(batch) for i in range(len(timesteps))]
+        self._flags: list[tuple[int, int, torch.Tensor]] = []
+
+    def __call__(self, x: torch.Tensor, i: int, t: int) -> torch.Tensor:
+        """``eps`` at step ``i`` (timestep ``t``), in the dtype of ``x``."""
+        dtype, device_type = self._autocast
+        if dtype is None:
+            eps = self.model(x, self._t[i])
+        else:
+            with torch.autocast(device_type, dtype=dtype):
+                eps = self.model(x, self._t[i])
+        if not isinstance(eps, torch.Tensor) or eps.shape != x.shape:
+            shape = tuple(eps.shape) if isinstance(eps, torch.Tensor) else type(eps).__name__
+            raise ValueError(
+                f"model returned {shape} at step {i} (t={t}); "
+                f"expected a tensor of shape {tuple(x.shape)}"
+            )
+        eps = eps.to(x.dtype)
+        self._flags.append((i, t, torch.isfinite(eps).all()))
+        return eps
+
+    def raise_if_nonfinite(self) -> None:
+        """A ValueError naming the first step whose model output was not finite."""
+        if not self._flags:
+            return
+        finite = torch.stack([f for _, _, f in self._flags]).cpu()
+        if not finite.all():
+            i, t, _ = self._flags[int((~finite).nonzero()[0, 0])]
+            raise ValueError(f"model returned non-finite values at step {i} (t={t})")

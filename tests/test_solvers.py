@@ -1,0 +1,281 @@
+"""The solvers of ``ddim.sample(solver=...)``: DDIM's identity with the first-order log-SNR
+step, order of convergence against the exact probability-flow ODE map of a Gaussian,
+step-for-step equality with diffusers' schedulers, the mixture's moments, seeds, NFE, and
+bad input."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import ddim
+from ddim.eval.exact_gaussian import DiagonalGaussian, power_law_spectrum
+from ddim.models.oracle import GaussianMixture
+from ddim.names import SOLVERS
+from ddim.noise import seeded_latents
+from ddim.solvers import Grid, Prediction
+from ddim.solvers import ddim as ddim_logsnr
+
+F64 = torch.float64
+SCHED = ddim.NoiseSchedule.linear()
+ODE_SOLVERS = [s for s in SOLVERS if s != "dpmpp-2m-sde"]
+
+
+class TanhEps:
+    """A fixed, non-linear ε-model on ``(B, D)`` rows, the same for every library."""
+
+    def __init__(self, dim: int = 16, seed: int = 0) -> None:
+        gen = torch.Generator().manual_seed(seed)
+        self.w = torch.randn(dim, dim, generator=gen, dtype=F64) * 0.3
+        self.a = SCHED.alpha_bar.double()
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        a = self.a[t][:, None].to(x.dtype)
+        return torch.tanh(x @ self.w.to(x.dtype)) * (1 - a).sqrt() + 0.1 * x * a
+
+
+def test_the_first_order_logsnr_step_is_the_ddim_step() -> None:
+    """DESIGN: first order with D in log-SNR is exactly eq. 12 at eta = 0."""
+    model = TanhEps()
+    x_T = torch.randn(3, 16, generator=torch.Generator().manual_seed(1), dtype=F64)
+    for spacing in ("uniform", "quad", "logsnr"):
+        ts = SCHED.timesteps(20, spacing).tolist()
+        grid = Grid.build(SCHED, ts, "denoise")
+
+        def denoise(i: int, x: torch.Tensor, grid: Grid = grid) -> Prediction:
+            eps = model(x, torch.full((3,), grid.ts[i]))
+            return Prediction(eps, (x - grid.sigma[i] * eps) / grid.alpha[i])
+
+        ours = ddim_logsnr(denoise, x_T, grid, lambda i, x: x, lambda i, x, d: None)
+        reference = ddim.sample(model, x_T, SCHED, steps=ts)
+        torch.testing.assert_close(ours, reference, rtol=1e-13, atol=1e-13)
+
+
+# ---------------------------------------------------------------- order of convergence
+
+FINE = ddim.NoiseSchedule.linear(100_000, 1e-6, 2e-4)  # the linear schedule, near-continuous t
+LAM = power_law_spectrum(64, 1.0)
+
+
+def _logsnr_grid(points: int, hi: int = 90_000, lo: int = 2_000) -> list[int]:
+    a = FINE.alpha_bar.double().numpy()
+    level = 0.5 * np.log(a / (1 - a))
+    targets = np.linspace(level[hi], level[lo], points)
+    t = np.interp(targets, level[::-1], np.arange(level.size, dtype=np.float64)[::-1])
+    return sorted(set(np.round(t).astype(int).tolist()), reverse=True)
+
+
+def ode_error(solver: str, steps: int) -> float:
+    """Max relative error of ``solver``'s map against the exact ODE map
+    ``x_k -> x_k s_k(t_end) / s_k(t_start)``, ``s_k(t)^2 = a_t lambda_k + 1 - a_t``, over
+    ``steps`` steps uniform in log-SNR (the solvers are linear in x on this oracle)."""
+    ts = _logsnr_grid(steps + 1)
+    gain = ddim.sample(
+        DiagonalGaussian(LAM, FINE), torch.ones(1, LAM.numel(), dtype=F64), FINE, steps=ts,
+        solver=solver, final_step="none",
+    )[0]  # fmt: skip
+
+    def s(t: int) -> torch.Tensor:
+        a = FINE.alpha_bar_at(t)
+        return (a * LAM + 1 - a).sqrt()
+
+    return float((gain / (s(ts[-1]) / s(ts[0])) - 1).abs().max())
+
+
+@pytest.mark.parametrize(
+    ("solver", "steps", "order"),
+    [
+        ("ddim", (16, 32, 64), 1.0),
+        ("dpmpp-2m", (16, 32, 64), 2.0),
+        ("heun", (16, 32, 64), 2.0),
+        # The first-order warm-up step bounds 3M at order 2 on very fine grids; over 16-32
+        # steps its own order shows.
+        ("dpmpp-3m", (16, 32), 3.0),
+        ("unipc", (16, 32, 64), 3.0),
+    ],
+)
+def test_order_of_convergence_against_the_exact_ode_map(solver, steps, order) -> None:
+    errors = [ode_error(solver, s) for s in steps]
+    slopes = [math.log2(e0 / e1) for e0, e1 in zip(errors, errors[1:], strict=False)]
+    assert all(abs(slope - order) < 0.25 for slope in slopes), (errors, slopes)
+
+
+def test_plms_converges_at_second_order_after_its_warm_up() -> None:
+    errors = [ode_error("plms", s) for s in (16, 32, 64)]
+    slopes = [math.log2(e0 / e1) for e0, e1 in zip(errors, errors[1:], strict=False)]
+    assert all(1.8 < slope < 2.4 for slope in slopes), (errors, slopes)
+
+
+# ---------------------------------------------------------------- against diffusers
+
+
+def _diffusers_run(scheduler, model, x_T, steps, noise=None):
+    scheduler.set_timesteps(steps)
+    x = x_T.clone()
+    for k, t in enumerate(scheduler.timesteps):
+        eps = model(x, torch.full((x.shape[0],), int(t)))
+        extra = {} if noise is None else {"variance_noise": noise[k]}
+        x = scheduler.step(eps, t, x, **extra).prev_sample
+    return x, sorted({int(t) for t in scheduler.timesteps}, reverse=True)
+
+
+def _diffusers_scheduler(solver: str):
+    diffusers = pytest.importorskip("diffusers")
+    config = dict(
+        num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
+        timestep_spacing="trailing",
+    )  # fmt: skip
+    multistep = diffusers.DPMSolverMultistepScheduler
+    return {
+        "dpmpp-2m": lambda: multistep(**config, algorithm_type="dpmsolver++", solver_order=2),
+        "dpmpp-3m": lambda: multistep(**config, algorithm_type="dpmsolver++", solver_order=3),
+        "dpmpp-2m-sde": lambda: multistep(**config, algorithm_type="sde-dpmsolver++"),
+        "unipc": lambda: diffusers.UniPCMultistepScheduler(**config),
+        "plms": lambda: diffusers.PNDMScheduler(
+            **config, skip_prk_steps=True, set_alpha_to_one=True
+        ),
+    }[solver]()
+
+
+@pytest.mark.parametrize("solver", ["dpmpp-2m", "dpmpp-3m", "unipc", "plms", "dpmpp-2m-sde"])
+@pytest.mark.parametrize("steps", [5, 10, 20])
+def test_matches_diffusers_step_for_step(solver, steps) -> None:
+    """Same integer timesteps, same model; diffusers keeps its sigmas in float32, hence
+    the 1e-6 (our float64 run agrees with itself to 1e-15)."""
+    scheduler = _diffusers_scheduler(solver)
+    model = TanhEps()
+    x_T = torch.randn(4, 16, generator=torch.Generator().manual_seed(2), dtype=F64)
+    noise = None
+    if solver == "dpmpp-2m-sde":
+        noise = torch.randn(steps, 4, 16, generator=torch.Generator().manual_seed(3), dtype=F64)
+    reference, ts = _diffusers_run(scheduler, model, x_T, steps, noise)
+    ours = ddim.sample(
+        model, x_T, SCHED, steps=ts, solver=solver, final_step="denoise", noise=noise
+    )
+    scale = reference.abs().max()
+    assert float((ours - reference).abs().max() / scale) < 1e-6
+
+
+# ---------------------------------------------------------------- promises of sample()
+
+
+def _mixture() -> GaussianMixture:
+    means = torch.tensor([[1.5, -0.5, 0.0], [-1.0, 1.0, 0.5], [0.0, -1.5, -1.0]], dtype=F64)
+    return GaussianMixture(means, 0.3, torch.tensor([0.5, 0.3, 0.2], dtype=F64), SCHED)
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_every_solver_recovers_the_mixture_moments(solver) -> None:
+    mixture = _mixture()
+    x_T, gens = seeded_latents(range(4000), mixture.shape, dtype=F64)
+    x0 = ddim.sample(mixture, x_T, SCHED, steps=50, spacing="logsnr", solver=solver,
+                     generators=gens if solver == "dpmpp-2m-sde" else None)  # fmt: skip
+    assert (x0.mean(0) - mixture.mean).abs().max() < 0.08
+    assert (x0.T.cov() - mixture.covariance).abs().max() < 0.12
+
+
+def test_the_sde_solver_is_batch_invariant_with_a_seed() -> None:
+    model = TanhEps()
+    x_T, _ = seeded_latents(range(6), (16,), dtype=F64)
+    whole = ddim.sample(model, x_T, SCHED, steps=10, solver="dpmpp-2m-sde", seed=7)
+    parts = torch.cat([
+        ddim.sample(model, x_T[:2], SCHED, steps=10, solver="dpmpp-2m-sde", seed=7),
+        ddim.sample(model, x_T[2:], SCHED, steps=10, solver="dpmpp-2m-sde", seed=9),
+    ])  # fmt: skip
+    torch.testing.assert_close(whole[:2], parts[:2], rtol=0, atol=0)
+    torch.testing.assert_close(whole[2:], parts[2:], rtol=0, atol=0)
+    again = ddim.sample(model, x_T, SCHED, steps=10, solver="dpmpp-2m-sde", seed=8)
+    assert (again - whole).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("solver", ODE_SOLVERS)
+def test_float32_in_float32_out_and_the_calls_counted(solver) -> None:
+    calls = []
+    model = TanhEps()
+
+    def counted(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        calls.append(int(t[0]))
+        return model(x, t)
+
+    x_T = torch.randn(2, 16)
+    seen = []
+    x0, traj = ddim.sample(
+        counted, x_T, SCHED, steps=8, spacing="logsnr", solver=solver, return_trajectory=True,
+        callback=lambda i, t, x, d: seen.append(t),
+    )  # fmt: skip
+    assert x0.dtype == torch.float32 and torch.isfinite(x0).all()
+    assert len(calls) == ddim.model_calls(SCHED, 8, "logsnr", solver)
+    assert seen == traj.timesteps == SCHED.timesteps(8, "logsnr").tolist()
+    assert len(traj.xs) == 9 and traj.xs[-1] is x0
+
+
+def test_model_calls_by_hand() -> None:
+    # quad S = 100 repeats timesteps: zero-length steps cost nothing.
+    distinct = len(set(SCHED.timesteps(100, "quad").tolist()))
+    assert distinct < 100
+    assert ddim.model_calls(SCHED, 100, "quad") == distinct
+    assert ddim.model_calls(SCHED, 10, solver="dpmpp-2m") == 10
+    assert ddim.model_calls(SCHED, 10, solver="dpmpp-2m", final_step="none") == 9
+    assert ddim.model_calls(SCHED, 10, solver="heun") == 2 * 10 - 1
+    assert ddim.model_calls(SCHED, 10, solver="heun", final_step="none") == 2 * 9
+    assert ddim.model_calls(SCHED, 10, solver="plms") == 11
+
+
+def test_clipping_bounds_every_data_prediction() -> None:
+    def wild(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return -3 * x
+
+    # PLMS steps with a combination of earlier calls' eps, which clipping each call's x0
+    # does not bound; every other solver's step uses the clipped predictions themselves.
+    for solver in [s for s in ODE_SOLVERS if s != "plms"]:
+        x0, traj = ddim.sample(
+            wild, torch.randn(2, 16, dtype=F64), SCHED, steps=10, solver=solver,
+            clip_denoised=True, final_step="denoise", return_trajectory=True,
+        )  # fmt: skip
+        assert max(float(d.abs().max()) for d in traj.x0_preds) <= 1, solver
+        assert x0.abs().max() <= 1, solver
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"solver": "euler"}, "unknown solver 'euler'; choose one of ddim, dpmpp-2m"),
+        ({"solver": "dpmpp-2m", "eta": 0.5}, "eta applies to solver 'ddim' only, not 'dpmpp-2m'"),
+        ({"solver": "unipc", "variance": "ddpm-large"}, "variance 'ddpm-large' applies to solver"),
+        ({"solver": "dpmpp-3m", "steps": 2}, "solver 'dpmpp-3m' needs at least 3 steps"),
+        ({"solver": "heun", "final_step": "midpoint"}, "unknown final_step 'midpoint'"),
+        ({"eta": 0.5, "final_step": "none"}, "eta needs final_step 'denoise'"),
+    ],
+)
+def test_bad_combinations_are_named(kwargs, message) -> None:
+    kwargs = {"steps": 10} | kwargs
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        ddim.sample(TanhEps(), torch.randn(1, 16), SCHED, **kwargs)
+
+
+@pytest.mark.parametrize("spacing", ["logsnr", "karras"])
+def test_noise_level_spacings_are_distinct_integer_timesteps(spacing) -> None:
+    for steps in (1, 2, 10, 100, 500, 1000):
+        ts = SCHED.timesteps(steps, spacing).tolist()
+        assert len(ts) == steps == len(set(ts)) and ts == sorted(ts, reverse=True)
+        assert ts[0] == 999 and (steps == 1 or ts[-1] == 0)
+    assert SCHED.timesteps(1000, spacing).tolist() == list(range(999, -1, -1))
+
+
+def test_logsnr_is_uniform_in_log_snr_and_karras_follows_rho_7() -> None:
+    a = SCHED.alpha_bar.double()
+    ts = SCHED.timesteps(10, "logsnr")
+    level = 0.5 * torch.log(a[ts] / (1 - a[ts]))
+    # Rounding to integer t moves each point by at most half a timestep's change of lambda.
+    ideal = torch.linspace(float(level[0]), float(level[-1]), 10, dtype=F64)
+    dlevel = (0.5 * torch.log(a / (1 - a))).diff().abs()
+    assert ((level - ideal).abs() <= dlevel.max() / 2 + 1e-12).all()
+    sig = ((1 - a) / a).sqrt()
+    ramp = torch.linspace(0, 1, 10, dtype=F64)
+    karras = (sig[-1] ** (1 / 7) + ramp * (sig[0] ** (1 / 7) - sig[-1] ** (1 / 7))) ** 7
+    t_karras = SCHED.timesteps(10, "karras")
+    nearest = [int((sig - s).abs().argmin()) for s in karras]
+    assert all(abs(int(t) - n) <= 1 for t, n in zip(t_karras, nearest, strict=True))
