@@ -93,10 +93,29 @@ def test_sample_is_batch_invariant_seeded_and_matches_the_library(files, tmp_pat
     assert a.std() > 10
 
 
+@pytest.mark.parametrize("solver", ["dpmpp-2m", "heun", "dpmpp-2m-sde"])
+def test_sample_with_a_solver_matches_the_library_and_reports_its_calls(
+    files, tmp_path, solver
+) -> None:
+    args = ["--ckpt", files["tiny.safetensors"], "--steps", 6, "--spacing", "logsnr"]
+    result = ok("sample", *args, "--solver", solver, "-n", 3, "--out", tmp_path / "s.npz")
+    model, sched = load_pretrained(files["tiny.safetensors"])
+    calls = ddim.model_calls(sched, 6, "logsnr", solver)
+    assert (
+        result.stdout.splitlines()[0]
+        == f"{solver}: {calls} model calls a batch, 1 batch(es) of <= 64"
+    )
+    x = workflows.generate(model, sched, 3, (1, 8, 8), options=Opts(6, "logsnr", solver=solver))
+    np.testing.assert_array_equal(images.to_uint8(x), np.load(tmp_path / "s.npz")["samples"])
+
+
 def test_sample_writes_grids_and_folders_and_respects_force(files, tmp_path) -> None:
     args = ["sample", "--ckpt", files["tiny.safetensors"], "--steps", 5, "-n", 6]
     result = ok(*args, "--out", tmp_path / "grid.png")
-    assert result.stdout == f"wrote a grid of 6 images to {tmp_path / 'grid.png'}\n"
+    assert result.stdout == (
+        "ddim: 5 model calls a batch, 1 batch(es) of <= 64\n"
+        f"wrote a grid of 6 images to {tmp_path / 'grid.png'}\n"
+    )
     assert result.stderr == ""
     grid = read_png(tmp_path / "grid.png")
     assert grid.shape == (2 * 10 + 2, 3 * 10 + 2)
@@ -526,6 +545,17 @@ def error_cases() -> list[tuple[str, list[str], str]]:
         ("steps-above-T", ["sample", *tiny, "--steps", "101"], "more than the model's 100"),
         ("eta-negative", ["sample", *tiny, "--eta", "-1"], "'--eta'"),
         ("eta-nan", ["sample", *tiny, "--eta", "nan", "--out", "{root}/n.png"], "eta must be"),
+        (
+            "solver-eta",
+            ["sample", *tiny, "--solver", "unipc", "--eta", "1", "--out", "{root}/u.png"],
+            "eta applies to solver 'ddim' only, not 'unipc'",
+        ),
+        (
+            "solver-steps",
+            ["sample", *tiny, "--solver", "dpmpp-3m", "--steps", "2", "--out", "{root}/v.png"],
+            "needs at least 3 steps",
+        ),
+        ("solver-unknown", ["sample", *tiny, "--solver", "euler"], "'euler' is not one of"),
         ("n-zero", ["sample", *tiny, "-n", "0"], "'-n' / '--num'"),
         ("batch-zero", ["sample", *tiny, "--batch-size", "0"], "'--batch-size'"),
         ("seed-negative", ["sample", *tiny, "--seed", "-3"], "'--seed'"),

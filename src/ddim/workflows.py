@@ -14,16 +14,17 @@ from typing import Any
 import torch
 
 from ddim.interpolate import slerp, slerp_grid
+from ddim.names import DEFAULT_FINAL_STEP
 from ddim.noise import seeded_latents
-from ddim.sampling import Callback, Model, Trajectory, invert, sample
+from ddim.sampling import Callback, Model, Trajectory, invert, model_calls, sample, solver_grid
 from ddim.schedule import NoiseSchedule
 
 
 @dataclass(frozen=True)
 class SamplerOptions:
     """How to sample, as the keyword arguments of :func:`ddim.sample` that every batched
-    workflow shares: ``steps``, ``spacing``, ``eta``, ``variance``, ``clip_denoised`` and
-    the model call's ``precision``.
+    workflow shares: ``steps``, ``spacing``, ``eta``, ``variance``, ``clip_denoised``, the
+    model call's ``precision``, the ``solver`` and its ``final_step``.
 
     Encoding (:func:`encode`) uses ``steps``, ``spacing`` and ``precision`` only.
     """
@@ -34,12 +35,15 @@ class SamplerOptions:
     variance: str = "ddim"
     clip_denoised: bool | None = None
     precision: str = "fp32"
+    solver: str = "ddim"
+    final_step: str | None = None
 
     def sample(self, model: Model, x_T: torch.Tensor, sched: NoiseSchedule, **kwargs: Any):
         """:func:`ddim.sample` with these options; ``kwargs`` are its other arguments."""
         return sample(
             model, x_T, sched, self.steps, self.spacing, self.eta, self.variance,
-            self.clip_denoised, precision=self.precision, **kwargs,
+            self.clip_denoised, precision=self.precision, solver=self.solver,
+            final_step=self.final_step, **kwargs,
         )  # fmt: skip
 
     def invert(self, model: Model, x0: torch.Tensor, sched: NoiseSchedule, **kwargs: Any):
@@ -48,14 +52,20 @@ class SamplerOptions:
             model, x0, sched, self.steps, self.spacing, precision=self.precision, **kwargs
         )
 
+    def model_calls(self, sched: NoiseSchedule) -> int:
+        """The model evaluations one batch costs (:func:`ddim.model_calls`)."""
+        return model_calls(sched, self.steps, self.spacing, self.solver, self.final_step)
+
+    def steps_taken(self, sched: NoiseSchedule) -> int:
+        """The steps one batch takes, i.e. its callbacks (zero-length steps are skipped)."""
+        if self.solver == "ddim" and self.final_step in (None, "denoise"):
+            return int(sched.timesteps(self.steps, self.spacing).unique().numel())
+        final = self.final_step or DEFAULT_FINAL_STEP
+        return solver_grid(sched, self.steps, self.spacing, self.solver, final).steps
+
 
 #: Today's sampler at its defaults: 50 uniform DDIM steps, eta = 0, the model in fp32.
 DEFAULTS = SamplerOptions()
-
-
-def model_calls(sched: NoiseSchedule, steps: int | Sequence[int], spacing: str) -> int:
-    """How many model evaluations one batch takes (repeated timesteps cost none)."""
-    return int(sched.timesteps(steps, spacing).unique().numel())
 
 
 def _batches(n: int, batch_size: int) -> list[tuple[int, int]]:

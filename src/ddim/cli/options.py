@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from ddim.names import PRECISIONS, SPACINGS
+from ddim.names import DEFAULT_FINAL_STEP, FINAL_STEPS, PRECISIONS, SOLVERS, SPACINGS
 
 if TYPE_CHECKING:
     import torch
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from ddim.models.unet import UNet
     from ddim.sampling import Callback
     from ddim.schedule import NoiseSchedule
+    from ddim.workflows import SamplerOptions
 
 DEFAULT_MODEL = "mnist"
 MAX_SEED = 2**63 - 1  # seeds are int64
@@ -111,6 +112,20 @@ steps_option = count_option(
 spacing_option = choice_option(
     "--spacing", SPACINGS, default="uniform", help="how the S timesteps are laid out in 0..T-1"
 )
+solver_option = choice_option(
+    "--solver",
+    SOLVERS,
+    default="ddim",
+    help="ddim: eq. 12 (any --eta); the others solve the same ODE at higher order "
+    "(dpmpp-2m-sde is stochastic); `ddim eval solvers` compares them",
+)
+final_step_option = choice_option(
+    "--final-step",
+    FINAL_STEPS,
+    default=None,
+    show_default=f"denoise for ddim, {DEFAULT_FINAL_STEP} for the others",
+    help="how a solver takes the last step to t = 0",
+)
 precision_option = choice_option(
     "--precision",
     PRECISIONS,
@@ -180,8 +195,11 @@ class ModelRun:
         )  # fmt: skip
 
     def model_calls(self, schedule: NoiseSchedule, n: int) -> int:
-        """Model calls to sample or encode ``n`` images."""
-        return bar_total(schedule, self.steps, self.spacing, n, self.batch_size)
+        """DDIM steps to sample or encode ``n`` images (one model call each)."""
+        from ddim import workflows
+
+        sampler = workflows.SamplerOptions(self.steps, self.spacing)
+        return bar_total(schedule, sampler, n, self.batch_size)
 
     def batching(self, callback: Callback) -> dict[str, Any]:
         """The ``options`` (steps, spacing, precision), ``batch_size`` and ``callback`` of a
@@ -260,8 +278,15 @@ def check_steps(schedule: NoiseSchedule, steps: int) -> None:
         )
 
 
-def bar_total(schedule: NoiseSchedule, steps: int, spacing: str, n: int, batch_size: int) -> int:
-    """Model calls to sample or encode ``n`` images in batches of ``batch_size``."""
-    from ddim import workflows
+def report_calls(schedule: NoiseSchedule, sampler: SamplerOptions, n: int, batch_size: int) -> None:
+    """Print what sampling cost in model calls."""
+    calls = sampler.model_calls(schedule)
+    batches = -(-n // batch_size)
+    click.echo(
+        f"{sampler.solver}: {calls} model calls a batch, {batches} batch(es) of <= {batch_size}"
+    )
 
-    return workflows.model_calls(schedule, steps, spacing) * -(-n // batch_size)
+
+def bar_total(schedule: NoiseSchedule, sampler: SamplerOptions, n: int, batch_size: int) -> int:
+    """Steps (progress-bar ticks) to sample or encode ``n`` images in batches of ``batch_size``."""
+    return sampler.steps_taken(schedule) * -(-n // batch_size)

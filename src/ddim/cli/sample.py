@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 @options.ckpt_option
 @options.steps_option
 @options.spacing_option
+@options.solver_option
+@options.final_step_option
 @option(
     "--eta",
     type=click.FloatRange(min=0.0),
@@ -75,6 +77,8 @@ def sample_command(
     ckpt: str,
     steps: int,
     spacing: str,
+    solver: str,
+    final_step: str | None,
     eta: float,
     variance: str,
     clip: bool | None,
@@ -101,7 +105,9 @@ def sample_command(
     from ddim import workflows
     from ddim.formats import images
 
-    sampler = workflows.SamplerOptions(steps, spacing, eta, variance, clip, precision)
+    sampler = workflows.SamplerOptions(
+        steps, spacing, eta, variance, clip, precision, solver, final_step
+    )
     if common.is_folder(out) and trajectory is None:
         fast = {"channels_last": channels_last, "compile": compile}
         _sample_to_folder(ckpt, n, batch_size, seed, device, sampler, out, npz, force, fast)
@@ -114,7 +120,7 @@ def sample_command(
     model, schedule = options.load_model(
         ckpt, device, [steps], channels_last=channels_last, compile=compile
     )
-    total = options.bar_total(schedule, steps, spacing, n, batch_size)
+    total = options.bar_total(schedule, sampler, n, batch_size)
     with common.progress(total, "sampling") as tick:
         result = workflows.generate(
             model,
@@ -130,6 +136,7 @@ def sample_command(
         )
     x0 = result[0] if trajectory is not None else result
     options.report_compilation(model)
+    options.report_calls(schedule, sampler, n, batch_size)
     click.echo(f"wrote {common.write_images(out, x0, nrow)}")
     if trajectory is not None:
         traj = result[1]
@@ -159,7 +166,7 @@ def _sample_to_folder(
     rank, world_size = distributed.world()
     model, schedule = options.load_model(ckpt, device, [sampler.steps], **fast)
     mine = sum(b - a for a, b in sample_folder.rank_batches(n, batch_size, rank, world_size))
-    total = options.bar_total(schedule, sampler.steps, sampler.spacing, mine, batch_size)
+    total = options.bar_total(schedule, sampler, mine, batch_size)
     with common.progress(total, "sampling", shown=rank == 0) as tick:
         written, kept = sample_folder.sample_to_folder(
             model, schedule, n, options.image_shape(model), out, seed=seed,
@@ -169,6 +176,7 @@ def _sample_to_folder(
     if rank != 0:
         return
     options.report_compilation(model)
+    options.report_calls(schedule, sampler, n, batch_size)
     note = f" (kept {kept} already there)" if kept else ""
     click.echo(f"wrote {written} PNGs in {out}{note} with {world_size} process(es)")
     if npz is not None:
