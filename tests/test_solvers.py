@@ -279,3 +279,78 @@ def test_logsnr_is_uniform_in_log_snr_and_karras_follows_rho_7() -> None:
     t_karras = SCHED.timesteps(10, "karras")
     nearest = [int((sig - s).abs().argmin()) for s in karras]
     assert all(abs(int(t) - n) <= 1 for t, n in zip(t_karras, nearest, strict=True))
+
+
+# ---------------------------------------------------------------- ddim eval solvers
+
+
+def test_steps_within_a_budget_by_hand() -> None:
+    from ddim.eval.solver_curves import steps_within
+    from ddim.workflows import SamplerOptions
+
+    def steps(solver: str, calls: int, final_step: str | None = None) -> int | None:
+        options = SamplerOptions(spacing="logsnr", solver=solver, final_step=final_step)
+        return steps_within(SCHED, options, calls)
+
+    assert steps("ddim", 10) == 10
+    assert steps("heun", 10) == 5  # 2 * 5 - 1 = 9 calls; 6 steps would cost 11
+    assert steps("plms", 10) == 9  # its first step costs 2
+    assert steps("dpmpp-2m", 10, "none") == 11
+    assert steps("dpmpp-3m", 2) is None
+    # uniform S = 9 lays out range(0, 1000, 111): 10 timesteps, as the official code does.
+    assert steps_within(SCHED, SamplerOptions(spacing="uniform"), 9) == 8
+
+
+def test_oracle_point_is_the_exact_law(tmp_path) -> None:
+    """The W2 of the stochastic solver from its noise responses equals a large Monte Carlo
+    draw's, and the deterministic gain of ddim matches exact_gaussian.output_variance."""
+    from ddim.eval.exact_gaussian import gaussian_w2, output_variance
+    from ddim.eval.solver_curves import oracle_point
+    from ddim.workflows import SamplerOptions
+
+    lam = power_law_spectrum(8, 1.0)
+    w2, ode = oracle_point(lam, SCHED, SamplerOptions(12, "uniform"))
+    assert w2 == pytest.approx(gaussian_w2(output_variance(lam, SCHED, 12), lam), rel=1e-12)
+    assert ode is not None and ode > 0
+    options = SamplerOptions(8, "logsnr", solver="dpmpp-2m-sde")
+    w2_sde, none = oracle_point(lam, SCHED, options)
+    assert none is None
+    x_T, gens = seeded_latents(range(20000), (8,), dtype=F64)
+    x0 = ddim.sample(DiagonalGaussian(lam, SCHED), x_T, SCHED, steps=8, spacing="logsnr",
+                     solver="dpmpp-2m-sde", generators=gens)  # fmt: skip
+    mc = gaussian_w2(x0.var(0), lam)
+    assert w2_sde == pytest.approx(mc, abs=0.01)
+
+
+def test_eval_solvers_command(tmp_path, write_checkpoint, tiny_config) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from ddim.cli.eval import eval_group
+    from ddim.eval.solver_curves import oracle_point
+    from ddim.formats.images import save_npz
+    from ddim.models.unet import UNet
+    from ddim.workflows import SamplerOptions
+
+    torch.manual_seed(0)
+    ckpt = tmp_path / "tiny.safetensors"
+    write_checkpoint(ckpt, UNet(tiny_config).state_dict(), ddim.NoiseSchedule.linear(1000))
+    ref = tmp_path / "ref.npz"
+    shape = (tiny_config.in_channels, tiny_config.image_size, tiny_config.image_size)
+    save_npz(ref, torch.rand(6, *shape, generator=torch.Generator().manual_seed(1)) * 2 - 1)
+    result = CliRunner().invoke(eval_group, [
+        "solvers", "--ckpt", str(ckpt), "--solvers", "ddim,dpmpp-2m", "--calls", "4,8",
+        "--dim", "16", "--fd-calls", "4", "--ddim-calls", "4", "-n", "3", "--features",
+        "pixels", "--ref-data", str(ref), "--out-dir", str(tmp_path),
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    doc = json.loads((tmp_path / "solvers-oracle.json").read_text())
+    point = next(p for p in doc["points"] if p["solver"] == "dpmpp-2m" and p["calls"] == 8)
+    options = SamplerOptions(8, "logsnr", solver="dpmpp-2m")
+    assert point["value"] == oracle_point(power_law_spectrum(16, 1.0), SCHED, options)[0]
+    fd = json.loads((tmp_path / "solvers-fd.json").read_text())
+    assert {(p["solver"], p["calls"]) for p in fd["points"]} == {("ddim", 4), ("dpmpp-2m", 4)}
+    assert "| dpmpp-2m |" in (tmp_path / "solvers-fd.md").read_text()
+    bad = CliRunner().invoke(eval_group, ["solvers", "--solvers", "ddim,euler"])
+    assert bad.exit_code == 2 and "solvers are ddim, dpmpp-2m" in bad.output

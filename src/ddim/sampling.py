@@ -161,7 +161,7 @@ def sample(
         ``x_0``, or ``(x_0, Trajectory)`` with ``return_trajectory``.
     """
     if solver != "ddim" or final_step not in (None, "denoise"):
-        final_step = final_step or DEFAULT_FINAL_STEP
+        final_step = resolved_final_step(solver, final_step)
         _check_solver(solver, eta, variance, final_step)
         grid = solver_grid(sched, steps, spacing, solver, final_step)
         z = step_noise(x_T, grid.steps, seed, generators, noise, solver == "dpmpp-2m-sde")
@@ -210,6 +210,14 @@ def sample(
             callback(i, t, x, x0_pred)
     eps_model.raise_if_nonfinite()
     return (x, traj) if traj is not None else x
+
+
+def resolved_final_step(solver: str, final_step: str | None) -> str:
+    """``final_step``, or its default: ``"denoise"`` for ``ddim``, else
+    :data:`~ddim.names.DEFAULT_FINAL_STEP`."""
+    if final_step is not None:
+        return final_step
+    return "denoise" if solver == "ddim" else DEFAULT_FINAL_STEP
 
 
 def _check_solver(solver: str, eta: float, variance: str, final_step: str) -> None:
@@ -297,7 +305,7 @@ def model_calls(
     one per step that is not zero-length, plus Heun's and PLMS's extra calls."""
     if solver == "ddim" and final_step in (None, "denoise"):
         return sum(t != t_prev for t, t_prev in step_pairs(sched, steps, spacing))
-    final_step = final_step or DEFAULT_FINAL_STEP
+    final_step = resolved_final_step(solver, final_step)
     _check_solver(solver, 0.0, "ddim", final_step)
     return _solver_calls(solver, solver_grid(sched, steps, spacing, solver, final_step))
 

@@ -14,9 +14,17 @@ from typing import Any
 import torch
 
 from ddim.interpolate import slerp, slerp_grid
-from ddim.names import DEFAULT_FINAL_STEP
 from ddim.noise import seeded_latents
-from ddim.sampling import Callback, Model, Trajectory, invert, model_calls, sample, solver_grid
+from ddim.sampling import (
+    Callback,
+    Model,
+    Trajectory,
+    invert,
+    model_calls,
+    resolved_final_step,
+    sample,
+    solver_grid,
+)  # fmt: skip
 from ddim.schedule import NoiseSchedule
 
 
@@ -60,7 +68,7 @@ class SamplerOptions:
         """The steps one batch takes, i.e. its callbacks (zero-length steps are skipped)."""
         if self.solver == "ddim" and self.final_step in (None, "denoise"):
             return int(sched.timesteps(self.steps, self.spacing).unique().numel())
-        final = self.final_step or DEFAULT_FINAL_STEP
+        final = resolved_final_step(self.solver, self.final_step)
         return solver_grid(sched, self.steps, self.spacing, self.solver, final).steps
 
 

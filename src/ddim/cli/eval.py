@@ -18,7 +18,16 @@ import click
 
 from ddim.cli import common, options
 from ddim.cli.eval_checks import blobs_command, memorization_command
-from ddim.cli.eval_options import Run, Slice, grid_rows, load_images, run_options, steps_list
+from ddim.cli.eval_options import (
+    Run,
+    Slice,
+    grid_rows,
+    load_images,
+    reference_stats,
+    run_options,
+    steps_list,
+)  # fmt: skip
+from ddim.cli.eval_solvers import solvers_command
 from ddim.cli.options import option
 from ddim.names import FEATURES, SPACINGS
 
@@ -46,6 +55,7 @@ def eval_group() -> None:
 
 eval_group.add_command(blobs_command)
 eval_group.add_command(memorization_command)
+eval_group.add_command(solvers_command)
 
 
 @eval_group.command("oracle")
@@ -121,21 +131,10 @@ def table1_command(
     from ddim.eval import experiments, metrics
     from ddim.precision import choose
 
-    if (ref_data is None) == (ref_stats is None):
-        raise click.UsageError("give exactly one of --ref-data and --ref-stats")
     run = dataclasses.replace(run, device=init_from_env(run.device))
     model, schedule, shape = run.load(steps_list)
     feature_fn = metrics.feature_extractor(features, run.device)
-    if ref_stats is not None:
-        ref = metrics.FeatureStats.load(ref_stats)
-    else:
-        key = f"{Path(ref_data).resolve()}[{ref_slice.start}:{ref_slice.stop}]-{features}"
-        ref = metrics.cached_stats(
-            key,
-            lambda: metrics.dataset_stats(
-                feature_fn, load_images(ref_data, ref_slice, shape), run.batch_size, run.device
-            ),
-        )
+    ref = reference_stats(feature_fn, features, ref_data, ref_slice, ref_stats, shape, run)
     rows = experiments.table1(
         model, schedule, steps_list, etas, sigma_hat, run.n, run.batch_size, feature_fn, ref,
         run.seed, shape=shape, options=run.sampling()["options"], device=run.device,

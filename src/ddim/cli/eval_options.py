@@ -139,3 +139,29 @@ def load_images(path: str, part: slice, shape: tuple[int, int, int]) -> torch.Te
     if x.shape[0] == 0:
         raise ValueError(f"the slice {part.start}:{part.stop} of {path} holds no images")
     return x
+
+
+def reference_stats(
+    feature_fn: Callable[[torch.Tensor], torch.Tensor],
+    features: str,
+    ref_data: str | None,
+    ref_slice: slice,
+    ref_stats: str | None,
+    shape: tuple[int, int, int],
+    run: Run,
+) -> Any:
+    """The reference :class:`~ddim.eval.metrics.FeatureStats`: loaded from ``ref_stats``, or
+    computed from ``ref_data`` (cached under ``$DDIM_CACHE/stats``)."""
+    from ddim.eval import metrics
+
+    if (ref_data is None) == (ref_stats is None):
+        raise click.UsageError("give exactly one of --ref-data and --ref-stats")
+    if ref_stats is not None:
+        return metrics.FeatureStats.load(ref_stats)
+    key = f"{Path(ref_data).resolve()}[{ref_slice.start}:{ref_slice.stop}]-{features}"
+    return metrics.cached_stats(
+        key,
+        lambda: metrics.dataset_stats(
+            feature_fn, load_images(ref_data, ref_slice, shape), run.batch_size, run.device
+        ),
+    )

@@ -1,0 +1,133 @@
+"""``ddim eval solvers``: error against model calls for every solver, on the exact Gaussian
+oracle and (with ``--ref-data`` or ``--ref-stats``) as FD of a model's samples."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from ddim.cli.eval_options import NumberList, Run, Slice, reference_stats, run_options
+from ddim.cli.options import option
+from ddim.names import DEFAULT_FINAL_STEP, FEATURES, FINAL_STEPS, SOLVERS, SPACINGS
+
+
+class SolverList(click.ParamType):
+    """Comma-separated solver names."""
+
+    name = "solvers"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, list):
+            return value
+        names = [v.strip() for v in str(value).split(",") if v.strip()]
+        unknown = [v for v in names if v not in SOLVERS]
+        if unknown or not names:
+            self.fail(f"{value!r}: solvers are {', '.join(SOLVERS)}", param, ctx)
+        return names
+
+
+@click.command("solvers")
+@run_options(n=1000)
+@option("--solvers", type=SolverList(), default=",".join(SOLVERS), help="which solvers")
+@option("--calls", type=NumberList(int, 1), default="5,10,20,50,100", help="oracle budgets")
+@option(
+    "--solver-spacing", type=click.Choice(SPACINGS), default="logsnr",
+    help="the timestep layout of the solvers other than ddim (ddim uses --spacing)",
+)  # fmt: skip
+@option(
+    "--final-step", type=click.Choice(FINAL_STEPS), default=None,
+    show_default=f"denoise for ddim, {DEFAULT_FINAL_STEP} for the others",
+    help="how the solvers other than ddim take the last step",
+)  # fmt: skip
+@option("--dim", type=click.IntRange(min=1), default=3072, help="oracle dimension D")
+@option("--alpha", type=click.FloatRange(min=0.0), default=1.0, help="lambda_k = k^-alpha")
+@option("--fd-calls", type=NumberList(int, 1), default="10,20", help="FD budgets, solvers")
+@option("--ddim-calls", type=NumberList(int, 1), default="10,20,50,100", help="FD budgets, ddim")
+@option("--features", type=click.Choice(FEATURES), default="mnist", help="FD features")
+@option("--ref-data", metavar="PATH", help="reference images: turns on the FD curves")
+@option("--ref-slice", type=Slice(), default=":", help="which reference images, START:STOP")
+@option("--ref-stats", type=click.Path(dir_okay=False), help="precomputed statistics (.npz)")
+def solvers_command(
+    run: Run,
+    solvers: list[str],
+    calls: list[int],
+    solver_spacing: str,
+    final_step: str | None,
+    dim: int,
+    alpha: float,
+    fd_calls: list[int],
+    ddim_calls: list[int],
+    features: str,
+    ref_data: str | None,
+    ref_slice: slice,
+    ref_stats: str | None,
+) -> None:
+    """Error against model calls for every solver.
+
+    (a) The exact Gaussian oracle N(0, diag(k^-alpha)), linear schedule, T = 1000: the exact
+    W2^2 to the data and the error against the exact ODE map, with DDIM at 1000 steps as
+    the line to beat. (b) With --ref-data or --ref-stats: FD of -n samples of --ckpt at
+    --fd-calls (--ddim-calls for ddim). Writes solvers-oracle.* and solvers-fd.*.
+    """
+    from ddim.eval import metrics, solver_curves
+    from ddim.eval.exact_gaussian import gaussian_w2, output_variance, power_law_spectrum
+    from ddim.schedule import NoiseSchedule
+    from ddim.workflows import SamplerOptions
+
+    def options_for(solver: str) -> SamplerOptions:
+        if solver == "ddim":
+            return SamplerOptions(spacing=run.spacing, precision=run.precision)
+        return SamplerOptions(
+            spacing=solver_spacing, precision=run.precision, solver=solver, final_step=final_step
+        )
+
+    schedule = NoiseSchedule.linear()
+    lam = power_law_spectrum(dim, alpha)
+    oracle_points = []
+    for solver in solvers:
+        oracle_points += solver_curves.curves(
+            lambda o: solver_curves.oracle_point(lam, schedule, o),
+            schedule, [solver], calls, options_for(solver),
+        )  # fmt: skip
+    reference = gaussian_w2(output_variance(lam, schedule, 1000), lam)
+    meta = {
+        "title": f"Exact W2² to the data, Gaussian oracle (D = {dim}, alpha = {alpha:g}); "
+        f"solvers on {solver_spacing}, ddim on {run.spacing}",
+        "dim": dim, "alpha": alpha, "solver_spacing": solver_spacing, "ddim_spacing": run.spacing,
+        "final_step": final_step or DEFAULT_FINAL_STEP,
+    }  # fmt: skip
+    table = solver_curves.write_curves(
+        oracle_points, run.out_dir, "solvers-oracle", meta, "W2²", calls, reference
+    )
+    click.echo(table + f"wrote {run.out_dir}/solvers-oracle.{{md,json,png}}")
+    if ref_data is None and ref_stats is None:
+        return
+    model, sched, shape = run.load([])
+    feature_fn = metrics.feature_extractor(features, run.device)
+    ref = reference_stats(feature_fn, features, ref_data, ref_slice, ref_stats, shape, run)
+
+    def fd_of(o: SamplerOptions) -> tuple[float, None]:
+        from ddim.eval.experiments import sample_stats
+
+        stats = sample_stats(
+            model, sched, feature_fn, shape=shape, n=run.n, batch_size=run.batch_size,
+            seed=run.seed, options=o, device=run.device,
+        )  # fmt: skip
+        return stats.frechet_distance(ref), None
+
+    fd_points = []
+    for solver in solvers:
+        budgets = ddim_calls if solver == "ddim" else fd_calls
+        fd_points += solver_curves.curves(fd_of, sched, [solver], budgets, options_for(solver))
+    budgets = sorted(set(fd_calls) | set(ddim_calls))
+    meta = replace_title(meta, f"FD ({features}) of n = {run.n} samples of {run.ckpt}")
+    meta |= {"ckpt": run.ckpt, "n": run.n, "seed": run.seed, "features": features}
+    table = solver_curves.write_curves(fd_points, run.out_dir, "solvers-fd", meta, "FD", budgets)
+    click.echo(table + f"wrote {run.out_dir}/solvers-fd.{{md,json,png}}")
+
+
+def replace_title(meta: dict[str, Any], title: str) -> dict[str, Any]:
+    """``meta`` with a new title and the oracle's own keys left out."""
+    keep = {k: v for k, v in meta.items() if k not in ("dim", "alpha", "title")}
+    return keep | {"title": title}
