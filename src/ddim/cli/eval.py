@@ -131,6 +131,8 @@ def table1_command(
     from ddim.eval import experiments, metrics
     from ddim.precision import choose
 
+    if (ref_data is None) == (ref_stats is None):
+        raise click.UsageError("give exactly one of --ref-data and --ref-stats")
     run = dataclasses.replace(run, device=init_from_env(run.device))
     model, schedule, shape = run.load(steps_list)
     feature_fn = metrics.feature_extractor(features, run.device)

@@ -151,11 +151,10 @@ def reference_stats(
     run: Run,
 ) -> Any:
     """The reference :class:`~ddim.eval.metrics.FeatureStats`: loaded from ``ref_stats``, or
-    computed from ``ref_data`` (cached under ``$DDIM_CACHE/stats``)."""
+    computed from ``ref_data`` (cached under ``$DDIM_CACHE/stats``); the caller checks that
+    exactly one is given."""
     from ddim.eval import metrics
 
-    if (ref_data is None) == (ref_stats is None):
-        raise click.UsageError("give exactly one of --ref-data and --ref-stats")
     if ref_stats is not None:
         return metrics.FeatureStats.load(ref_stats)
     key = f"{Path(ref_data).resolve()}[{ref_slice.start}:{ref_slice.stop}]-{features}"

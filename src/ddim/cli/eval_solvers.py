@@ -75,6 +75,9 @@ def solvers_command(
     from ddim.schedule import NoiseSchedule
     from ddim.workflows import SamplerOptions
 
+    if ref_data is not None and ref_stats is not None:
+        raise click.UsageError("give at most one of --ref-data and --ref-stats")
+
     def options_for(solver: str) -> SamplerOptions:
         if solver == "ddim":
             return SamplerOptions(spacing=run.spacing, precision=run.precision)
