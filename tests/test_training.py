@@ -399,6 +399,23 @@ def test_channels_last_trains_the_same_model_up_to_rounding(tmp_path):
     assert_identical(final_states(tmp_path / "once"), final_states(tmp_path / "run"))
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("setting", [{"precision": "bf16"}, {"compile": True}])
+def test_resume_is_bit_identical_within_a_speed_setting(tmp_path, setting):
+    """Issue 9: bf16 autocast and torch.compile change the arithmetic, not the run: 3 steps
+    and a resume to 6 give the weights of 6 uninterrupted steps, bit for bit (the master
+    weights, EMA and loss stay in float32)."""
+    once = write_config(tmp_path, "once", training=setting)
+    train(load_config(once), progress=False)
+    split = write_config(tmp_path, training={**setting, "total_steps": 3})
+    train(load_config(split), progress=False)
+    train(load_config(split, ["training.total_steps=6"]), resume=True, progress=False)
+    a, b = final_states(tmp_path / "once"), final_states(tmp_path / "run")
+    assert_identical(a, b)
+    assert all(v.dtype == torch.float32 for v in a["model"].values() if v.is_floating_point())
+    assert all(math.isfinite(loss) for _, loss in losses(tmp_path / "run"))
+
+
 def test_unknown_training_precision_is_refused(tmp_path):
     config = write_config(tmp_path, training={"precision": "fp8"})
     with pytest.raises(ValueError, match="training.precision must be one of fp32, bf16"):
