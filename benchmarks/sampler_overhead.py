@@ -1,11 +1,12 @@
-"""What ``ddim.sample`` costs on top of the model calls it makes.
+"""What ``ddim.sample`` costs on top of the model calls it makes, for every solver.
 
 A small convolutional ε-model (about 1M parameters) on a batch of 64 MNIST-sized images:
-the time of ``ddim.sample(steps=S)`` against the time of S bare model calls on the same
-inputs, measured side by side in one run (alternating, after a warm-up) and printed as a
-ratio of medians. Target: at most 1.03.
+the time of ``ddim.sample(steps=S, solver=...)`` against the time of as many bare model
+calls as that run makes (``ddim.model_calls``), measured side by side in one run
+(alternating, after a warm-up) and printed as a ratio of medians. Target: at most 1.03.
 
     python benchmarks/sampler_overhead.py [--steps 50] [--batch-size 64] [--repeats 7]
+                                          [--solver ddim --solver dpmpp-2m ...]
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 from torch import nn
 
 import ddim
+from ddim.names import SOLVERS
 
 
 class SmallEps(nn.Module):
@@ -59,7 +61,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--eta", type=float, default=0.0)
+    parser.add_argument("--eta", type=float, default=0.0, help="for solver ddim")
+    parser.add_argument("--spacing", default="logsnr", help="for the solvers other than ddim")
+    parser.add_argument("--solver", action="append", choices=SOLVERS, help="default: all")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
 
@@ -67,30 +71,35 @@ def main() -> None:
     model = SmallEps().to(args.device).eval()
     sched = ddim.NoiseSchedule.linear()
     x_T = torch.randn(args.batch_size, 1, 28, 28, device=args.device)
-    ts = sched.timesteps(args.steps).tolist()
-    t_batches = [torch.full((args.batch_size,), t, device=args.device) for t in ts]
-
-    @torch.no_grad()
-    def bare() -> None:
-        for t in t_batches:
-            model(x_T, t)
-
-    def sampler() -> None:
-        ddim.sample(model, x_T, sched, steps=args.steps, eta=args.eta, seed=0)
-
-    bare()
-    sampler()
-    bare_times, sample_times = [], []
-    for _ in range(args.repeats):
-        bare_times.append(time_once(bare))
-        sample_times.append(time_once(sampler))
     n_params = sum(p.numel() for p in model.parameters())
-    bare_s, sample_s = statistics.median(bare_times), statistics.median(sample_times)
     print(f"model: {n_params / 1e6:.2f}M parameters, batch {args.batch_size}, 1x28x28")
-    print(f"device: {args.device}")
-    print(f"{len(ts)} bare model calls: median {bare_s:.3f} s")
-    print(f"ddim.sample(steps={args.steps}, eta={args.eta}): median {sample_s:.3f} s")
-    print(f"ratio sample / bare calls: {sample_s / bare_s:.3f} (target <= 1.03)")
+    print(f"device: {args.device}, {torch.get_num_threads()} threads")
+    print("| solver | model calls | bare calls (s) | ddim.sample (s) | ratio (target <= 1.03) |")
+    print("|---|---:|---:|---:|---:|")
+    for solver in args.solver or SOLVERS:
+        spacing = "uniform" if solver == "ddim" else args.spacing
+        eta = args.eta if solver == "ddim" else 0.0
+        calls = ddim.model_calls(sched, args.steps, spacing, solver)
+        ts = sched.timesteps(args.steps, spacing).tolist()
+        t_batches = [torch.full((args.batch_size,), ts[i % len(ts)], device=args.device)
+                     for i in range(calls)]  # fmt: skip
+
+        @torch.no_grad()
+        def bare(t_batches: list[torch.Tensor] = t_batches) -> None:
+            for t in t_batches:
+                model(x_T, t)
+
+        def sampler(solver: str = solver, spacing: str = spacing, eta: float = eta) -> None:
+            ddim.sample(model, x_T, sched, args.steps, spacing, eta=eta, seed=0, solver=solver)
+
+        bare()
+        sampler()
+        bare_times, sample_times = [], []
+        for _ in range(args.repeats):
+            bare_times.append(time_once(bare))
+            sample_times.append(time_once(sampler))
+        bare_s, sample_s = statistics.median(bare_times), statistics.median(sample_times)
+        print(f"| {solver} | {calls} | {bare_s:.3f} | {sample_s:.3f} | {sample_s / bare_s:.3f} |")
 
 
 if __name__ == "__main__":
