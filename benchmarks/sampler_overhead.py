@@ -3,7 +3,9 @@
 A small convolutional ε-model (about 1M parameters) on a batch of 64 MNIST-sized images:
 the time of ``ddim.sample(steps=S, solver=...)`` against the time of as many bare model
 calls as that run makes (``ddim.model_calls``), measured side by side in one run
-(alternating, after a warm-up) and printed as a ratio of medians. Target: at most 1.03.
+(alternating call by call, after a warm-up) and printed as ratios of the medians and of
+the minima (the minimum is the least disturbed by other work on a shared machine). Target:
+at most 1.03.
 
     python benchmarks/sampler_overhead.py [--steps 50] [--batch-size 64] [--repeats 7]
                                           [--solver ddim --solver dpmpp-2m ...]
@@ -74,8 +76,10 @@ def main() -> None:
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model: {n_params / 1e6:.2f}M parameters, batch {args.batch_size}, 1x28x28")
     print(f"device: {args.device}, {torch.get_num_threads()} threads")
-    print("| solver | model calls | bare calls (s) | ddim.sample (s) | ratio (target <= 1.03) |")
-    print("|---|---:|---:|---:|---:|")
+    print(
+        "| solver | model calls | bare calls (s) | ddim.sample (s) | ratio of medians | of minima |"
+    )
+    print("|---|---:|---:|---:|---:|---:|")
     for solver in args.solver or SOLVERS:
         spacing = "uniform" if solver == "ddim" else args.spacing
         eta = args.eta if solver == "ddim" else 0.0
@@ -99,7 +103,11 @@ def main() -> None:
             bare_times.append(time_once(bare))
             sample_times.append(time_once(sampler))
         bare_s, sample_s = statistics.median(bare_times), statistics.median(sample_times)
-        print(f"| {solver} | {calls} | {bare_s:.3f} | {sample_s:.3f} | {sample_s / bare_s:.3f} |")
+        ratio_min = min(sample_times) / min(bare_times)
+        print(
+            f"| {solver} | {calls} | {bare_s:.3f} | {sample_s:.3f} | {sample_s / bare_s:.3f} "
+            f"| {ratio_min:.3f} |"
+        )
 
 
 if __name__ == "__main__":
