@@ -33,11 +33,12 @@ they approximate ``D`` (or ``eps``) over the step from the model calls they have
 
 The last step to ``alpha_bar = 1`` (``t = -1``, ``lambda = +inf``) is singular for every
 extrapolation in ``lambda`` (the correction terms grow with ``h``), so it is taken in
-``sigma~ = sigma / alpha``, where it is a finite interval (:func:`to_data`): the first-order
-step (2), which returns the data prediction ``D`` (DDIM's last step, ``"denoise"``), or the
-trapezoidal rule (``"trapezoid"``); or it is left out (``"none"``). Before
-it, multistep solvers start at order 1 and raise their order as calls accumulate; with
-fewer than :data:`LOWER_ORDER_FINAL_BELOW` steps the step before the last is at most
+``sigma~ = sigma / alpha``, where it is a finite interval
+(:func:`ddim.solver_grid.to_data`): the first-order step (2), which returns the data
+prediction ``D`` (DDIM's last step, ``"denoise"``), or the trapezoidal rule
+(``"trapezoid"``); or it is left out (``"none"``). Before it, multistep solvers start at
+order 1 and raise their order as calls accumulate; with fewer than
+:data:`ddim.solver_grid.LOWER_ORDER_FINAL_BELOW` steps the step before the last is at most
 second order (diffusers' ``lower_order_final``).
 
 A solver is a plain function ``solver(denoise, x, grid, noise, report) -> x``: ``grid``
