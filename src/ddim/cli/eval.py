@@ -23,13 +23,14 @@ from ddim.cli.eval_options import (
     Slice,
     grid_rows,
     load_images,
+    reference_options,
     reference_stats,
     run_options,
     steps_list,
 )  # fmt: skip
 from ddim.cli.eval_solvers import solvers_command
 from ddim.cli.options import option
-from ddim.names import FEATURES, SPACINGS
+from ddim.names import SPACINGS
 
 
 def _write_table1(rows: Sequence[Any], out_dir: str, meta: dict[str, Any]) -> None:
@@ -105,13 +106,7 @@ def oracle_command(
 @run_options(n=1000)
 @steps_list("10,20,50,100,1000")
 @grid_rows
-@option(
-    "--features", type=click.Choice(FEATURES), default="mnist",
-    help="mnist: the bundled classifier (FD-MNIST); inception: FID (ddim[fid]); pixels",
-)  # fmt: skip
-@option("--ref-data", metavar="PATH", help="reference images: an MNIST idx3 file, .npz or folder")
-@option("--ref-slice", type=Slice(), default=":", help="which reference images, START:STOP")
-@option("--ref-stats", type=click.Path(dir_okay=False), help="precomputed statistics (.npz)")
+@reference_options
 def table1_command(
     run: Run,
     steps_list: list[int],

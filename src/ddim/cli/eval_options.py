@@ -15,6 +15,7 @@ import click
 
 from ddim.cli import options
 from ddim.cli.options import option
+from ddim.names import FEATURES
 
 if TYPE_CHECKING:
     import torch
@@ -122,6 +123,21 @@ def run_options(n: int) -> options.Decorator:
             ),
         ],
     )
+
+
+def reference_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``--features --ref-data --ref-slice --ref-stats``: the reference statistics of FD."""
+    for decorate in reversed([
+        option(
+            "--features", type=click.Choice(FEATURES), default="mnist",
+            help="mnist: the bundled classifier (FD-MNIST); inception: FID (ddim[fid]); pixels",
+        ),
+        option("--ref-data", metavar="PATH", help="reference images: MNIST idx3, .npz or folder"),
+        option("--ref-slice", type=Slice(), default=":", help="which reference images, START:STOP"),
+        option("--ref-stats", type=click.Path(dir_okay=False), help="statistics (.npz)"),
+    ]):  # fmt: skip
+        f = decorate(f)
+    return f
 
 
 def load_images(path: str, part: slice, shape: tuple[int, int, int]) -> torch.Tensor:

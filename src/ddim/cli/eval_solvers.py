@@ -7,9 +7,9 @@ from typing import Any
 
 import click
 
-from ddim.cli.eval_options import NumberList, Run, Slice, reference_stats, run_options
+from ddim.cli.eval_options import NumberList, Run, reference_options, reference_stats, run_options
 from ddim.cli.options import option
-from ddim.names import DEFAULT_FINAL_STEP, FEATURES, FINAL_STEPS, SOLVERS, SPACINGS
+from ddim.names import DEFAULT_FINAL_STEP, FINAL_STEPS, SOLVERS, SPACINGS
 
 
 class SolverList(click.ParamType):
@@ -44,10 +44,7 @@ class SolverList(click.ParamType):
 @option("--alpha", type=click.FloatRange(min=0.0), default=1.0, help="lambda_k = k^-alpha")
 @option("--fd-calls", type=NumberList(int, 1), default="10,20", help="FD budgets, solvers")
 @option("--ddim-calls", type=NumberList(int, 1), default="10,20,50,100", help="FD budgets, ddim")
-@option("--features", type=click.Choice(FEATURES), default="mnist", help="FD features")
-@option("--ref-data", metavar="PATH", help="reference images: turns on the FD curves")
-@option("--ref-slice", type=Slice(), default=":", help="which reference images, START:STOP")
-@option("--ref-stats", type=click.Path(dir_okay=False), help="precomputed statistics (.npz)")
+@reference_options
 def solvers_command(
     run: Run,
     solvers: list[str],
@@ -67,8 +64,9 @@ def solvers_command(
 
     (a) The exact Gaussian oracle N(0, diag(k^-alpha)), linear schedule, T = 1000: the exact
     W2^2 to the data and the error against the exact ODE map, with DDIM at 1000 steps as
-    the line to beat. (b) With --ref-data or --ref-stats: FD of -n samples of --ckpt at
-    --fd-calls (--ddim-calls for ddim). Writes solvers-oracle.* and solvers-fd.*.
+    the line to beat. (b) With --ref-data or --ref-stats (which turn it on): FD of -n
+    samples of --ckpt at --fd-calls (--ddim-calls for ddim). Writes solvers-oracle.* and
+    solvers-fd.*.
     """
     from ddim.eval import metrics, solver_curves
     from ddim.eval.exact_gaussian import gaussian_w2, output_variance, power_law_spectrum

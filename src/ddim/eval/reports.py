@@ -80,21 +80,38 @@ def fd_markdown(rows: Sequence[Row], digits: int = 4) -> str:
 
 def fd_plot_png(rows: Sequence[Row], ylabel: str = "Fréchet distance", title: str = "") -> bytes:
     """FD against ``S`` (log-x, log-y when every FD is positive), one line per setting."""
+    lines = {}
+    for label in dict.fromkeys(r.label for r in rows):
+        name = label.replace("σ̂", r"$\hat{\sigma}$").replace("η", r"$\eta$")
+        lines[name] = [(r.steps, r.fd) for r in rows if r.label == label]
+    return line_plot_png(lines, "S (sampling steps)", ylabel, title)
+
+
+def line_plot_png(
+    lines: Mapping[str, Sequence[tuple[float, float]]],
+    xlabel: str,
+    ylabel: str,
+    title: str = "",
+    hline: tuple[float, str] | None = None,
+) -> bytes:
+    """One marked line per entry of ``lines`` (``(x, y)`` points), log-x, log-y when every
+    ``y`` is positive, and an optional dashed horizontal line ``(y, label)``."""
     fig = Figure(figsize=(5.5, 4), dpi=120)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    for label in dict.fromkeys(r.label for r in rows):
-        line = sorted((r.steps, r.fd) for r in rows if r.label == label)
-        name = label.replace("σ̂", r"$\hat{\sigma}$").replace("η", r"$\eta$")
-        ax.plot([s for s, _ in line], [f for _, f in line], marker="o", label=name)
+    for name, points in lines.items():
+        ordered = sorted(points)
+        ax.plot([x for x, _ in ordered], [y for _, y in ordered], marker="o", label=name)
+    if hline is not None:
+        ax.axhline(hline[0], color="k", linestyle="--", linewidth=1, label=hline[1])
     ax.set_xscale("log")
-    if all(r.fd > 0 for r in rows):
+    if all(y > 0 for points in lines.values() for _, y in points):
         ax.set_yscale("log")
-    ax.set_xlabel("S (sampling steps)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=7)
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")

@@ -17,7 +17,6 @@ batch row per step). Two errors follow with no Monte Carlo error:
 
 from __future__ import annotations
 
-import io
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -26,11 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from ddim.eval.exact_gaussian import F64, DiagonalGaussian, gaussian_w2
-from ddim.eval.reports import write_json
+from ddim.eval.reports import line_plot_png, write_json
 from ddim.formats.atomic import atomic_write_bytes, atomic_write_text
 from ddim.sampling import model_calls, resolved_final_step, sample, solver_grid
 from ddim.schedule import NoiseSchedule
@@ -151,26 +148,12 @@ def markdown(
 
 def plot_png(points: Sequence[Point], ylabel: str, title: str, reference: float | None) -> bytes:
     """``value`` against model calls, log-log, one line per solver."""
-    fig = Figure(figsize=(6, 4.2), dpi=120)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    for solver in dict.fromkeys(p.solver for p in points):
-        line = sorted((p.calls, p.value) for p in points if p.solver == solver)
-        ax.plot([c for c, _ in line], [v for _, v in line], marker="o", label=solver)
-    if reference is not None:
-        ax.axhline(reference, color="k", linestyle="--", linewidth=1, label="DDIM, 1000 steps")
-    ax.set_xscale("log")
-    if all(p.value > 0 for p in points):
-        ax.set_yscale("log")
-    ax.set_xlabel("model calls")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=8)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    return buffer.getvalue()
+    lines = {
+        solver: [(p.calls, p.value) for p in points if p.solver == solver]
+        for solver in dict.fromkeys(p.solver for p in points)
+    }
+    hline = None if reference is None else (reference, "DDIM, 1000 steps")
+    return line_plot_png(lines, "model calls", ylabel, title, hline)
 
 
 def write_curves(
