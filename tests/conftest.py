@@ -29,8 +29,10 @@ def empty_working_directory(
     tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Commands that write to default paths (``samples.png``) write into a fresh folder, so
-    the suite passes whatever a user has made in the checkout (README: sample, then test)."""
+    the suite passes whatever a user has made in the checkout (README: sample, then test);
+    cached reference statistics go to a fresh ``$DDIM_CACHE``, not the user's."""
     monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
+    monkeypatch.setenv("DDIM_CACHE", str(tmp_path_factory.mktemp("ddim-cache")))
 
 
 class WigglyEps(torch.nn.Module):
