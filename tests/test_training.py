@@ -452,3 +452,17 @@ def test_min_snr_config_is_checked(tmp_path):
     assert load_config(config).training.min_snr_gamma == 2.0
     with pytest.raises(ValueError, match="training.loss_weighting must be one of simple, min-snr"):
         load_config(write_config(tmp_path, "bad", training={"loss_weighting": "snr"}))
+
+
+def test_the_committed_candidate_run_resumes_with_its_config():
+    """Issue 10's run spans sessions: the state in training-state/mnist-next must load and
+    match configs/mnist-next.yaml, or the next session cannot resume it."""
+    from ddim.train.state import config_changes, read_latest, read_state
+
+    latest = read_latest(REPO / "training-state" / "mnist-next" / "checkpoints")
+    assert latest is not None
+    config = load_config(REPO / "configs" / "mnist-next.yaml")
+    assert config_changes(read_state(latest.state)["config"], config.to_dict()) == []
+    ckpt = load_checkpoint(latest.weights)
+    assert ckpt.step == latest.step and ckpt.model_state is not None
+    assert ckpt.model_config == config.model
