@@ -67,7 +67,7 @@ class SamplerOptions:
     def steps_taken(self, sched: NoiseSchedule) -> int:
         """The steps one batch takes, i.e. its callbacks (zero-length steps are skipped)."""
         if self.solver == "ddim" and self.final_step in (None, "denoise"):
-            return int(sched.timesteps(self.steps, self.spacing).unique().numel())
+            return self.model_calls(sched)  # one call per step that is not zero-length
         final = resolved_final_step(self.solver, self.final_step)
         return solver_grid(sched, self.steps, self.spacing, self.solver, final).steps
 

@@ -71,7 +71,8 @@ def oracle_point(
     kwargs = {"solver": options.solver, "final_step": options.final_step, "clip_denoised": False}
     stochastic = options.solver == "dpmpp-2m-sde"
     final = resolved_final_step(options.solver, options.final_step)
-    n_noise = solver_grid(sched, options.steps, options.spacing, options.solver, final).steps
+    grid = solver_grid(sched, options.steps, options.spacing, options.solver, final)
+    n_noise = grid.steps
     rows = 1 + (n_noise if stochastic else 0)
     x_T = torch.zeros(rows, dim, dtype=F64)
     x_T[0] = 1.0
@@ -85,7 +86,6 @@ def oracle_point(
     w2 = gaussian_w2(variance, oracle.lam)
     if stochastic:
         return w2, None
-    grid = solver_grid(sched, options.steps, options.spacing, options.solver, final)
 
     def s(t: int) -> torch.Tensor:
         a = sched.alpha_bar_at(t)
