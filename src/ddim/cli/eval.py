@@ -18,6 +18,7 @@ import click
 
 from ddim.cli import common, options
 from ddim.cli.eval_checks import blobs_command, memorization_command
+from ddim.cli.eval_loss import loss_command
 from ddim.cli.eval_options import (
     Run,
     Slice,
@@ -56,6 +57,7 @@ def eval_group() -> None:
 
 eval_group.add_command(blobs_command)
 eval_group.add_command(memorization_command)
+eval_group.add_command(loss_command)
 eval_group.add_command(solvers_command)
 
 
