@@ -49,6 +49,20 @@ def x0() -> torch.Tensor:
     return torch.rand(13, 1, 6, 6, generator=torch.Generator().manual_seed(1)) * 2 - 1
 
 
+@pytest.fixture
+def config() -> UNetConfig:
+    """A one-level 6 x 6 U-Net."""
+    return UNetConfig(
+        in_channels=1, out_channels=1, ch=32, ch_mult=(1,), num_res_blocks=1,
+        attn_resolutions=(), dropout=0.0, image_size=6,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def model(config, perturbed_unet) -> UNet:
+    return perturbed_unet(config)
+
+
 def test_the_identity_model_scores_its_closed_form(schedule, x0) -> None:
     loss = heldout_loss(Identity(), schedule, x0, TS, seed=4, batch_size=5)
     noise = heldout_noise(x0.shape, TS, seed=4).double()
@@ -71,11 +85,7 @@ def test_the_exact_eps_of_a_one_image_data_set_scores_zero(schedule, x0) -> None
     assert zero.per_t == pytest.approx([float(n.pow(2).mean()) for n in noise], rel=1e-12)
 
 
-def test_it_equals_the_training_loss_on_the_same_draws(schedule, x0, perturbed_unet) -> None:
-    model = perturbed_unet(
-        UNetConfig(in_channels=1, out_channels=1, ch=32, ch_mult=(1,), num_res_blocks=1,
-                   attn_resolutions=(), dropout=0.0, image_size=6)
-    )  # fmt: skip
+def test_it_equals_the_training_loss_on_the_same_draws(schedule, x0, model) -> None:
     loss = heldout_loss(model, schedule, x0, TS, seed=3)
     noise = heldout_noise(x0.shape, TS, seed=3)
     with torch.no_grad():
@@ -85,11 +95,7 @@ def test_it_equals_the_training_loss_on_the_same_draws(schedule, x0, perturbed_u
             assert loss.per_t[k] == pytest.approx(train.item(), rel=1e-5)
 
 
-def test_batching_does_not_change_it(schedule, x0, perturbed_unet) -> None:
-    model = perturbed_unet(
-        UNetConfig(in_channels=1, out_channels=1, ch=32, ch_mult=(1,), num_res_blocks=1,
-                   attn_resolutions=(), dropout=0.0, image_size=6)
-    )  # fmt: skip
+def test_batching_does_not_change_it(schedule, x0, model) -> None:
     one = heldout_loss(model, schedule, x0, TS, batch_size=13)
     many = heldout_loss(model, schedule, x0, TS, batch_size=4)
     assert many.per_t == pytest.approx(one.per_t, rel=1e-6)
@@ -104,11 +110,7 @@ def test_timesteps_outside_the_schedule_are_refused(schedule, x0, timesteps) -> 
 
 
 @pytest.fixture
-def run_files(tmp_path, write_checkpoint, x0):
-    config = UNetConfig(
-        in_channels=1, out_channels=1, ch=32, ch_mult=(1,), num_res_blocks=1,
-        attn_resolutions=(), dropout=0.0, image_size=6,
-    )  # fmt: skip
+def run_files(tmp_path, write_checkpoint, x0, config):
     sched = ddim.NoiseSchedule.linear(20, 1e-3, 0.2)
     paths = []
     for step in (1, 2):
