@@ -11,11 +11,12 @@ import click
 from ddim.cli import options
 from ddim.cli.eval_options import NumberList, Slice, load_images
 from ddim.cli.options import option
+from ddim.names import HELDOUT_TIMESTEPS
 
 if TYPE_CHECKING:
     import torch
 
-_DEFAULT_TIMESTEPS = "50,150,300,500,700,900"
+_DEFAULT_TIMESTEPS = ",".join(map(str, HELDOUT_TIMESTEPS))
 
 
 @click.command("loss")
@@ -51,11 +52,12 @@ def loss_command(
     lines = [f"| checkpoint | step | mean | {head} |", "|---|---:|---:|" + "---:|" * len(timesteps)]
     rows = []
     ckpts = ckpts or (options.DEFAULT_MODEL,)
-    for ckpt in ckpts:  # every file is checked before the first is scored
-        read_metadata(ckpt)
+    shapes = {tuple(read_metadata(c)["data_shape"]) for c in ckpts}  # all checked before scoring
+    if len(shapes) != 1:
+        raise ValueError(f"the checkpoints take images of different shapes: {sorted(shapes)}")
+    x0 = load_images(data, part, shapes.pop())
     for ckpt in ckpts:
         loaded = load_checkpoint(ckpt)
-        x0 = load_images(data, part, tuple(loaded.data_shape))
         model = loaded.unet(weights).to(device)
         loss = heldout_loss(
             model, loaded.schedule, x0, timesteps, seed=seed, batch_size=batch_size, device=device

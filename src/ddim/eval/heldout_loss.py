@@ -17,11 +17,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ddim.names import HELDOUT_TIMESTEPS
 from ddim.schedule import NoiseSchedule
 from ddim.train.loss import q_sample
-
-#: The timesteps of the issue-10 sweep's held-out loss, spread over the linear schedule.
-DEFAULT_TIMESTEPS = (50, 150, 300, 500, 700, 900)
 
 
 @dataclass(frozen=True)
@@ -51,7 +49,7 @@ def heldout_loss(
     model: nn.Module,
     schedule: NoiseSchedule,
     x0: torch.Tensor,
-    timesteps: Sequence[int] = DEFAULT_TIMESTEPS,
+    timesteps: Sequence[int] = HELDOUT_TIMESTEPS,
     *,
     seed: int = 0,
     batch_size: int = 250,
