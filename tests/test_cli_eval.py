@@ -89,6 +89,25 @@ def test_table2(files, tmp_path):
     assert list(mse) == ["2", "20"] and all(v > 0 for v in mse.values())
 
 
+COMPILED = pytest.param(["--channels-last", "--compile"], marks=pytest.mark.slow)
+
+
+@pytest.mark.parametrize("how", [["--channels-last"], COMPILED])
+def test_eval_runs_the_model_channels_last_or_compiled_to_the_same_result(files, tmp_path, how):
+    """Issue 10's long evaluations: --channels-last and --compile change how the model runs,
+    not what it computes (up to rounding); the compile time is printed."""
+    ckpt, data = files
+    mse = {}
+    for name, extra in (("plain", []), ("fast", how)):
+        code, out = run("table2", "--ckpt", ckpt, "--data", data, "-n", "3", "--steps", "2",
+                        *extra, "--out-dir", str(tmp_path / name))  # fmt: skip
+        assert code == 0, out
+        mse[name] = json.loads((tmp_path / name / "table2.json").read_text())["mse"]["2"]
+    assert mse["plain"] > 1e-5
+    assert mse["fast"] == pytest.approx(mse["plain"], rel=1e-4)
+    assert ("torch.compile took" in out) == ("--compile" in how)
+
+
 def test_consistency_and_interpolation(files, tmp_path):
     ckpt, _ = files
     code, out = run("consistency", "--ckpt", ckpt, "-n", "4", "--show", "2", "--steps", "2,5",

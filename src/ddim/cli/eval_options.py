@@ -85,13 +85,20 @@ class Run:
     batch_size: int
     device: torch.device
     precision: str
+    channels_last: bool
+    compile: bool
     n: int
     seed: int
     out_dir: str
 
     def load(self, steps: Sequence[int]) -> tuple[UNet, NoiseSchedule, tuple[int, int, int]]:
-        """The model, its schedule (each of ``steps`` checked against it) and image shape."""
-        model, schedule = options.load_model(self.ckpt, self.device, steps)
+        """The model (prepared as ``--channels-last``/``--compile`` ask), its schedule (each
+        of ``steps`` checked against it) and image shape."""
+        model, schedule = options.load_model(
+            self.ckpt, self.device, steps, channels_last=self.channels_last, compile=self.compile
+        )
+        if self.compile:
+            click.get_current_context().call_on_close(lambda: options.report_compilation(model))
         return model, schedule, options.image_shape(model)
 
     def sampling(self, steps: int = 50) -> dict[str, Any]:
@@ -104,7 +111,8 @@ class Run:
 
 
 def run_options(n: int) -> options.Decorator:
-    """``--ckpt --spacing --batch-size --device -n --seed --out-dir``, as ``run: Run``."""
+    """``--ckpt --spacing --batch-size --device --precision --channels-last --compile -n --seed
+    --out-dir``, as ``run: Run``."""
     return options.options_as(
         Run,
         [
@@ -113,6 +121,8 @@ def run_options(n: int) -> options.Decorator:
             options.batch_size_option,
             options.device_option,
             options.precision_option,
+            options.channels_last_option,
+            options.compile_option,
             option("-n", "n", type=click.IntRange(min=1), default=n, help="number of images"),
             options.seed_option,
             option(
