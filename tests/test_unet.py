@@ -119,6 +119,24 @@ def test_eval_mode_is_deterministic_and_train_mode_uses_dropout():
         assert not torch.allclose(model(x, t), model(x, t))
 
 
+def test_channels_last_computes_the_same_eps():
+    """``for_inference(channels_last=True)`` (``--channels-last``) changes the memory layout,
+    not the U-Net's ε (to float rounding); the output stays contiguous, the config readable,
+    and the model it was given untouched. (``--compile``: tests/test_cli_eval.py.)"""
+    from ddim.models.fast import for_inference
+
+    model = build(MNIST_SMALL)
+    fast = for_inference(model, channels_last=True)
+    x = torch.randn(3, 1, 28, 28, generator=torch.Generator().manual_seed(4))
+    t = torch.tensor([0, 400, 999])
+    with torch.inference_mode():
+        want, got = model(x, t), fast(x, t)
+    assert got.is_contiguous()
+    assert torch.allclose(got, want, rtol=0, atol=1e-5 * want.abs().max().item())
+    assert fast.config == MNIST_SMALL
+    assert all(p.is_contiguous() for p in model.parameters())
+
+
 def test_timestep_changes_output():
     model = build(MNIST_SMALL)
     x = torch.randn(1, 1, 28, 28, generator=torch.Generator().manual_seed(2)).repeat(3, 1, 1, 1)
