@@ -21,7 +21,7 @@ import ddim
 from ddim import workflows
 from ddim.cli import main
 from ddim.formats import images
-from ddim.formats.checkpoint import load_pretrained
+from ddim.formats.checkpoint import load_pretrained, read_metadata
 from ddim.formats.latents import load_latents
 from ddim.models.unet import UNet
 from ddim.workflows import SamplerOptions as Opts
@@ -354,6 +354,28 @@ def test_convert_ours_diffusers_round_trip(files, tmp_path) -> None:
     )
     d, o = (np.load(tmp_path / f"{k}.npz")["samples"].astype(int) for k in "do")
     assert np.abs(d - o).max() <= 1
+
+
+@pytest.mark.parametrize("which", ["ema", "model"])
+def test_convert_ours_to_ours_keeps_one_set_of_weights_and_the_description(
+    tmp_path, perturbed_unet, write_checkpoint, which
+) -> None:
+    """How a training checkpoint becomes a bundled model: one set of weights, and the
+    step and training config it came with."""
+    ema, raw = perturbed_unet(), perturbed_unet(seed=5)
+    src = write_checkpoint(
+        tmp_path / "run.safetensors", ema.state_dict(), SCHEDULE, model=raw.state_dict(),
+        step=1234, extra_meta={"train_config": {"training": {"lr": 5e-4}}},
+    )  # fmt: skip
+    dst = tmp_path / "bundled.safetensors"
+    ok("convert", src, dst, "--from", "ours", "--to", "ours", "--which", which)
+    meta = read_metadata(dst)
+    assert meta["weights"] == ["ema"] and meta["step"] == 1234
+    assert meta["extra"] == {
+        "train_config": {"training": {"lr": 5e-4}}, "converted_from": f"ours:{src}"
+    }  # fmt: skip
+    model, _ = load_pretrained(dst)
+    assert torch.equal(eps_of(model), eps_of({"ema": ema, "model": raw}[which]))
 
 
 def test_convert_native_diffusers_model(tmp_path, tiny_config) -> None:

@@ -13,7 +13,9 @@ the official CIFAR-10 model with the linear schedule of Ho et al.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 from ddim.formats.atomic import refuse_overwrite
 from ddim.formats.checkpoint import CheckpointError, load_checkpoint, save_weights
@@ -26,11 +28,13 @@ from ddim.schedule import NoiseSchedule
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A model ready to save in another format, with what its checkpoint said about it."""
+    """A model ready to save in another format, with what its checkpoint said about it: the
+    training step and the ``extra`` metadata of a ddim checkpoint (its training config)."""
 
     model: UNet
     schedule: NoiseSchedule
     step: int = 0
+    extra: Mapping[str, Any] = field(default_factory=dict)
 
 
 def load_any(
@@ -54,7 +58,7 @@ def load_any(
         return LoadedModel(model, schedule)
     if fmt == "ours":
         ckpt = load_checkpoint(src)
-        return LoadedModel(ckpt.unet(which), ckpt.schedule, ckpt.step)
+        return LoadedModel(ckpt.unet(which), ckpt.schedule, ckpt.step, ckpt.extra)
     unet_config, schedule = legacy_setup(config)
     try:
         state = convert_legacy(src, which, unet_config.to_dict())
@@ -79,7 +83,8 @@ def save_any(
     source: str = "",
 ) -> None:
     """Write a model in format ``fmt`` (one of :data:`TARGETS`): a ddim checkpoint holding
-    EMA weights only, or a diffusers pipeline folder."""
+    EMA weights only (its ``extra`` metadata: the source's, and ``converted_from``), or a
+    diffusers pipeline folder."""
     _check_target(dst, fmt, overwrite)
     if fmt == "diffusers":
         from ddim.formats.diffusers_folder import save_diffusers
@@ -95,7 +100,7 @@ def save_any(
         schedule=loaded.schedule,
         data_shape=(config.in_channels, config.image_size, config.image_size),
         step=loaded.step,
-        extra_meta={"converted_from": source} if source else None,
+        extra_meta={**loaded.extra, **({"converted_from": source} if source else {})},
     )
 
 
