@@ -713,3 +713,15 @@ def test_bundled_mnist_samples_and_reconstructs(tmp_path) -> None:
     result = ok("reconstruct", tmp_path / "pngs", "--steps", 50, "--out", tmp_path / "r.png")
     mse = float(re.search(r"pixels: (\S+)", result.stdout).group(1))
     assert mse < 0.01
+
+
+def test_a_folder_named_like_the_bundled_model_does_not_hide_it(tmp_path, monkeypatch) -> None:
+    """`--ckpt mnist` next to a data folder called mnist/ (make -C docs/results found this)."""
+    (tmp_path / "mnist").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert "data shape     1x28x28" in ok("info", "mnist").stdout
+    ok("sample", "--ckpt", "mnist", "-n", 1, "--steps", 2, "--out", tmp_path / "s.npz")
+    assert np.load(tmp_path / "s.npz")["samples"].shape == (1, 28, 28, 1)
+    not_diffusers = run("sample", "--ckpt", tmp_path / "mnist", "-n", 1, "--out", "x.png")
+    assert not_diffusers.exit_code == 2
+    assert "is not a diffusers folder (no config.json or unet/config.json)" in not_diffusers.output

@@ -238,14 +238,15 @@ def load_model(
     """An eval-mode U-Net on ``device`` and its schedule, from a checkpoint file, a
     diffusers folder or a bundled model name; each of ``steps`` is checked against it.
     ``channels_last`` and ``compile`` prepare it (:func:`ddim.models.fast.for_inference`)."""
-    if Path(ckpt).is_dir():
-        from ddim.formats.diffusers_folder import load_diffusers
+    from ddim.formats.checkpoint import BUNDLED, load_pretrained
+    from ddim.formats.diffusers_folder import is_diffusers_folder, load_diffusers
 
+    # A folder that happens to share a bundled model's name (a data folder "mnist") does not
+    # hide the bundled model, unless it is a diffusers folder.
+    if Path(ckpt).is_dir() and (ckpt not in BUNDLED or is_diffusers_folder(ckpt)):
         model, schedule = load_diffusers(ckpt)
         model = model.to(device)
     else:
-        from ddim.formats.checkpoint import load_pretrained
-
         model, schedule = load_pretrained(ckpt, device)
     for s in steps:
         check_steps(schedule, s)

@@ -237,9 +237,10 @@ def check_state_dict(config: UNetConfig, state: Mapping[str, torch.Tensor], sour
 
 
 def resolve(path_or_name: str | os.PathLike[str]) -> Path:
-    """The file behind a path or a bundled model name; a clear error if it does not exist."""
+    """The file behind a path or a bundled model name (unless a file of that name exists);
+    a clear error if it does not exist."""
     path = Path(path_or_name)
-    if isinstance(path_or_name, str) and path_or_name in BUNDLED and not path.exists():
+    if isinstance(path_or_name, str) and path_or_name in BUNDLED and not path.is_file():
         asset = assets.path(BUNDLED[path_or_name])
         if not asset.is_file():
             raise FileNotFoundError(

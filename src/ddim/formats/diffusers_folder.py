@@ -101,6 +101,13 @@ def save_diffusers(
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def is_diffusers_folder(folder: str | os.PathLike[str]) -> bool:
+    """Whether ``folder`` holds a diffusers pipeline (``unet/config.json``) or a bare
+    ``UNet2DModel`` (``config.json``)."""
+    root = Path(folder)
+    return (root / "unet" / "config.json").is_file() or (root / "config.json").is_file()
+
+
 def load_diffusers(
     folder: str | os.PathLike[str], schedule: NoiseSchedule | None = None
 ) -> tuple[UNet, NoiseSchedule]:
@@ -111,16 +118,16 @@ def load_diffusers(
     ``scheduler_config.json`` beside it. ``schedule`` overrides the scheduler config, and
     is needed when there is none.
     """
-    diffusers = import_diffusers()
     root = Path(folder)
-    if (root / "unet" / "config.json").is_file():
-        unet_dir, scheduler_file = root / "unet", root / "scheduler" / "scheduler_config.json"
-    elif (root / "config.json").is_file():
-        unet_dir, scheduler_file = root, root / "scheduler_config.json"
-    else:
+    if not is_diffusers_folder(root):
         raise FileNotFoundError(
             f"{root} is not a diffusers folder (no config.json or unet/config.json)"
         )
+    diffusers = import_diffusers()
+    if (root / "unet" / "config.json").is_file():
+        unet_dir, scheduler_file = root / "unet", root / "scheduler" / "scheduler_config.json"
+    else:
+        unet_dir, scheduler_file = root, root / "scheduler_config.json"
     if schedule is None:
         if not scheduler_file.is_file():
             raise FileNotFoundError(f"{scheduler_file} is missing; the noise schedule is unknown")
