@@ -44,7 +44,7 @@ def test_the_results_makefile_makes_every_piece_once(tmp_path, write_checkpoint)
         "N": 3, "LONG_SLICE": "6:8", "LONG_N": 2, "CONS_N": 3, "SOLVER_N": 3,
         "RECON_SLICE": "6:10", "T1_STEPS": "2,5", "T1_LONG": 20, "T2_STEPS": "2,5",
         "T2_MID": 10, "T2_LONG": 20, "CONS_STEPS": "2,5", "CONS_REF": 20, "CHECK_STEPS": 5,
-        "FAST_STEPS": 2, "SOLVER_CALLS": "4,8", "DDIM_CALLS": "5,10", "SOLVER_FEW": 4,
+        "FEW_STEPS": 2, "SOLVER_CALLS": "4,8", "DDIM_CALLS": "5,10", "SOLVER_FEW": 4,
         "PICTURE_STEPS": 5, "RECON_STEPS": 10,
     }  # fmt: skip
     make = ["make", "-f", str(MAKEFILE), *(f"{k}={v}" for k, v in settings.items())]
