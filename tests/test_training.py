@@ -324,6 +324,34 @@ def test_learning_rate_warmup():
     assert learning_rate(1, 1e-3, 0) == 1e-3
 
 
+def test_learning_rate_cooldown_by_hand():
+    """Warm-up over 2 updates, cooldown over the last 3 of 10: steps of lr / 4 down to lr / 4."""
+    rates = [learning_rate(s, 1.0, 2, 3, 10) for s in range(1, 11)]
+    assert rates == [0.5, 1, 1, 1, 1, 1, 1, 0.75, 0.5, 0.25]
+    assert learning_rate(2, 1.0, 4, 2, 3) == 0.5  # the lower of warm-up and cooldown
+    with pytest.raises(ValueError, match="training.cooldown_steps=7 exceeds total_steps=6"):
+        config_from_dict({**TINY, "training": {**TINY["training"], "cooldown_steps": 7}})
+
+
+def test_a_cooldown_added_on_resume_is_the_run_planned_with_it(tmp_path):
+    """A constant-rate run resumed with a cooldown that starts after the resumed step gives
+    the weights of a run planned with that cooldown from the start; once a cooldown has
+    begun, its plan may not change."""
+    cool = {"total_steps": 6, "cooldown_steps": 3}
+    once = write_config(tmp_path, "once", training=cool)
+    train(load_config(once), progress=False)
+    split = write_config(tmp_path, training={"total_steps": 3})
+    train(load_config(split), progress=False)
+    resumed = ["training.total_steps=6", "training.cooldown_steps=3"]
+    train(load_config(split, resumed), resume=True, progress=False)
+    assert_identical(final_states(tmp_path / "once"), final_states(tmp_path / "run"))
+    lrs = [json.loads(line)["lr"] for line in (tmp_path / "run/log.jsonl").read_text().splitlines()]
+    assert lrs == pytest.approx([5e-4, 1e-3, 1e-3, 7.5e-4, 5e-4, 2.5e-4])
+    with pytest.raises(ValueError, match="cannot resume at step 6 .*cooldown begins at step 4"):
+        train(load_config(split, ["training.total_steps=8", "training.cooldown_steps=3"]),
+              resume=True, progress=False)  # fmt: skip
+
+
 # ------------------------------------------------------------------ configs
 
 

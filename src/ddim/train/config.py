@@ -37,7 +37,10 @@ class TrainingConfig:
 
     ``batch_size`` is the global batch of one optimiser step, split over processes and
     then over ``grad_accum`` micro-batches. ``warmup_steps`` ramps the learning rate
-    linearly from ``lr / warmup_steps``; ``grad_clip`` is the max global grad norm (0
+    linearly from ``lr / warmup_steps``, and ``cooldown_steps`` lets it fall linearly over
+    the last that many steps of ``total_steps`` (warm-up, stable, decay: a run at constant
+    rate can be resumed with a cooldown added, the same run up to its start; see
+    :func:`ddim.train.loop.learning_rate`); ``grad_clip`` is the max global grad norm (0
     disables clipping). ``antithetic`` pairs ``t`` with ``T - 1 - t`` as the official code
     does. ``ckpt_every``/``sample_every``/``log_every`` are in steps (0 disables samples);
     ``keep_last`` checkpoints are kept. ``device`` is ``auto``, ``cpu``, ``cuda`` or
@@ -55,6 +58,7 @@ class TrainingConfig:
     eps: float = 1e-8
     weight_decay: float = 0.0
     warmup_steps: int = 5000
+    cooldown_steps: int = 0
     grad_clip: float = 1.0
     ema_decay: float = 0.9999
     grad_accum: int = 1
@@ -90,7 +94,7 @@ class TrainingConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"training.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("warmup_steps", "sample_every", "seed"):
+        for name in ("warmup_steps", "cooldown_steps", "sample_every", "seed"):
             if getattr(self, name) < 0:
                 raise ValueError(f"training.{name} must be >= 0, got {getattr(self, name)}")
         for name in ("lr", "eps", "weight_decay", "grad_clip"):
@@ -115,6 +119,11 @@ class TrainingConfig:
         if self.precision not in PRECISIONS:
             raise ValueError(
                 f"training.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
+            )
+        if self.cooldown_steps > self.total_steps:
+            raise ValueError(
+                f"training.cooldown_steps={self.cooldown_steps} exceeds "
+                f"total_steps={self.total_steps}"
             )
         if self.batch_size % self.grad_accum:
             raise ValueError(

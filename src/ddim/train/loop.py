@@ -98,9 +98,19 @@ class _Run:
         return Path(self.config.out_dir) / "checkpoints"
 
 
-def learning_rate(step: int, lr: float, warmup_steps: int) -> float:
-    """``lr`` ramped linearly over the first ``warmup_steps`` steps (from 1)."""
-    return lr * min(1.0, step / warmup_steps) if warmup_steps else lr
+def learning_rate(
+    step: int, lr: float, warmup_steps: int, cooldown_steps: int = 0, total_steps: int = 0
+) -> float:
+    """The learning rate of update ``step`` (from 1): warm-up, stable, decay.
+
+    ``lr`` is ramped linearly over the first ``warmup_steps`` updates, then held; over the
+    last ``cooldown_steps`` updates of ``total_steps`` it falls linearly, by
+    ``lr / (cooldown_steps + 1)`` a step, to ``lr / (cooldown_steps + 1)`` at the last one.
+    """
+    factor = min(1.0, step / warmup_steps) if warmup_steps else 1.0
+    if cooldown_steps:
+        factor = min(factor, (total_steps - step + 1) / (cooldown_steps + 1))
+    return lr * factor
 
 
 def train(
@@ -263,7 +273,7 @@ def _train_step(run: _Run, step: int, stop_requested: bool) -> tuple[float, floa
     for name, value in (("loss", loss_value), ("gradient norm", grad_norm)):
         if not math.isfinite(value):
             raise NonFiniteLossError(f"{name} is {value} at step {step}; the step was not applied")
-    lr = learning_rate(step, tc.lr, tc.warmup_steps)
+    lr = learning_rate(step, tc.lr, tc.warmup_steps, tc.cooldown_steps, tc.total_steps)
     for group in run.opt.param_groups:
         group["lr"] = lr
     run.opt.step()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -36,13 +37,15 @@ from ddim.train.config import TrainConfig
 LATEST = "latest.json"
 STATE_FORMAT_VERSION = 1
 _STEP_FILE = re.compile(r"^step_(\d+)\.(safetensors|state\.pt)$")
-# Config keys that may change when a run is resumed without changing its results.
+# Config keys that may change when a run is resumed without changing its results
+# (total_steps and cooldown_steps only while no cooldown has begun: see cooldown_change).
 RESUMABLE_KEYS = frozenset(
     {"out_dir", "data.path"}
     | {
         f"training.{k}"
         for k in (
             "total_steps",
+            "cooldown_steps",
             "ckpt_every",
             "keep_last",
             "sample_every",
@@ -160,6 +163,9 @@ def restore(
             f"the config differs from the one {latest.state} was trained with in "
             f"{', '.join(changed)}; only {', '.join(sorted(RESUMABLE_KEYS))} may change"
         )
+    problem = cooldown_change(state["config"], config.to_dict(), latest.step)
+    if problem:
+        raise ValueError(problem)
     model.load_state_dict(ckpt.model_state)
     ema.module.load_state_dict(ckpt.ema_state)
     ema.n_averaged.fill_(state["ema_updates"])
@@ -169,6 +175,25 @@ def restore(
     if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda_states)
     return latest.step
+
+
+def cooldown_change(old: dict[str, Any], new: dict[str, Any], step: int) -> str | None:
+    """Why resuming at ``step`` with ``new`` would change the learning rates of the ``step``
+    updates already made under ``old``, or None. The rate depends on ``total_steps`` and
+    ``cooldown_steps`` only from the cooldown's start (``total_steps - cooldown_steps``),
+    so both may change while neither config's cooldown has begun."""
+    runs = [c["training"] for c in (old, new)]
+    plans = [(t["total_steps"], t.get("cooldown_steps", 0)) for t in runs]
+    starts = [total - cooldown if cooldown else math.inf for total, cooldown in plans]
+    if plans[0] == plans[1] or step <= min(starts):
+        return None
+    (old_total, old_cool), (new_total, new_cool) = plans
+    return (
+        f"cannot resume at step {step} with total_steps={new_total}, cooldown_steps={new_cool}: "
+        f"the run was trained with total_steps={old_total}, cooldown_steps={old_cool}, and the "
+        f"learning rate of the steps done would differ (a cooldown begins at step "
+        f"{int(min(starts)) + 1})"
+    )
 
 
 def config_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
