@@ -484,12 +484,13 @@ def test_min_snr_config_is_checked(tmp_path):
 
 def test_the_committed_candidate_run_resumes_with_its_config():
     """Issue 10's run spans sessions: the state in training-state/mnist-next must load and
-    match configs/mnist-next.yaml, or the next session cannot resume it."""
+    match configs/mnist.yaml (but for its planned length and cooldown), or the next session
+    cannot resume it."""
     from ddim.train.state import config_changes, read_latest, read_state
 
     latest = read_latest(REPO / "training-state" / "mnist-next" / "checkpoints")
     assert latest is not None
-    config = load_config(REPO / "configs" / "mnist-next.yaml")
+    config = load_config(REPO / "configs" / "mnist.yaml")
     assert config_changes(read_state(latest.state)["config"], config.to_dict()) == []
     ckpt = load_checkpoint(latest.weights)
     assert ckpt.step == latest.step and ckpt.model_state is not None

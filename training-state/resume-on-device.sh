@@ -18,7 +18,7 @@ rm -rf "$run" && cp -r training-state/mnist-next "$run"
 python=${PYTHON:-python3}
 status=0
 PYTHONPATH=src PYTHONUNBUFFERED=1 timeout -s TERM "$seconds" "$python" -m ddim.train \
-    configs/mnist-next.yaml --resume --set "out_dir=$run" \
+    configs/mnist.yaml --resume --set "out_dir=$run" --set training.cooldown_steps=0 \
     --set data.path=runs/data/t10k-images-idx3-ubyte.gz \
     --set "training.total_steps=$total" --set training.ckpt_every=2000 \
     --set training.log_every=250 || status=$?
