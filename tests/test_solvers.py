@@ -352,5 +352,13 @@ def test_eval_solvers_command(tmp_path, write_checkpoint, tiny_config) -> None:
     fd = json.loads((tmp_path / "solvers-fd.json").read_text())
     assert {(p["solver"], p["calls"]) for p in fd["points"]} == {("ddim", 4), ("dpmpp-2m", 4)}
     assert "| dpmpp-2m |" in (tmp_path / "solvers-fd.md").read_text()
+    only = CliRunner().invoke(eval_group, [
+        "solvers", "--ckpt", str(ckpt), "--solvers", "dpmpp-2m", "--calls", "4", "--dim", "16",
+        "--fd-calls", "4", "--ddim-calls", "8", "-n", "3", "--features", "pixels",
+        "--ref-data", str(ref), "--out-dir", str(tmp_path / "only"),
+    ])  # fmt: skip
+    assert only.exit_code == 0, only.output
+    header = (tmp_path / "only" / "solvers-fd.md").read_text().splitlines()[2]
+    assert header == "| solver (FD) | 4 calls |"  # no column for the budgets of ddim, not run
     bad = CliRunner().invoke(eval_group, ["solvers", "--solvers", "ddim,euler"])
     assert bad.exit_code == 2 and "solvers are ddim, dpmpp-2m" in bad.output

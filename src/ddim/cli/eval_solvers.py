@@ -117,11 +117,12 @@ def solvers_command(
         )  # fmt: skip
         return stats.frechet_distance(ref), None
 
-    fd_points = []
+    fd_points, columns = [], set()
     for solver in solvers:
         budgets = ddim_calls if solver == "ddim" else fd_calls
         fd_points += solver_curves.curves(fd_of, sched, [solver], budgets, options_for(solver))
-    budgets = sorted(set(fd_calls) | set(ddim_calls))
+        columns.update(budgets)
+    budgets = sorted(columns)
     meta = replace_title(meta, f"FD ({features}) of n = {run.n} samples of {run.ckpt}")
     meta |= {"ckpt": run.ckpt, "n": run.n, "seed": run.seed, "features": features}
     table = solver_curves.write_curves(fd_points, run.out_dir, "solvers-fd", meta, "FD", budgets)
