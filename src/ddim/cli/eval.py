@@ -1,5 +1,6 @@
 """``ddim eval``: the paper's Table 1, Table 2, Figures 5 and 6, the exact oracle grid,
-merging grids computed in pieces, and the sample checks of :mod:`ddim.cli.eval_checks`.
+merging grids computed in pieces, the real-data floor of FD (:mod:`ddim.cli.eval_floor`) and
+the sample checks of :mod:`ddim.cli.eval_checks`.
 
 ``table1`` also runs sharded, e.g. ``torchrun --nproc_per_node=4 $(which ddim) eval table1``:
 each process samples its share of the images and rank 0 writes the results.
@@ -18,6 +19,7 @@ import click
 
 from ddim.cli import common, options
 from ddim.cli.eval_checks import blobs_command, memorization_command
+from ddim.cli.eval_floor import floor_command
 from ddim.cli.eval_loss import loss_command
 from ddim.cli.eval_options import (
     Run,
@@ -56,6 +58,7 @@ def eval_group() -> None:
 
 
 eval_group.add_command(blobs_command)
+eval_group.add_command(floor_command)
 eval_group.add_command(memorization_command)
 eval_group.add_command(loss_command)
 eval_group.add_command(solvers_command)
