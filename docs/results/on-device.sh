@@ -10,7 +10,8 @@
 # A piece still running at SECONDS is stopped and left for the next call (make skips the
 # pieces that came back). Further arguments go to make: targets, or VAR=value (CKPT=...).
 # DEVICE (default cuda), JOBS (2) and BATCH (1000) set how the pieces run. The model runs
-# in full fp32: TF32, which PyTorch allows in cuDNN convolutions by default, is turned off.
+# in full fp32 (the Makefile's PRECISION): TF32, which PyTorch allows in cuDNN convolutions by
+# default, is turned off.
 set -euo pipefail
 seconds=${1:?usage: on-device.sh SECONDS [MAKE ARGS...]}
 shift
@@ -38,7 +39,7 @@ status=0
 env -u OUT timeout -s TERM "$seconds" make -C docs/results -j "${JOBS:-2}" \
     DDIM="$python $scratch/ddim_fp32.py" PYTHON="$python" \
     DATA="$root/runs/data/t10k-images-idx3-ubyte.gz" BATCH="${BATCH:-1000}" \
-    FAST="--device ${DEVICE:-cuda} --precision fp32 --channels-last" "$@" \
+    FAST="--device ${DEVICE:-cuda} --channels-last" "$@" \
     2>&1 | tee "$out/make.log" || status=$?
 find docs -type f -newer "$scratch/start" -not -path '*/.*' | sort >"$scratch/files"
 tar -czf "$out/results.tar.gz" -T "$scratch/files"
