@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import ddim
+import ddim.precision
 from ddim.formats.checkpoint import save_weights
 from ddim.models.unet import UNet, UNetConfig
 
@@ -22,6 +23,17 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def cpu_without_native_bf16(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--precision auto`` (the CLI's default) picks fp32 on every test machine, so results
+    that tests compare with the library's fp32 default do not depend on the CPU's bf16
+    instructions. Tests marked ``native_cpu`` see the real CPU."""
+    if request.node.get_closest_marker("native_cpu") is None:
+        monkeypatch.setattr(ddim.precision, "cpu_bf16_flags", lambda: ())
 
 
 @pytest.fixture(autouse=True)
