@@ -2,11 +2,12 @@
 
 Issue 9 asks which of these help a CPU sampler: ``torch.inference_mode`` instead of
 ``torch.no_grad``, channels-last memory layout, ``torch.jit.trace`` + ``torch.jit.freeze``
-(oneDNN fusion of conv + bias + activation; ``optimize_for_inference``), and
-``torch.compile``. Each setting runs the same batch of 64 through the bundled model at
-t = 500; settings take turns after a warm-up, and the median of ``--repeats`` is printed
-with its ratio to eager ``no_grad`` (the sampler's default) and its largest difference
-from that baseline's output. One-off costs (tracing, compilation) are printed apart.
+(oneDNN fusion of conv + bias + activation; ``optimize_for_inference``), ``torch.compile``,
+and bf16 autocast (what ``--precision auto`` picks on a CPU with native bf16). Each setting
+runs the same batch of 64 through the bundled model at t = 500; settings take turns after a
+warm-up, and the median of ``--repeats`` is printed with its ratio to eager ``no_grad`` (the
+sampler's default) and its largest difference from that baseline's output. One-off costs
+(tracing, compilation) are printed apart.
 
     python benchmarks/cpu_inference.py [--repeats 7] [--threads 2] [--compile]
 """
@@ -23,7 +24,7 @@ import torch
 
 import ddim
 from ddim.models.fast import ChannelsLast
-from ddim.precision import cpu_bf16_flags
+from ddim.precision import autocast, cpu_bf16_flags
 
 Forward = Callable[[], torch.Tensor]
 
@@ -50,10 +51,10 @@ def main() -> None:
     t = torch.full((args.batch_size,), 500)
     cl_model = ChannelsLast(model)
 
-    def eager(m: torch.nn.Module, guard: Callable[[], object]) -> Forward:
+    def eager(m: torch.nn.Module, guard: Callable[[], object], precision: str = "fp32") -> Forward:
         def run() -> torch.Tensor:
-            with guard():
-                return m(x, t)
+            with guard(), autocast(precision, "cpu"):
+                return m(x, t).float()
 
         return run
 
@@ -62,6 +63,8 @@ def main() -> None:
         "eager, inference_mode": eager(model, torch.inference_mode),
         "channels_last, no_grad": eager(cl_model, torch.no_grad),
         "channels_last, inference_mode": eager(cl_model, torch.inference_mode),
+        "eager, bf16 autocast": eager(model, torch.no_grad, "bf16"),
+        "channels_last, bf16 autocast": eager(cl_model, torch.no_grad, "bf16"),
     }
     one_off: dict[str, float] = {}
     for name, module in (("jit.freeze", model), ("jit.freeze, channels_last", cl_model)):
@@ -78,6 +81,12 @@ def main() -> None:
             compiled(x, t)
         one_off["compile, channels_last"] = time.perf_counter() - start
         settings["compile, channels_last"] = eager(compiled, torch.no_grad)
+        compiled_bf16 = torch.compile(ChannelsLast(model))
+        start = time.perf_counter()
+        with torch.no_grad(), autocast("bf16", "cpu"):
+            compiled_bf16(x, t)
+        one_off["compile, channels_last, bf16"] = time.perf_counter() - start
+        settings["compile, channels_last, bf16"] = eager(compiled_bf16, torch.no_grad, "bf16")
 
     reference = settings["eager, no_grad (default)"]().detach()
     for fn in settings.values():
