@@ -79,6 +79,7 @@ def test_two_gloo_processes_write_the_files_of_one(tmp_path, ckpt) -> None:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     args = ["-m", "ddim.cli", "sample", "--ckpt", str(ckpt), "-n", str(N), "--steps", "4"]
     args += ["--eta", "0.5", "--batch-size", str(BATCH), "--out", f"{tmp_path / 'two'}/"]
+    args += ["--precision", "fp32"]  # what auto is in-process (conftest), on any CPU
     result = subprocess.run([*cmd, *args], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "wrote 7 PNGs" in result.stdout and "2 process(es)" in result.stdout
