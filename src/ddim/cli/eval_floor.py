@@ -9,9 +9,8 @@ from typing import TYPE_CHECKING
 import click
 
 from ddim.cli import options
-from ddim.cli.eval_options import Slice, load_images
+from ddim.cli.eval_options import Slice, features_option, load_images
 from ddim.cli.options import option
-from ddim.names import FEATURES
 
 if TYPE_CHECKING:
     import torch
@@ -24,10 +23,7 @@ if TYPE_CHECKING:
 @option("--slice", "part", type=Slice(), default=":", help="which images trained the model")
 @option("--ref-data", metavar="PATH", help="reference images [default: --data]")
 @option("--ref-slice", type=Slice(), required=True, help="which reference images, START:STOP")
-@option(
-    "--features", type=click.Choice(FEATURES), default="mnist",
-    help="mnist: the bundled classifier (FD-MNIST); inception: FID (ddim[fid]); pixels",
-)  # fmt: skip
+@features_option
 @option("-n", "n", type=click.IntRange(min=2), default=1000, help="images per draw")
 @option("--draws", type=click.IntRange(min=1), default=10, help="random draws of n images")
 @option("--seed", type=click.IntRange(min=0), default=0, help="draw i uses seed + i")

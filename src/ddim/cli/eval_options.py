@@ -135,13 +135,17 @@ def run_options(n: int) -> options.Decorator:
     )
 
 
+#: ``--features``: which features FD is computed on.
+features_option = option(
+    "--features", type=click.Choice(FEATURES), default="mnist",
+    help="mnist: the bundled classifier (FD-MNIST); inception: FID (ddim[fid]); pixels",
+)  # fmt: skip
+
+
 def reference_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """``--features --ref-data --ref-slice --ref-stats``: the reference statistics of FD."""
     for decorate in reversed([
-        option(
-            "--features", type=click.Choice(FEATURES), default="mnist",
-            help="mnist: the bundled classifier (FD-MNIST); inception: FID (ddim[fid]); pixels",
-        ),
+        features_option,
         option("--ref-data", metavar="PATH", help="reference images: MNIST idx3, .npz or folder"),
         option("--ref-slice", type=Slice(), default=":", help="which reference images, START:STOP"),
         option("--ref-stats", type=click.Path(dir_okay=False), help="statistics (.npz)"),

@@ -10,8 +10,9 @@ train-vs-test FID).
 Those ``n`` images must be a random draw from the training set, as the model's samples
 are. A contiguous block of an ordered data set is not: MNIST's test split, for one, holds
 the 5,000 images of NIST's SD-3 (Census Bureau writers) first and the 5,000 of SD-1
-(students) after them, and each half is further grouped by writer, so a block of 1,000
-holds fewer writers than a random 1,000 and scores noticeably worse. :func:`real_data_floor`
+(students) after them, and blocks of 1,000 within either half differ from each other
+(by writer, most likely), so a block holds a narrower mix than a random 1,000 and can
+score far worse. :func:`real_data_floor`
 reports both, so the difference is visible.
 """
 
