@@ -74,6 +74,26 @@ def test_table1(files, tmp_path, monkeypatch):
     assert run(*args)[1] == out  # the cached reference gives the same table
 
 
+def test_table1_resumes_from_its_progress_folder(files, tmp_path, monkeypatch):
+    ckpt, data = files
+    monkeypatch.setenv("DDIM_CACHE", str(tmp_path / "cache"))
+    args = ["table1", "--ckpt", ckpt, "--ref-data", data, "-n", "5", "--batch-size", "2",
+            "--steps", "3", "--etas", "0.5", "--progress", str(tmp_path / "kept")]  # fmt: skip
+    code, out = run(*args, "--out-dir", str(tmp_path / "a"))
+    assert code == 0, out
+    assert sorted(p.name for p in (tmp_path / "kept").iterdir()) == ["S3-eta0.5", "S3-sigma-hat"]
+    assert len(list((tmp_path / "kept/S3-eta0.5").iterdir())) == 3
+    (tmp_path / "kept/S3-sigma-hat/0000002+2.npz").unlink()  # as if killed in that batch
+    code, out = run(*args, "--out-dir", str(tmp_path / "b"))
+    assert code == 0, out
+    rows = [json.loads((tmp_path / d / "table1.json").read_text())["rows"] for d in "ab"]
+    assert [r["fd"] for r in rows[1]] == [r["fd"] for r in rows[0]]  # bit-identical
+    code, out = run(*args, "--seed", "1", "--out-dir", str(tmp_path / "c"))
+    assert code == 2
+    assert "0000000+2.npz was written by a different run" in out
+    assert not (tmp_path / "c/table1.json").exists()
+
+
 def test_table1_needs_one_reference(files):
     code, out = run("table1", "--ckpt", files[0])
     assert code == 2

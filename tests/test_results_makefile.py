@@ -62,6 +62,7 @@ def test_the_results_makefile_makes_every_piece_once(tmp_path, write_checkpoint)
         ("σ̂", 2), ("σ̂", 5), ("η = 0", 20), ("σ̂", 20)
     }  # fmt: skip
     assert table1["meta"]["n"] == 3 and table1["meta"]["ckpt"] == str(ckpt)
+    assert not (out / "table1/pieces/s1000.progress").exists()  # kept batches, once done
     floor = json.loads((out / "table1/floor.json").read_text())
     assert (floor["n"], len(floor["draws"]), floor["meta"]["ref"]) == (3, 20, f"{data}[6:12]")
     assert list(json.loads((out / "table2/table2.json").read_text())["mse"]) == ["2", "5", "10"]

@@ -112,6 +112,10 @@ def oracle_command(
 @steps_list("10,20,50,100,1000")
 @grid_rows
 @reference_options
+@option(
+    "--progress", type=click.Path(file_okay=False), default=None,
+    help="keep each finished batch's statistics in this folder; a rerun resumes from them",
+)  # fmt: skip
 def table1_command(
     run: Run,
     steps_list: list[int],
@@ -121,14 +125,17 @@ def table1_command(
     ref_data: str | None,
     ref_slice: slice,
     ref_stats: str | None,
+    progress: str | None,
 ) -> None:
     """Table 1: Fréchet distance of n samples to reference statistics, per eta and S.
 
     Reference statistics come from --ref-stats, or from --ref-data (cached under
-    $DDIM_CACHE/stats).
+    $DDIM_CACHE/stats). With --progress, a killed run, rerun with the same options, samples
+    only the batches it had not finished, and gives the same numbers as an unbroken run.
     """
     from ddim.distributed import init_from_env, world
     from ddim.eval import experiments, metrics
+    from ddim.eval.progress import BatchStore, weights_digest
     from ddim.precision import choose
 
     if (ref_data is None) == (ref_stats is None):
@@ -137,14 +144,20 @@ def table1_command(
     model, schedule, shape = run.load(steps_list)
     feature_fn = metrics.feature_extractor(features, run.device)
     ref = reference_stats(feature_fn, features, ref_data, ref_slice, ref_stats, shape, run)
+    precision = choose(run.precision, run.device)[0]
+    store = None
+    if progress is not None:
+        what = f"weights={weights_digest(model)}|features={features}|seed={run.seed}"
+        store = BatchStore(Path(progress), f"{what}|precision={precision}")
     rows = experiments.table1(
         model, schedule, steps_list, etas, sigma_hat, run.n, run.batch_size, feature_fn, ref,
         run.seed, shape=shape, options=run.sampling()["options"], device=run.device,
+        store=store,
     )  # fmt: skip
     meta = {
         "title": f"Table 1 ({features} features, {run.spacing} spacing, n = {run.n})",
         "ckpt": run.ckpt, "features": features, "n": run.n, "seed": run.seed,
-        "spacing": run.spacing, "precision": choose(run.precision, run.device)[0],
+        "spacing": run.spacing, "precision": precision,
         "processes": world()[1],
         "ref": ref_stats or f"{ref_data}[{ref_slice.start}:{ref_slice.stop}]",
     }  # fmt: skip

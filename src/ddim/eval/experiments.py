@@ -25,6 +25,7 @@ import torch
 
 from ddim.distributed import shard, world
 from ddim.eval.metrics import FeatureFn, FeatureStats, consistency, merge_across_ranks
+from ddim.eval.progress import BatchStore
 from ddim.eval.reports import Row, mse_markdown, run_grid, write_fd_grid, write_json
 from ddim.formats.atomic import atomic_write_text
 from ddim.formats.images import save_png
@@ -54,23 +55,30 @@ def sample_stats(
     seed: int,
     options: SamplerOptions,
     device: torch.device | str = "cpu",
+    store: BatchStore | None = None,
 ) -> FeatureStats:
     """Feature statistics of ``n`` samples, this rank's share sampled here, then merged.
 
-    Sample ``i`` is drawn with seed ``seed + i`` (:func:`ddim.workflows.generate`).
+    Sample ``i`` is drawn with seed ``seed + i`` (:func:`ddim.workflows.generate`). With a
+    ``store``, batches finished by an earlier run are loaded from it and new ones kept in it.
     """
     rank, size = world()
     mine = shard(n, rank, size)
-    batches = (
-        feature_fn(
-            generate(
-                model, sched, min(batch_size, mine.stop - start), shape, seed=seed + start,
-                batch_size=batch_size, device=device, options=options,
-            )
-        )
-        for start in range(mine.start, mine.stop, batch_size)
-    )  # fmt: skip
-    return merge_across_ranks(FeatureStats.of_batches(batches))
+
+    def batch(start: int) -> FeatureStats:
+        count = min(batch_size, mine.stop - start)
+
+        def compute() -> FeatureStats:
+            x0 = generate(
+                model, sched, count, shape, seed=seed + start, batch_size=batch_size,
+                device=device, options=options,
+            )  # fmt: skip
+            return FeatureStats.from_features(feature_fn(x0))
+
+        return compute() if store is None else store.stats(start, count, compute)
+
+    parts = (batch(start) for start in range(mine.start, mine.stop, batch_size))
+    return merge_across_ranks(FeatureStats.merged(parts))
 
 
 def table1(
@@ -88,18 +96,23 @@ def table1(
     shape: Sequence[int],
     options: SamplerOptions = DEFAULTS,
     device: torch.device | str = "cpu",
+    store: BatchStore | None = None,
 ) -> list[Row]:
     """Table 1: FD between ``n`` samples and ``ref_stats`` for each ``(setting, S)``.
 
     Rows are ``eta in etas`` with eq. 16's sigma, then (``sigma_hat``) the official
-    ``ddpm_noisy`` step, which clips x0_pred. ``shape`` is one sample's shape.
+    ``ddpm_noisy`` step, which clips x0_pred. ``shape`` is one sample's shape. With a
+    ``store``, each cell keeps its finished batches in a subfolder of it (``S1000-eta0``,
+    ``S1000-sigma-hat``), and a rerun resumes from them.
     """
 
     def fd_of(steps: int, eta: float, variance: str) -> float:
         cell = replace(options, steps=steps, eta=eta, variance=variance)
+        name = f"S{steps}-" + ("sigma-hat" if variance == "ddpm-large" else f"eta{eta:g}")
+        kept = None if store is None else store.cell(name, cell)
         stats = sample_stats(
             model, sched, feature_fn, shape=shape, n=n, batch_size=batch_size, seed=seed,
-            options=cell, device=device,
+            options=cell, device=device, store=kept,
         )  # fmt: skip
         return stats.frechet_distance(ref_stats)
 

@@ -94,9 +94,13 @@ class FeatureStats:
     @classmethod
     def of_batches(cls, batches: Iterable[torch.Tensor | np.ndarray]) -> FeatureStats:
         """The statistics of the features of all ``batches`` (each ``(N_i, D)``) together."""
+        return cls.merged(cls.from_features(b) for b in batches)
+
+    @staticmethod
+    def merged(parts: Iterable[FeatureStats]) -> FeatureStats:
+        """The statistics of disjoint sets together, merged one at a time in order."""
         stats = None
-        for b in batches:
-            part = cls.from_features(b)
+        for part in parts:
             stats = part if stats is None else stats.merge(part)
         if stats is None:
             raise ValueError("cannot compute feature statistics of no features")

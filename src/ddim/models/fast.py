@@ -49,6 +49,10 @@ class Compiled:
         self.seconds = time.perf_counter() - start
         return out
 
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The wrapped model's tensors (their names carry ``torch.compile``'s prefix)."""
+        return self.compiled.state_dict()
+
 
 def for_inference(model: nn.Module, *, channels_last: bool = False, compile: bool = False) -> Model:
     """``model`` (an eval-mode eps-model) in channels-last layout and/or compiled; the result
