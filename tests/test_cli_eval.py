@@ -86,6 +86,7 @@ def test_table1_resumes_from_its_progress_folder(files, tmp_path, monkeypatch):
     (tmp_path / "kept/S3-sigma-hat/0000002+2.npz").unlink()  # as if killed in that batch
     code, out = run(*args, "--out-dir", str(tmp_path / "b"))
     assert code == 0, out
+    assert f"resuming: 5 finished batches kept in {tmp_path / 'kept'}" in out
     rows = [json.loads((tmp_path / d / "table1.json").read_text())["rows"] for d in "ab"]
     assert [r["fd"] for r in rows[1]] == [r["fd"] for r in rows[0]]  # bit-identical
     code, out = run(*args, "--seed", "1", "--out-dir", str(tmp_path / "c"))

@@ -7,6 +7,9 @@
 #   run(command="bash docs/results/on-device.sh 480", carry=["runs/data"], timeout_s=590)
 #
 # and back here, in the repository root: tar -xzf <files_at>/results.tar.gz, then commit.
+# The batches kept by Table 1's S = 1000 piece (docs/results/mnist/table1/pieces/
+# s1000.progress/) travel both ways; once the archive holds that piece's s1000.json, delete
+# the folder here too (on the device the piece deleted it, and tar cannot say so).
 # A piece still running at SECONDS is stopped and left for the next call (make skips the
 # pieces that came back). Further arguments go to make: targets, or VAR=value (CKPT=...).
 # DEVICE (default cuda), JOBS (2) and BATCH (1000) set how the pieces run. The model runs

@@ -149,6 +149,9 @@ def table1_command(
     if progress is not None:
         what = f"weights={weights_digest(model)}|features={features}|seed={run.seed}"
         store = BatchStore(Path(progress), f"{what}|precision={precision}")
+        kept = len(list(store.folder.glob("*/*.npz")))
+        if kept and world()[0] == 0:
+            click.echo(f"resuming: {kept} finished batches kept in {progress}", err=True)
     rows = experiments.table1(
         model, schedule, steps_list, etas, sigma_hat, run.n, run.batch_size, feature_fn, ref,
         run.seed, shape=shape, options=run.sampling()["options"], device=run.device,
