@@ -444,6 +444,30 @@ def test_resume_is_bit_identical_within_a_speed_setting(tmp_path, setting):
     assert all(math.isfinite(loss) for _, loss in losses(tmp_path / "run"))
 
 
+def test_a_run_may_resume_in_another_precision_and_layout(tmp_path, capsys):
+    """A run started in fp32 may go on in bf16 and channels-last (the speed setting of
+    another machine): the resume says so, the steps already taken are untouched, and the
+    steps after it follow the fp32 run's losses up to bf16's rounding."""
+    no_dropout = {"dropout": 0.0}
+    plain = write_config(tmp_path, "plain", model=no_dropout)
+    train(load_config(plain), progress=False)
+    split = write_config(tmp_path, model=no_dropout, training={"total_steps": 3})
+    train(load_config(split), progress=False)
+    capsys.readouterr()
+    faster = ["training.total_steps=6", "training.precision=bf16", "training.channels_last=true"]
+    train(load_config(split, faster), resume=True, progress=False)
+    said = capsys.readouterr().err
+    assert "from step 3 (training.channels_last: False -> True; " in said
+    assert "training.precision: fp32 -> bf16)" in said
+    resumed, ref = losses(tmp_path / "run"), losses(tmp_path / "plain")
+    assert [s for s, _ in resumed] == [s for s, _ in ref] == [1, 2, 3, 4, 5, 6]
+    assert resumed[:3] == ref[:3]
+    for (_, a), (_, b) in zip(resumed[3:], ref[3:], strict=True):
+        assert a != b and a == pytest.approx(b, rel=2e-2)
+    with pytest.raises(ValueError, match="differs .* in training.ema_decay"):
+        train(load_config(split, ["training.ema_decay=0.5"]), resume=True, progress=False)
+
+
 def test_unknown_training_precision_is_refused(tmp_path):
     config = write_config(tmp_path, training={"precision": "fp8"})
     with pytest.raises(ValueError, match="training.precision must be one of fp32, bf16"):

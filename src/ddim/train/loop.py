@@ -155,12 +155,13 @@ def _run(
             f"pass --resume to continue it or pick another out_dir"
         )
     run = _setup(config, ctx)
-    step = restore(latest, config, run.model, run.ema, run.opt) if latest else 0
+    step, moved = restore(latest, config, run.model, run.ema, run.opt) if latest else (0, [])
     if ctx.is_main:
         prepare_out_dir(config, step, fresh=latest is None)
         note = f"no checkpoint in {ckpt_dir} yet; " if resume else ""
+        changed = f" ({'; '.join(moved)})" if moved else ""
         say(
-            f"resuming {out} from step {step}"
+            f"resuming {out} from step {step}{changed}"
             if latest
             else f"{note}training into {out} from step 0"
         )

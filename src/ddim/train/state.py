@@ -37,9 +37,17 @@ from ddim.train.config import TrainConfig
 LATEST = "latest.json"
 STATE_FORMAT_VERSION = 1
 _STEP_FILE = re.compile(r"^step_(\d+)\.(safetensors|state\.pt)$")
-# Config keys that may change when a run is resumed without changing its results
+# Config keys that change only the floating-point arithmetic of the steps still to come
+# (where and how the same model and updates are computed), so a run may move to another
+# machine or speed setting when it resumes. Within one setting a resume stays bit-identical;
+# across settings it is the same run up to rounding (and, for channels_last, other dropout
+# masks, which follow the memory layout). The resume message names each change.
+ARITHMETIC_KEYS = frozenset(
+    f"training.{k}" for k in ("device", "precision", "channels_last", "compile")
+)
+# Config keys that may change when a run is resumed without changing its plan
 # (total_steps and cooldown_steps only while no cooldown has begun: see cooldown_change).
-RESUMABLE_KEYS = frozenset(
+RESUMABLE_KEYS = ARITHMETIC_KEYS | frozenset(
     {"out_dir", "data.path"}
     | {
         f"training.{k}"
@@ -52,7 +60,6 @@ RESUMABLE_KEYS = frozenset(
             "num_samples",
             "sample_steps",
             "log_every",
-            "device",
         )
     }
 )
@@ -146,8 +153,9 @@ def restore(
     model: nn.Module,
     ema: AveragedModel,
     opt: torch.optim.Optimizer,
-) -> int:
-    """Load the checkpoint ``latest`` names into the model, EMA and optimiser; its step."""
+) -> tuple[int, list[str]]:
+    """Load the checkpoint ``latest`` names into the model, EMA and optimiser; its step, and
+    the :data:`ARITHMETIC_KEYS` that ``config`` changes, as ``"key: old -> new"``."""
     ckpt = load_checkpoint(latest.weights)
     state = read_state(latest.state)
     if not ckpt.step == state["step"] == latest.step:
@@ -174,7 +182,9 @@ def restore(
     cuda_states = state["rng"]["cuda"]
     if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda_states)
-    return latest.step
+    old, new = _flatten(state["config"]), _flatten(config.to_dict())
+    moved = [k for k in sorted(ARITHMETIC_KEYS) if old.get(k) != new.get(k)]
+    return latest.step, [f"{k}: {old.get(k)} -> {new.get(k)}" for k in moved]
 
 
 def cooldown_change(old: dict[str, Any], new: dict[str, Any], step: int) -> str | None:
