@@ -4,13 +4,15 @@ Both models are built from one :class:`UNetConfig` (diffusers in its DDPM layout
 channels, blocks, attention resolutions, padding and time embedding, so the parameter
 counts match), live side by side, and run full training steps (q-sample, eps-MSE forward,
 backward, Adam step) on the same batches; ours runs twice, in the default memory layout
-and channels-last (``training.channels_last``). Repetitions alternate the order of the
+and channels-last (``training.channels_last``), and with ``--bf16`` both again under bf16
+autocast (``training.precision: bf16``). Repetitions alternate the order of the
 models to cancel drift. Peak memory is measured per model in a fresh process:
 ``torch.cuda.max_memory_allocated`` on a GPU, the process's peak RSS
 (``resource.getrusage``) on the CPU.
 
     python benchmarks/train_throughput.py --preset mnist --device cuda
     python benchmarks/train_throughput.py --preset cifar10 --batch-size 128 --repeats 5
+    python benchmarks/train_throughput.py --bf16 --no-memory   # is bf16 worth it on this CPU?
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from torch import nn
 from ddim.formats.config_file import read_yaml
 from ddim.formats.diffusers import diffusers_unet_config, from_diffusers
 from ddim.models import UNet, UNetConfig
+from ddim.precision import autocast
 from ddim.schedule import NoiseSchedule
 from ddim.train.loss import diffusion_loss
 
@@ -81,11 +84,13 @@ class Trainer:
             layout = torch.channels_last
             self.batches = [(x.contiguous(memory_format=layout), n, t) for x, n, t in self.batches]
         self.alpha_bar = NoiseSchedule.linear(1000).alpha_bar.to(device)
+        self.precision = "bf16" if which.endswith("bf16") else "fp32"
         self.steps = 0
 
     def step(self) -> None:
         x0, noise, t = self.batches[self.steps % len(self.batches)]
-        loss = diffusion_loss(self.forward, x0, t, noise, self.alpha_bar)
+        with autocast(self.precision, self.device):
+            loss = diffusion_loss(self.forward, x0, t, noise, self.alpha_bar)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
@@ -175,6 +180,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="also time our channels-last U-Net under torch.compile (training.compile)",
     )
+    p.add_argument(
+        "--bf16",
+        action="store_true",
+        help="also time our U-Net in both layouts under bf16 autocast (training.precision)",
+    )
     args = p.parse_args(argv)
     for name in ("batch_size", "repeats", "steps"):
         if getattr(args, name) < 1:
@@ -198,6 +208,8 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device(args.device)
 
     models = ("ours-cl-compiled", *MODELS) if args.compile else MODELS
+    if args.bf16:
+        models = ("ours-cl-bf16", "ours-bf16", *models)
     trainers = {which: Trainer(which, config, args.batch_size, device) for which in models}
     counts = {w: sum(p.numel() for p in t.model.parameters()) for w, t in trainers.items()}
     if abs(counts["ours"] / counts["diffusers"] - 1) > 0.05:
