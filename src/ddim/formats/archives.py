@@ -226,3 +226,20 @@ def load_npz(path: PathLike, key: str | None = None) -> Tensor:
             raise ValueError(f"float array in {file} must lie in [-1, 1] with no NaN or inf")
         return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
     raise ValueError(f"array in {file} has dtype {array.dtype}; expected integers or floats")
+
+
+def load_npz_labels(path: PathLike, key: str) -> Tensor:
+    """The 1-D integer array ``key`` of an ``.npz`` file (class labels) as a LongTensor."""
+    file = Path(path)
+    with _npz_errors(file), open(file, "rb") as f:
+        loaded = np.load(f, allow_pickle=False)
+        if isinstance(loaded, np.ndarray):
+            raise _NpzContentError(f"{file} is a single .npy array; it holds no labels {key!r}")
+        if key not in loaded.files:
+            raise _NpzContentError(f"npz file {file} has no array {key!r}; it holds {loaded.files}")
+        array = loaded[key]
+    if array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(
+            f"labels {key!r} in {file} must be a 1-D integer array, got {array.dtype} {array.shape}"
+        )
+    return torch.from_numpy(array.astype(np.int64))

@@ -20,10 +20,18 @@ from PIL import Image
 from torch import Tensor
 
 from ddim.checks import dataclass_kwargs, is_int
-from ddim.formats.archives import load_cifar10, load_mnist, load_npz, uint8_to_tensor
+from ddim.formats.archives import (
+    load_cifar10,
+    load_mnist,
+    load_mnist_labels,
+    load_npz,
+    load_npz_labels,
+    uint8_to_tensor,
+)
 from ddim.formats.images import IMAGE_EXTENSIONS, find_files, opened_image
 
 KINDS = ("folder", "mnist", "cifar10", "npz", "digits")
+LABELLED_KINDS = ("mnist", "npz")  # the kinds that take DataConfig.labels
 
 PathLike = str | os.PathLike
 
@@ -70,6 +78,13 @@ def load_image_folder(path: PathLike, image_size: int, channels: int) -> Tensor:
 # ---------------------------------------------------------------- scikit-learn digits
 
 
+def load_digit_labels() -> Tensor:
+    """The class (0..9) of each of scikit-learn's 1797 digits, as a LongTensor."""
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    return torch.from_numpy(sklearn_digits().target).to(torch.long)
+
+
 def load_digits(image_size: int = 8) -> Tensor:
     """scikit-learn's bundled 1797 8x8 digits (values 0..16): ``(1797, 1, S, S)``.
 
@@ -100,6 +115,9 @@ class DataConfig:
     ``kind`` is one of ``folder``, ``mnist``, ``cifar10``, ``npz``, ``digits`` (the only one
     without a ``path``). ``start``/``stop`` slice the loaded images like ``x[start:stop]``
     (the bundled MNIST model trains on ``[0, 9000)``); ``key`` picks the array of an npz.
+    ``labels`` says where the class labels are, for class-conditional training: the idx1
+    labels file for ``mnist``, the name of the integer array in the same file for ``npz``;
+    ``digits`` carries its labels and needs none.
     """
 
     kind: str
@@ -110,6 +128,7 @@ class DataConfig:
     start: int | None = None
     stop: int | None = None
     key: str | None = None
+    labels: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -133,6 +152,13 @@ class DataConfig:
             raise ValueError(f"DataConfig.start={self.start} must be below stop={self.stop}")
         if self.key is not None and self.kind != "npz":
             raise ValueError(f"DataConfig.key applies only to kind 'npz', not {self.kind!r}")
+        if self.labels is not None and self.kind not in LABELLED_KINDS:
+            raise ValueError(
+                f"DataConfig.labels applies only to kinds {', '.join(LABELLED_KINDS)}, "
+                f"not {self.kind!r}"
+            )
+        if self.labels is not None:
+            object.__setattr__(self, "labels", os.fspath(self.labels))
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-friendly dict that :meth:`from_dict` reads back."""
@@ -156,15 +182,61 @@ def _load(cfg: DataConfig) -> Tensor:
     return load_digits(cfg.image_size)
 
 
-def load_dataset(cfg: DataConfig) -> Tensor:
-    """Load the configured data, slice ``[start:stop]`` and check ``(C, H, W)``."""
-    x = _load(cfg)
+def _sliced(cfg: DataConfig, x: Tensor) -> Tensor:
     source = cfg.path if cfg.path is not None else "scikit-learn digits"
     if cfg.stop is not None and cfg.stop > len(x):
         raise ValueError(f"DataConfig.stop={cfg.stop} exceeds the {len(x)} images in {source}")
     if cfg.start is not None and cfg.start >= len(x):
         raise ValueError(f"DataConfig.start={cfg.start} is past the {len(x)} images in {source}")
-    x = x[cfg.start : cfg.stop]
+    return x[cfg.start : cfg.stop]
+
+
+def load_dataset(cfg: DataConfig) -> Tensor:
+    """Load the configured data, slice ``[start:stop]`` and check ``(C, H, W)``."""
+    return _checked(cfg, _sliced(cfg, _load(cfg)))
+
+
+def load_labelled_dataset(cfg: DataConfig, num_classes: int) -> tuple[Tensor, Tensor]:
+    """The images of :func:`load_dataset` and their class labels, a LongTensor ``(N,)``
+    sliced alike and checked to lie in ``0 .. num_classes - 1``."""
+    if cfg.labels is None and cfg.kind != "digits":
+        kinds = ", ".join(LABELLED_KINDS)
+        raise ValueError(
+            f"class-conditional training needs labels: set data.labels (kinds {kinds}) "
+            f"or use kind 'digits'"
+        )
+    x = _load(cfg)
+    if cfg.kind == "digits":
+        y = load_digit_labels()
+    elif cfg.kind == "mnist":
+        y = load_mnist_labels(cfg.labels)
+    else:
+        y = load_npz_labels(cfg.path, cfg.labels)
+    if len(y) != len(x):
+        raise ValueError(
+            f"{cfg.labels} holds {len(y)} labels for the {len(x)} images of {cfg.path}"
+        )
+    y = _sliced(cfg, y)
+    if len(y) and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        raise ValueError(
+            f"the labels of {cfg.path or 'scikit-learn digits'} lie in "
+            f"{int(y.min())}..{int(y.max())}, outside 0..{num_classes - 1} "
+            f"(model.num_classes={num_classes})"
+        )
+    return _checked(cfg, _sliced(cfg, x)), y.contiguous()
+
+
+def _sliced(cfg: DataConfig, x: Tensor) -> Tensor:
+    source = cfg.path if cfg.path is not None else "scikit-learn digits"
+    if cfg.stop is not None and cfg.stop > len(x):
+        raise ValueError(f"DataConfig.stop={cfg.stop} exceeds the {len(x)} images in {source}")
+    if cfg.start is not None and cfg.start >= len(x):
+        raise ValueError(f"DataConfig.start={cfg.start} is past the {len(x)} images in {source}")
+    return x[cfg.start : cfg.stop]
+
+
+def _checked(cfg: DataConfig, x: Tensor) -> Tensor:
+    source = cfg.path if cfg.path is not None else "scikit-learn digits"
     expected = (cfg.channels, cfg.image_size, cfg.image_size)
     if tuple(x.shape[1:]) != expected:
         raise ValueError(

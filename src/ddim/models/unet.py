@@ -4,6 +4,11 @@ Module and parameter names match the official PyTorch port (``temb.dense.0``,
 ``down.{i}.block.{j}.conv1``, ``mid.attn_1.q``, ``up.{i}.upsample.conv``, ...), so its
 checkpoints load by key. The network predicts the noise ``eps`` from ``(x_t, t)`` and
 knows nothing about the noise schedule: ``t`` is only fed to a sinusoidal embedding.
+
+A class-conditional network (``num_classes = K > 0``) also takes labels ``y`` in
+``0 .. K``, where ``K`` is the null label ("no class") of classifier-free guidance; the
+label's learned embedding is added to the time embedding, as in ADM (Dhariwal & Nichol
+2021) and diffusers' ``UNet2DModel(num_class_embeds=K + 1)``.
 """
 
 from __future__ import annotations
@@ -27,7 +32,9 @@ class UNetConfig:
 
     ``attn_resolutions`` lists the feature-map sizes (in pixels) at which single-head
     self-attention follows each residual block; ``image_size`` fixes where those sizes
-    occur and must be divisible by ``2 ** (len(ch_mult) - 1)``.
+    occur and must be divisible by ``2 ** (len(ch_mult) - 1)``. ``num_classes`` is 0 for
+    an unconditional model, else the number of classes ``K`` (labels ``0 .. K-1``, and
+    ``K`` the null label).
     """
 
     in_channels: int = 3
@@ -39,6 +46,7 @@ class UNetConfig:
     dropout: float = 0.1
     resamp_with_conv: bool = True
     image_size: int = 32
+    num_classes: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ch_mult", tuple(self.ch_mult))
@@ -47,6 +55,10 @@ class UNetConfig:
             value = getattr(self, name)
             if not is_int(value) or value < 1:
                 raise ValueError(f"UNetConfig.{name} must be a positive integer, got {value!r}")
+        if not is_int(self.num_classes) or self.num_classes < 0:
+            raise ValueError(
+                f"UNetConfig.num_classes must be a non-negative integer, got {self.num_classes!r}"
+            )
         if self.ch % GROUPS:
             raise ValueError(
                 f"UNetConfig.ch must be divisible by {GROUPS} (GroupNorm groups), got {self.ch}"
@@ -193,10 +205,12 @@ def _level(blocks: list[ResnetBlock], attns: list[AttnBlock]) -> nn.Module:
 
 
 class UNet(nn.Module):
-    """The eps-prediction U-Net: ``forward(x: (B, C, H, W), t: (B,)) -> (B, C_out, H, W)``.
+    """The eps-prediction U-Net: ``forward(x: (B, C, H, W), t: (B,), y=None) -> (B, C_out, H, W)``.
 
     ``t`` holds the official 0-based timesteps (``0 .. T-1``). ``up[i]`` mirrors ``down[i]``
     (the official code builds ``up`` from the lowest resolution and inserts at the front).
+    A conditional model's ``label_emb`` starts at zero, so before training it predicts the
+    same eps for every label: fine-tuned from unconditional weights, it starts as that model.
     """
 
     def __init__(self, config: UNetConfig) -> None:
@@ -209,6 +223,9 @@ class UNet(nn.Module):
 
         self.temb = nn.Module()
         self.temb.dense = nn.ModuleList([nn.Linear(ch, temb_ch), nn.Linear(temb_ch, temb_ch)])
+        if config.num_classes:
+            self.label_emb = nn.Embedding(config.num_classes + 1, temb_ch)
+            nn.init.zeros_(self.label_emb.weight)
         self.conv_in = nn.Conv2d(config.in_channels, ch, 3, padding=1)
 
         res = config.image_size
@@ -253,8 +270,12 @@ class UNet(nn.Module):
         self.norm_out = _norm(block_in)
         self.conv_out = nn.Conv2d(block_in, config.out_channels, 3, padding=1)
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        """Predict the noise in ``x`` of shape ``(B, in_channels, image_size, image_size)``."""
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        """Predict the noise in ``x`` of shape ``(B, in_channels, image_size, image_size)``.
+
+        ``y`` (conditional models only) holds one label per sample in ``0 .. num_classes``;
+        ``None`` means the null label ``num_classes`` for every sample.
+        """
         cfg = self.config
         if x.ndim != 4 or x.shape[1] != cfg.in_channels or x.shape[2:] != (cfg.image_size,) * 2:
             raise ValueError(
@@ -267,6 +288,10 @@ class UNet(nn.Module):
         dense = self.temb.dense
         temb = timestep_embedding(t, cfg.ch).to(dense[0].weight.dtype)
         temb = dense[1](F.silu(dense[0](temb)))
+        if cfg.num_classes:
+            temb = temb + self.label_emb(self._labels(y, x.shape[0], t.device))
+        elif y is not None:
+            raise ValueError("this U-Net is unconditional (num_classes = 0); it takes no labels y")
 
         hs = [self.conv_in(x)]
         for i, level in enumerate(self.down):
@@ -292,3 +317,20 @@ class UNet(nn.Module):
                 h = level.upsample(h)
 
         return self.conv_out(F.silu(self.norm_out(h)))
+
+    def _labels(self, y: Tensor | None, batch: int, device: torch.device) -> Tensor:
+        """``y`` checked to be ``(B,)`` integer labels in ``0 .. K`` (the range only on the
+        CPU, to spare a GPU a device-to-host sync); ``None`` gives ``K``."""
+        k = self.config.num_classes
+        if y is None:
+            return torch.full((batch,), k, dtype=torch.long, device=device)
+        if y.shape != (batch,) or y.dtype.is_floating_point or y.dtype == torch.bool:
+            raise ValueError(
+                f"labels y must be an integer tensor of shape ({batch},), "
+                f"got {y.dtype} {tuple(y.shape)}"
+            )
+        if y.device.type == "cpu" and bool((y < 0).any() or (y > k).any()):
+            raise ValueError(
+                f"labels y must lie in 0..{k} ({k} is the null label), got {y.tolist()}"
+            )
+        return y.to(device=device, dtype=torch.long)

@@ -2,8 +2,9 @@
 
 Step ``s`` (counted from 1) takes samples ``(s-1)*B .. s*B-1`` of an endless stream in which
 epoch ``e`` is a permutation of the data set seeded by ``(seed, e)``; its timesteps, noise
-and flips come from one generator seeded by ``(seed, s)``. So any step's batch can be made
-again from the step alone (exact resume), whatever the number of processes.
+and flips come from one generator seeded by ``(seed, s)``, and a conditional run's label
+dropout from another. So any step's batch can be made again from the step alone (exact
+resume), whatever the number of processes.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from ddim.formats.datasets import random_flip
 from ddim.train.config import TrainConfig
 
 # Stream tags that keep the seeds of different kinds of draws apart.
-INIT, EPOCH, STEP, DROPOUT = 1, 2, 3, 4
+INIT, EPOCH, STEP, DROPOUT, LABELS = 1, 2, 3, 4, 5
 
 
 def derive_seed(seed: int, *keys: int) -> int:
@@ -68,14 +69,27 @@ def sample_timesteps(n: int, T: int, generator: torch.Generator, antithetic: boo
 
 
 def step_batch(
-    data: Tensor, order: DataOrder, step: int, config: TrainConfig, T: int
-) -> tuple[Tensor, Tensor, Tensor]:
-    """The global batch of ``step`` (from 1): ``x0``, ``t`` and ``noise``, all on the CPU."""
+    data: Tensor,
+    order: DataOrder,
+    step: int,
+    config: TrainConfig,
+    T: int,
+    labels: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """The global batch of ``step`` (from 1): ``x0``, ``t``, ``noise`` and, with ``labels``
+    (a conditional run), ``y``, each label replaced by the null label ``model.num_classes``
+    with probability ``training.label_dropout``; all on the CPU."""
     tc = config.training
     g = torch.Generator().manual_seed(derive_seed(tc.seed, STEP, step))
-    x0 = data[order.indices((step - 1) * tc.batch_size, tc.batch_size)]
+    index = order.indices((step - 1) * tc.batch_size, tc.batch_size)
+    x0 = data[index]
     t = sample_timesteps(tc.batch_size, T, g, tc.antithetic)
     noise = torch.randn(x0.shape, generator=g)
     if config.data.random_flip:
         x0 = random_flip(x0, g)
-    return x0, t, noise
+    if labels is None:
+        return x0, t, noise, None
+    g_labels = torch.Generator().manual_seed(derive_seed(tc.seed, LABELS, step))
+    dropped = torch.rand(tc.batch_size, generator=g_labels) < tc.label_dropout
+    y = torch.where(dropped, config.model.num_classes, labels[index])
+    return x0, t, noise, y

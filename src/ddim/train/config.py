@@ -48,6 +48,11 @@ class TrainingConfig:
     loss, the optimiser and the EMA stay in fp32); ``channels_last`` and ``compile`` run
     the model in channels-last layout and under ``torch.compile``. ``loss_weighting`` and
     ``min_snr_gamma`` weight the loss across ``t`` (:mod:`ddim.train.loss`).
+    ``label_dropout`` (class-conditional models) is the share of labels replaced by the
+    null label, so one network learns the conditional and the unconditional eps that
+    classifier-free guidance combines (Ho & Salimans 2022; 0.1-0.2 is usual). ``init``
+    names a checkpoint (a path or a bundled name such as ``mnist``) whose EMA weights start
+    the run instead of a random initialisation; a class embedding it lacks starts at zero.
     """
 
     # the optimisation
@@ -67,6 +72,8 @@ class TrainingConfig:
     min_snr_gamma: float = 5.0
     antithetic: bool = True
     seed: int = 0
+    label_dropout: float = 0.0
+    init: str | None = None
     # checkpoints, sample grids and the log
     ckpt_every: int = 5000
     keep_last: int = 3
@@ -116,6 +123,10 @@ class TrainingConfig:
             raise ValueError(
                 f"training.min_snr_gamma must be a finite number > 0, got {self.min_snr_gamma}"
             )
+        if not 0.0 <= self.label_dropout < 1.0:
+            raise ValueError(f"training.label_dropout must lie in [0, 1), got {self.label_dropout}")
+        if self.init is not None and (not isinstance(self.init, str) or not self.init):
+            raise ValueError(f"training.init must be a checkpoint path or name, got {self.init!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(
                 f"training.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
@@ -153,6 +164,10 @@ class TrainConfig:
             raise ValueError(
                 f"model.out_channels={self.model.out_channels} must equal model.in_channels="
                 f"{self.model.in_channels} (the model predicts eps)"
+            )
+        if self.training.label_dropout and not self.model.num_classes:
+            raise ValueError(
+                "training.label_dropout needs a class-conditional model (model.num_classes > 0)"
             )
 
     def to_dict(self) -> dict[str, Any]:

@@ -37,8 +37,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
-from ddim.formats.checkpoint import save_weights
-from ddim.formats.datasets import load_dataset
+from ddim.formats.checkpoint import CheckpointError, load_checkpoint, save_weights
+from ddim.formats.datasets import load_dataset, load_labelled_dataset
 from ddim.formats.images import save_png
 from ddim.models.unet import UNet
 from ddim.noise import seeded_latents
@@ -83,6 +83,7 @@ class _Run:
     config: TrainConfig
     ctx: Distributed
     data: Tensor
+    labels: Tensor | None
     order: batches.DataOrder
     alpha_bar: Tensor
     model: UNet
@@ -155,15 +156,18 @@ def _run(
             f"pass --resume to continue it or pick another out_dir"
         )
     run = _setup(config, ctx)
+    if latest is None and tc.init is not None:
+        _initialise(run, tc.init)
     step, moved = restore(latest, config, run.model, run.ema, run.opt) if latest else (0, [])
     if ctx.is_main:
         prepare_out_dir(config, step, fresh=latest is None)
         note = f"no checkpoint in {ckpt_dir} yet; " if resume else ""
         changed = f" ({'; '.join(moved)})" if moved else ""
+        start = f" (weights from {tc.init})" if tc.init and not latest else ""
         say(
             f"resuming {out} from step {step}{changed}"
             if latest
-            else f"{note}training into {out} from step 0"
+            else f"{note}training into {out} from step 0{start}"
         )
 
     sched = config.diffusion.build()
@@ -205,7 +209,10 @@ def _setup(config: TrainConfig, ctx: Distributed) -> _Run:
     """The data, the model (initialised from the run's seed), its EMA and optimiser."""
     tc = config.training
     sched = config.diffusion.build()
-    data = load_dataset(config.data)
+    if config.model.num_classes:
+        data, labels = load_labelled_dataset(config.data, config.model.num_classes)
+    else:
+        data, labels = load_dataset(config.data), None
     torch.manual_seed(batches.derive_seed(tc.seed, batches.INIT))
     model = UNet(config.model).to(ctx.device)
     if tc.channels_last:
@@ -230,8 +237,41 @@ def _setup(config: TrainConfig, ctx: Distributed) -> _Run:
     forward = torch.compile(ddp) if tc.compile else ddp
     precision = choose(tc.precision, ctx.device)[0]
     return _Run(
-        config, ctx, data, order, alpha_bar, model, ddp, forward, precision, ema, opt, describe
+        config,
+        ctx,
+        data,
+        labels,
+        order,
+        alpha_bar,
+        model,
+        ddp,
+        forward,
+        precision,
+        ema,
+        opt,
+        describe,
     )
+
+
+def _initialise(run: _Run, init: str) -> None:
+    """Start the model and its EMA from the EMA weights of checkpoint ``init``; only a
+    class embedding the checkpoint lacks keeps its zero initialisation."""
+    ckpt = load_checkpoint(init)
+    source = ckpt.path or init
+    if not torch.equal(ckpt.schedule.betas, run.config.diffusion.build().betas):
+        raise CheckpointError(f"training.init {source} was trained on another noise schedule")
+    try:
+        result = run.model.load_state_dict(ckpt.ema_state, strict=False)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[-1].strip()
+        raise CheckpointError(f"training.init {source} does not fit model: {first}") from None
+    missing = [k for k in result.missing_keys if not k.startswith("label_emb.")]
+    if missing or result.unexpected_keys:
+        raise CheckpointError(
+            f"training.init {source} does not fit model: missing {missing}, "
+            f"unexpected {result.unexpected_keys}"
+        )
+    run.ema.module.load_state_dict(run.model.state_dict())
 
 
 def _train_step(run: _Run, step: int, stop_requested: bool) -> tuple[float, float, float, bool]:
@@ -243,9 +283,12 @@ def _train_step(run: _Run, step: int, stop_requested: bool) -> tuple[float, floa
     tc, ctx = run.config.training, run.ctx
     share = tc.batch_size // ctx.world
     micro = share // tc.grad_accum
-    x0, t, noise = batches.step_batch(run.data, run.order, step, run.config, len(run.alpha_bar))
+    x0, t, noise, y = batches.step_batch(
+        run.data, run.order, step, run.config, len(run.alpha_bar), run.labels
+    )
     own = slice(ctx.rank * share, (ctx.rank + 1) * share)
     x0, t, noise = (v[own].to(ctx.device, non_blocking=True) for v in (x0, t, noise))
+    y = None if y is None else y[own].to(ctx.device, non_blocking=True)
     if tc.channels_last:
         x0, noise = (v.contiguous(memory_format=torch.channels_last) for v in (x0, noise))
 
@@ -260,7 +303,13 @@ def _train_step(run: _Run, step: int, stop_requested: bool) -> tuple[float, floa
             weights = loss_weights(t[part], run.alpha_bar, tc.loss_weighting, tc.min_snr_gamma)
             with autocast(run.precision, ctx.device):
                 loss = diffusion_loss(
-                    run.forward, x0[part], t[part], noise[part], run.alpha_bar, weights
+                    run.forward,
+                    x0[part],
+                    t[part],
+                    noise[part],
+                    run.alpha_bar,
+                    weights,
+                    None if y is None else y[part],
                 )
             (loss / tc.grad_accum).backward()
         loss_sum += loss.detach()

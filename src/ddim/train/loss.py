@@ -41,10 +41,13 @@ def diffusion_loss(
     noise: Tensor,
     alpha_bar: Tensor,
     weights: Tensor | None = None,
+    y: Tensor | None = None,
 ) -> Tensor:
     """The mean squared error of the predicted noise, in fp32; with ``weights`` (one per
-    sample, :func:`loss_weights`) the batch mean of each sample's weighted MSE."""
-    eps = model(q_sample(x0, t, noise, alpha_bar), t).float()
+    sample, :func:`loss_weights`) the batch mean of each sample's weighted MSE. A
+    conditional model is called with its labels ``y``."""
+    x_t = q_sample(x0, t, noise, alpha_bar)
+    eps = (model(x_t, t) if y is None else model(x_t, t, y)).float()
     if weights is None:
         return F.mse_loss(eps, noise)
     per_sample = (eps - noise).pow(2).flatten(1).mean(1)

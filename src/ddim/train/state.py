@@ -32,7 +32,7 @@ from torch.optim.swa_utils import AveragedModel
 
 from ddim.formats.atomic import atomic_write, atomic_write_text, remove_stale_temps
 from ddim.formats.checkpoint import CheckpointError, load_checkpoint
-from ddim.train.config import TrainConfig
+from ddim.train.config import TrainConfig, config_from_dict
 
 LATEST = "latest.json"
 STATE_FORMAT_VERSION = 1
@@ -207,8 +207,10 @@ def cooldown_change(old: dict[str, Any], new: dict[str, Any], step: int) -> str 
 
 
 def config_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """Dotted keys whose values differ, other than those in :data:`RESUMABLE_KEYS`."""
-    flat_old, flat_new = _flatten(old), _flatten(new)
+    """Dotted keys whose values differ, other than those in :data:`RESUMABLE_KEYS`. Both
+    configs are read as today's :class:`TrainConfig`, so a key added since ``old`` was
+    written counts as its default."""
+    flat_old, flat_new = (_flatten(config_from_dict(c).to_dict()) for c in (old, new))
     keys = sorted(set(flat_old) | set(flat_new))
     return [k for k in keys if k not in RESUMABLE_KEYS and flat_old.get(k) != flat_new.get(k)]
 
