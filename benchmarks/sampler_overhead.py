@@ -94,7 +94,9 @@ def main() -> None:
                 model(x_T, t)
 
         def sampler(solver: str = solver, spacing: str = spacing, eta: float = eta) -> None:
-            ddim.sample(model, x_T, sched, args.steps, spacing, eta=eta, seed=0, solver=solver)
+            ddim.sample(
+                model, x_T, sched, steps=args.steps, spacing=spacing, eta=eta, seed=0, solver=solver
+            )
 
         bare()
         sampler()

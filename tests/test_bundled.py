@@ -85,7 +85,7 @@ def test_ten_steps_keep_the_recorded_fd_and_blob_rate(eta: float, max_fd: float,
     The previous model measured 316.0 with 35 blobs and 156.8 with none."""
     model, sched = ddim.load_pretrained("mnist")
     x = generate(model, sched, 250, (1, 28, 28), seed=0, batch_size=125,
-                 options=SamplerOptions(10, eta=eta))  # fmt: skip
+                 options=SamplerOptions(steps=10, eta=eta))  # fmt: skip
     stats = metrics.FeatureStats.from_features(metrics.feature_extractor("mnist")(x))
     assert stats.frechet_distance(metrics.FeatureStats.load(HELDOUT_STATS)) < max_fd
     assert int(BLOBS.is_blob(x).sum()) <= max_blobs

@@ -88,7 +88,7 @@ def test_sample_is_batch_invariant_seeded_and_matches_the_library(files, tmp_pat
     np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(c[0], a[3])
     model, sched = load_pretrained(files["tiny.safetensors"])
-    x = workflows.generate(model, sched, 5, (1, 8, 8), options=Opts(10, eta=0.5))
+    x = workflows.generate(model, sched, 5, (1, 8, 8), options=Opts(steps=10, eta=0.5))
     np.testing.assert_array_equal(images.to_uint8(x), a)
     assert a.std() > 10
 
@@ -105,7 +105,9 @@ def test_sample_with_a_solver_matches_the_library_and_reports_its_calls(
         result.stdout.splitlines()[0]
         == f"{solver}: {calls} model calls a batch, 1 batch(es) of <= 64"
     )
-    x = workflows.generate(model, sched, 3, (1, 8, 8), options=Opts(6, "logsnr", solver=solver))
+    x = workflows.generate(
+        model, sched, 3, (1, 8, 8), options=Opts(steps=6, spacing="logsnr", solver=solver)
+    )
     np.testing.assert_array_equal(images.to_uint8(x), np.load(tmp_path / "s.npz")["samples"])
 
 
@@ -199,7 +201,7 @@ def test_encode_matches_the_library(files, tmp_path, suffix) -> None:
     assert labels == [str(s) for s in sources]
     model, sched = load_pretrained(files["tiny.safetensors"])
     x0, _ = images.read_images(sources, 1, 8)
-    expected = workflows.encode(model, sched, x0, options=Opts(10), batch_size=1)
+    expected = workflows.encode(model, sched, x0, options=Opts(steps=10), batch_size=1)
     torch.testing.assert_close(latents, expected, atol=0, rtol=0)
     assert latents.std() > 0.3
 
@@ -220,7 +222,7 @@ def test_reconstruct_prints_the_unit_scale_mse(files, tmp_path) -> None:
     )
     model, sched = load_pretrained(files["tiny.safetensors"])
     x0, _ = images.read_images(sources, 1, 8)
-    mse = workflows.reconstruct(model, sched, x0, options=Opts(20)).mse
+    mse = workflows.reconstruct(model, sched, x0, options=Opts(steps=20)).mse
     lines = result.stdout.splitlines()
     assert lines[:3] == [f"{m:.6f}  {s}" for m, s in zip(mse.tolist(), sources, strict=True)]
     mean = re.fullmatch(
@@ -297,8 +299,10 @@ def test_interpolate_grid_of_four_seeds_and_images(files, tmp_path) -> None:
     )
     model, sched = load_pretrained(files["tiny.safetensors"])
     x0, _ = images.read_images([files["g0.png"], files["g1.png"]], 1, 8)
-    z = workflows.encode(model, sched, x0, options=Opts(10))
-    x = workflows.decode(model, sched, workflows.interpolation_latents(z, 3), options=Opts(10))
+    z = workflows.encode(model, sched, x0, options=Opts(steps=10))
+    x = workflows.decode(
+        model, sched, workflows.interpolation_latents(z, 3), options=Opts(steps=10)
+    )
     np.testing.assert_array_equal(read_png(tmp_path / "im.png"), images.make_grid(x, 3)[..., 0])
 
 

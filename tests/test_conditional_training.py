@@ -15,6 +15,7 @@ from ddim.schedule import NoiseSchedule
 from ddim.train import loop
 from ddim.train.batches import DataOrder, step_batch
 from ddim.train.config import config_from_dict
+from ddim.train.init import start_from
 from ddim.train.runtime import Distributed
 
 CONFIG = UNetConfig(
@@ -135,7 +136,7 @@ def test_init_starts_a_conditional_run_as_the_unconditional_model(tmp_path):
     config = config_from_dict(conditional_config(init=str(tmp_path / "u.safetensors")))
     ctx = Distributed.start("cpu")
     run = loop._setup(config, ctx)
-    loop._initialise(run, config.training.init)
+    start_from(config.training.init, run.model, run.ema, config.diffusion.build())
     x, t = torch.randn(4, 1, 8, 8), torch.tensor([1, 20, 50, 99])
     with torch.no_grad():
         expected = plain(x, t)
@@ -145,11 +146,11 @@ def test_init_starts_a_conditional_run_as_the_unconditional_model(tmp_path):
     other = NoiseSchedule.linear(100, 1e-4, 0.03)
     save(tmp_path / "v.safetensors", plain, other)
     with pytest.raises(CheckpointError, match="another noise schedule"):
-        loop._initialise(run, str(tmp_path / "v.safetensors"))
+        start_from(str(tmp_path / "v.safetensors"), run.model, run.ema, config.diffusion.build())
     wide = UNetConfig(**{**CONFIG.to_dict(), "ch": 64})
     save(tmp_path / "w.safetensors", UNet(wide), sched)
     with pytest.raises(CheckpointError, match="does not fit model"):
-        loop._initialise(run, str(tmp_path / "w.safetensors"))
+        start_from(str(tmp_path / "w.safetensors"), run.model, run.ema, config.diffusion.build())
 
 
 @pytest.mark.slow

@@ -349,6 +349,7 @@ def test_data_config_round_trip(tmp_path):
         "random_flip": False,
         "start": None,
         "stop": 9000,
+        "labels": None,
         "key": None,
     }
 

@@ -113,11 +113,11 @@ def test_consistency_figure(tmp_path):
 def test_interpolation_figure(tmp_path):
     mix = image_mixture()
     images = experiments.interpolation_figure(
-        mix, SCHED, tmp_path / "interp.png", shape=SHAPE, frames=4, options=SamplerOptions(20)
+        mix, SCHED, tmp_path / "interp.png", shape=SHAPE, frames=4, options=SamplerOptions(steps=20)
     )
     assert images.shape == (16, *SHAPE)
     corners, _ = seeded_latents(range(4), SHAPE)
-    first = ddim.sample(mix, corners[:1], SCHED, 20)
+    first = ddim.sample(mix, corners[:1], SCHED, steps=20)
     torch.testing.assert_close(images[:1], first)
     assert Image.open(tmp_path / "interp.png").size == (4 * 6 + 2, 4 * 6 + 2)
 
@@ -137,7 +137,7 @@ from ddim.workflows import SamplerOptions
 
 stats = sample_stats(
     image_mixture(), SCHED, pixel_features, shape=SHAPE, n=10, batch_size=3, seed=5,
-    options=SamplerOptions(5, eta=0.5),
+    options=SamplerOptions(steps=5, eta=0.5),
 )
 if world()[0] == 0:
     stats.save(sys.argv[1])
@@ -159,7 +159,7 @@ def test_two_processes_give_the_statistics_of_one(tmp_path):
     two = FeatureStats.load(tmp_path / "s.npz")
     one = experiments.sample_stats(
         image_mixture(), SCHED, pixel_features, shape=SHAPE, n=10, batch_size=4, seed=5,
-        options=SamplerOptions(5, eta=0.5),
+        options=SamplerOptions(steps=5, eta=0.5),
     )  # fmt: skip
     assert two.n == one.n == 10
     np.testing.assert_allclose(two.mu, one.mu, rtol=1e-6, atol=1e-9)

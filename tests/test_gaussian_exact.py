@@ -47,7 +47,7 @@ def test_deterministic_sampler_is_the_tracked_linear_map():
     lam = power_law_spectrum(6, 1.5)
     x_T = torch.randn(4, 6, generator=torch.Generator().manual_seed(1), dtype=F64)
     for steps, spacing in [(10, "uniform"), (7, "quad"), ([999, 500, 20, 3], "uniform")]:
-        x0 = ddim.sample(DiagonalGaussian(lam, SCHED), x_T, SCHED, steps, spacing)
+        x0 = ddim.sample(DiagonalGaussian(lam, SCHED), x_T, SCHED, steps=steps, spacing=spacing)
         c = output_variance(lam, SCHED, steps, spacing).sqrt()
         torch.testing.assert_close(x0, c * x_T, rtol=1e-12, atol=0)
 
@@ -66,7 +66,8 @@ def test_exact_variance_matches_monte_carlo(steps, spacing, eta, variance):
     n = 20_000
     x_T = torch.randn(n, 6, generator=torch.Generator().manual_seed(2), dtype=F64)
     x0 = ddim.sample(
-        DiagonalGaussian(lam, SCHED), x_T, SCHED, steps, spacing, eta=eta, variance=variance,
+        DiagonalGaussian(lam, SCHED), x_T, SCHED, steps=steps, spacing=spacing, eta=eta,
+        variance=variance,
         clip_denoised=False, seed=7,
     )  # fmt: skip
     exact = output_variance(lam, SCHED, steps, spacing, eta, variance)
@@ -108,7 +109,7 @@ def test_exact_fd_matches_a_large_monte_carlo_fd():
     exact = exact_grid(lam, SCHED, [10], [0.5], sigma_hat=False)[0].fd
     n = 40_000
     x_T = torch.randn(n, 4, generator=torch.Generator().manual_seed(3), dtype=F64)
-    x0 = ddim.sample(DiagonalGaussian(lam, SCHED), x_T, SCHED, 10, eta=0.5, seed=11)
+    x0 = ddim.sample(DiagonalGaussian(lam, SCHED), x_T, SCHED, steps=10, eta=0.5, seed=11)
     mc = frechet_distance(
         x0.mean(0).numpy(), np.cov(x0.numpy(), rowvar=False), np.zeros(4), np.diag(lam.numpy())
     )

@@ -17,7 +17,7 @@ from ddim.workflows import SamplerOptions
 
 SCHED = ddim.NoiseSchedule.linear(1000)
 SHAPE = (1, 3, 3)
-OPTIONS = SamplerOptions(8, eta=0.5)
+OPTIONS = SamplerOptions(steps=8, eta=0.5)
 
 
 def mixture() -> GaussianMixture:
@@ -80,7 +80,7 @@ def test_each_cell_has_its_own_folder_and_key(tmp_path):
     cell = store.cell("S8-eta0.5", OPTIONS)
     assert cell.folder == tmp_path / "S8-eta0.5"
     assert cell.key == f"model-a|{OPTIONS!r}" and "eta=0.5" in cell.key
-    assert store.cell("S8-eta0.5", SamplerOptions(8, eta=0.2)).key != cell.key
+    assert store.cell("S8-eta0.5", SamplerOptions(steps=8, eta=0.2)).key != cell.key
 
 
 def test_the_weights_digest_ignores_layout_and_compile_wrappers():

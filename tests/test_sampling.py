@@ -34,8 +34,9 @@ def test_trajectory_equals_diffusers_ddim(diffusers, eps_model, sched, eta: floa
         x = ref.step(eps_model(x, t.expand(4)), t, x, eta=eta, variance_noise=noise[i]).prev_sample
         ref_xs.append(x)
 
+    # Our noise= has a row per step that draws noise: all but the last, to alpha_bar = 1.
     out, traj = ddim.sample(
-        eps_model, x_T, sched, steps=S, eta=eta, noise=noise, return_trajectory=True
+        eps_model, x_T, sched, steps=S, eta=eta, noise=noise[:-1], return_trajectory=True
     )
     assert traj.timesteps == ref.timesteps.tolist()
     assert len(traj.xs) == S + 1 and len(traj.x0_preds) == S
@@ -58,7 +59,7 @@ def test_thousand_steps_at_eta_one_equal_diffusers_ddpm(diffusers, eps_model, sc
     noise = torch.stack(
         [torch.randn(x_T.shape, generator=torch.Generator().manual_seed(i)) for i in range(1000)]
     )
-    out = ddim.sample(eps_model, x_T, sched, steps=1000, eta=1.0, noise=noise)
+    out = ddim.sample(eps_model, x_T, sched, steps=1000, eta=1.0, noise=noise[:-1])
     torch.testing.assert_close(out, x, rtol=1e-4, atol=1e-4)
 
 
@@ -73,7 +74,7 @@ def half(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
 def run_hand(**kwargs) -> ddim.Trajectory:
     x_T = torch.full((1, 1), 2.0, dtype=torch.float64)
-    noise = torch.ones(2, 1, 1, dtype=torch.float64)
+    noise = torch.ones(1, 1, 1, dtype=torch.float64)  # the step to alpha_bar = 1 draws none
     _, traj = ddim.sample(half, x_T, HAND, steps=2, noise=noise, return_trajectory=True, **kwargs)
     return traj
 
@@ -167,7 +168,7 @@ def test_callback_and_timestep_argument(sched) -> None:
         return torch.zeros_like(x)
 
     ddim.sample(
-        model, torch.zeros(3, 2), sched, steps=5, callback=lambda i, t, x, x0: seen.append((i, t))
+        model, torch.zeros(3, 2), sched, steps=5, callback=lambda s: seen.append((s.i, s.t))
     )
     assert seen == [(0, 800), (1, 600), (2, 400), (3, 200), (4, 0)]
 
@@ -203,8 +204,8 @@ def nan_at(t_bad: int):
         ({"spacing": "cubic"}, "unknown spacing 'cubic'"),
         ({"variance": "large"}, "unknown variance 'large'"),
         (
-            {"eta": 1.0, "noise": torch.zeros(9, 2, 3)},
-            r"noise has shape \(9, 2, 3\); expected \(10, 2, 3\)",
+            {"eta": 1.0, "noise": torch.zeros(10, 2, 3)},
+            r"noise has shape \(10, 2, 3\); expected \(9, 2, 3\)",
         ),
         (
             {"eta": 1.0, "generators": ddim.seeded_generators(0, 3)},

@@ -507,16 +507,10 @@ def test_min_snr_config_is_checked(tmp_path):
         load_config(write_config(tmp_path, "bad", training={"loss_weighting": "snr"}))
 
 
-def test_the_committed_candidate_run_resumes_with_its_config():
-    """Issue 10's run spans sessions: the state in training-state/mnist-next must load and
-    match configs/mnist.yaml (but for its planned length and cooldown), or the next session
-    cannot resume it."""
-    from ddim.train.state import config_changes, read_latest, read_state
-
-    latest = read_latest(REPO / "training-state" / "mnist-next" / "checkpoints")
-    assert latest is not None
-    config = load_config(REPO / "configs" / "mnist.yaml")
-    assert config_changes(read_state(latest.state)["config"], config.to_dict()) == []
-    ckpt = load_checkpoint(latest.weights)
-    assert ckpt.step == latest.step and ckpt.model_state is not None
-    assert ckpt.model_config == config.model
+def test_the_official_eps_key_is_adams_epsilon():
+    """Adam's epsilon is training.adam_eps; the official configs' training.eps still loads."""
+    raw = {**TINY, "out_dir": "unused", "training": {**TINY["training"], "eps": 1e-6}}
+    assert config_from_dict(raw).training.adam_eps == 1e-6
+    both = {**raw, "training": {**raw["training"], "adam_eps": 1e-7}}
+    with pytest.raises(ValueError, match="sets both training.eps and training.adam_eps"):
+        config_from_dict(both)

@@ -28,19 +28,19 @@ class GaussianEps(torch.nn.Module):
 
 
 def test_model_calls_skips_repeated_timesteps(sched) -> None:
-    assert workflows.model_calls(sched, 10, "uniform") == 10
+    assert ddim.model_calls(sched, 10, "uniform") == 10
     quad = sched.timesteps(200, "quad")
-    assert workflows.model_calls(sched, 200, "quad") == len(set(quad.tolist())) < 200
+    assert ddim.model_calls(sched, 200, "quad") == len(set(quad.tolist())) < 200
 
 
 def test_generate_is_batch_size_invariant_and_seeded_per_image(sched, eps_model) -> None:
-    kwargs = {"options": workflows.SamplerOptions(5, eta=0.7), "seed": 11}
+    kwargs = {"options": workflows.SamplerOptions(steps=5, eta=0.7), "seed": 11}
     full = workflows.generate(eps_model, sched, 5, SHAPE, batch_size=5, **kwargs)
     split = workflows.generate(eps_model, sched, 5, SHAPE, batch_size=2, **kwargs)
     torch.testing.assert_close(split, full, atol=0, rtol=0)
     gens = ddim.seeded_generators(11, 5)
     x_T = per_sample_randn(gens, SHAPE, dtype=torch.float32, device="cpu")
-    direct = ddim.sample(eps_model, x_T, sched, 5, eta=0.7, generators=gens)
+    direct = ddim.sample(eps_model, x_T, sched, steps=5, eta=0.7, generators=gens)
     torch.testing.assert_close(full, direct, atol=0, rtol=0)
     third = workflows.generate(eps_model, sched, 1, SHAPE, batch_size=1, **{**kwargs, "seed": 13})
     torch.testing.assert_close(third[0], full[2], atol=0, rtol=0)
@@ -49,7 +49,7 @@ def test_generate_is_batch_size_invariant_and_seeded_per_image(sched, eps_model)
 
 def test_generate_merges_trajectories(sched, eps_model) -> None:
     x0, traj = workflows.generate(
-        eps_model, sched, 3, SHAPE, batch_size=2, options=Opts(4), return_trajectory=True
+        eps_model, sched, 3, SHAPE, batch_size=2, options=Opts(steps=4), return_trajectory=True
     )
     assert traj.timesteps == [750, 500, 250, 0]
     assert len(traj.xs) == 5 and len(traj.x0_preds) == 4
@@ -61,9 +61,10 @@ def test_generate_merges_trajectories(sched, eps_model) -> None:
 def test_seed_latent_is_image_zero_of_that_seed(sched, eps_model) -> None:
     z, _ = seeded_latents([4, 9], SHAPE)
     assert z.shape == (2, *SHAPE)
-    expected = workflows.decode(eps_model, sched, z, options=Opts(5))
+    expected = workflows.decode(eps_model, sched, z, options=Opts(steps=5))
     torch.testing.assert_close(
-        workflows.generate(eps_model, sched, 1, SHAPE, seed=9, options=Opts(5))[0], expected[1]
+        workflows.generate(eps_model, sched, 1, SHAPE, seed=9, options=Opts(steps=5))[0],
+        expected[1],
     )
 
 
@@ -83,12 +84,12 @@ def test_reconstruction_matches_the_closed_form(sched) -> None:
         root = math.sqrt((1 - a) * (1 - a_prev))
         c *= math.sqrt(a * a_prev) + root
         c *= math.sqrt(a / a_prev) * (1 - root) + 1 - a
-    result = workflows.reconstruct(model, sched, x0, options=Opts(steps), batch_size=2)
+    result = workflows.reconstruct(model, sched, x0, options=Opts(steps=steps), batch_size=2)
     torch.testing.assert_close(result.images, c * x0, atol=1e-5, rtol=0)
     expected_mse = (((1 - c) * x0.double() / 2) ** 2).flatten(1).mean(1)
     torch.testing.assert_close(result.mse, expected_mse, atol=1e-9, rtol=1e-4)
     assert 0.98 < c < 0.995 and 1e-6 < result.mse.max() < 1e-4
-    encoded = workflows.encode(model, sched, x0, options=Opts(steps), batch_size=3)
+    encoded = workflows.encode(model, sched, x0, options=Opts(steps=steps), batch_size=3)
     torch.testing.assert_close(result.latents, encoded, atol=0, rtol=0)
 
 

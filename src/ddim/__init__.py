@@ -14,11 +14,13 @@ if TYPE_CHECKING:
     from ddim.interpolate import slerp, slerp_grid
     from ddim.models import oracle
     from ddim.noise import seeded_generators
-    from ddim.sampling import Trajectory, invert, model_calls, sample
+    from ddim.sampling import SamplerOptions, Step, Trajectory, invert, model_calls, sample
     from ddim.schedule import NoiseSchedule
 
 _SOURCES = {
     "NoiseSchedule": "ddim.schedule",
+    "SamplerOptions": "ddim.sampling",
+    "Step": "ddim.sampling",
     "Trajectory": "ddim.sampling",
     "invert": "ddim.sampling",
     "load_pretrained": "ddim.formats.checkpoint",
@@ -32,6 +34,8 @@ _SOURCES = {
 
 __all__ = [
     "NoiseSchedule",
+    "SamplerOptions",
+    "Step",
     "Trajectory",
     "invert",
     "load_pretrained",

@@ -2,7 +2,8 @@
 
 :class:`CheckedModel` runs each call under the chosen autocast, checks the output's shape at
 once and its finiteness on the device, and reports a non-finite step once, after the loop,
-so a step never waits on the device. :class:`Trajectory` is every state of one run.
+so a step never waits on the device. :class:`Step` is what a callback sees after each step
+and :class:`Trajectory` every state of one run.
 """
 
 from __future__ import annotations
@@ -12,10 +13,25 @@ from dataclasses import dataclass
 
 import torch
 
-from ddim.precision import DTYPES, choose
+from ddim.precision import autocast, choose
 
-Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-Callback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
+Model = Callable[..., torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of a sampler, as its callback sees it, the same for every solver: the
+    step's index ``i`` in the run (0 first), the timestep ``t`` it started from, the new
+    state ``x`` and the prediction of ``x_0`` it was taken with (clipped if clipping is on).
+    """
+
+    i: int
+    t: int
+    x: torch.Tensor
+    x0_pred: torch.Tensor
+
+
+Callback = Callable[[Step], None]
 
 
 @dataclass(frozen=True)
@@ -50,19 +66,15 @@ class CheckedModel:
     ):
         self.model = model
         self.precision = choose(precision, device)[0]
-        self._autocast = DTYPES.get(self.precision), torch.device(device).type
+        self.device = torch.device(device)
         t_all = torch.tensor(list(timesteps), dtype=torch.long, device=device)
         self._t = [t_all[i].expand(batch) for i in range(len(timesteps))]
         self._flags: list[tuple[int, int, torch.Tensor]] = []
 
     def __call__(self, x: torch.Tensor, i: int, t: int) -> torch.Tensor:
         """``eps`` at step ``i`` (timestep ``t``), in the dtype of ``x``."""
-        dtype, device_type = self._autocast
-        if dtype is None:
+        with autocast(self.precision, self.device):
             eps = self.model(x, self._t[i])
-        else:
-            with torch.autocast(device_type, dtype=dtype):
-                eps = self.model(x, self._t[i])
         if not isinstance(eps, torch.Tensor) or eps.shape != x.shape:
             shape = tuple(eps.shape) if isinstance(eps, torch.Tensor) else type(eps).__name__
             raise ValueError(

@@ -1,4 +1,5 @@
-"""The names users choose among (spacings, variances, formats, features), defined once.
+"""The names users choose among (spacings, solvers, variances, formats, features, data
+and loss options), defined once.
 
 This module imports nothing, so the command line can offer these choices in ``--help``
 without importing torch; the library modules that implement them import them from here.
@@ -8,12 +9,13 @@ SPACINGS = ("uniform", "quad", "linspace", "trailing", "logsnr", "karras")
 #: The paper's sigma-hat row of Table 1 (the official code's ``ddpm_noisy`` step).
 SIGMA_HAT = "ddpm-large"
 VARIANCES = ("ddim", SIGMA_HAT)
-#: The solvers of ``ddim.sample(solver=...)`` and the order each reaches (``ddim.solvers``);
-#: a run needs at least that many steps.
-SOLVER_ORDERS = {
+#: The solvers of ``ddim.sample(solver=...)`` (``ddim.solvers``) and the fewest steps a run
+#: of each may have: its multistep history needs that many points (its measured order is in
+#: the README's solver table, not here).
+SOLVER_MIN_STEPS = {
     "ddim": 1, "dpmpp-2m": 2, "dpmpp-3m": 3, "unipc": 2, "plms": 2, "heun": 2, "dpmpp-2m-sde": 2,
 }  # fmt: skip
-SOLVERS = tuple(SOLVER_ORDERS)
+SOLVERS = tuple(SOLVER_MIN_STEPS)
 #: How a solver run ends: a step to alpha_bar = 1 (first order or trapezoidal), or at the
 #: smallest timestep.
 FINAL_STEPS = ("denoise", "trapezoid", "none")
@@ -25,3 +27,13 @@ FEATURES = ("mnist", "inception", "pixels")
 #: The t's of the held-out loss (``ddim eval loss``), spread over a T = 1000 schedule.
 HELDOUT_TIMESTEPS = (50, 150, 300, 500, 700, 900)
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+#: Noise schedules by name (``diffusion.schedule``); spacings laid out by noise level.
+SCHEDULES = ("linear", "cosine")
+NOISE_LEVEL_SPACINGS = ("logsnr", "karras")
+#: The weights a checkpoint may hold: the EMA (to sample with) and the raw training weights.
+WEIGHTS = ("ema", "model")
+#: Training data kinds (``data.kind``), the kinds that take ``data.labels``, and the loss
+#: weightings across t (``training.loss_weighting``).
+DATA_KINDS = ("folder", "mnist", "cifar10", "npz", "digits")
+LABELLED_KINDS = ("mnist", "npz")
+LOSS_WEIGHTINGS = ("simple", "min-snr")

@@ -60,7 +60,8 @@ def step_noise(
 ) -> StepNoise:
     """The step noise of a sampler from its one noise source (a ValueError if several).
 
-    ``noise`` holds every step's ``z`` (shape ``(n_steps, *x_T.shape)``); ``generators``
+    ``noise`` holds the ``z`` of every step that draws one (shape ``(n_steps, *x_T.shape)``,
+    :attr:`ddim.plan.StepPlan.stochastic_steps` rows); ``generators``
     has one generator per sample; ``seed`` makes them (``seed + i``) when ``stochastic``;
     with none of them, ``z`` comes from the global RNG.
     """
@@ -71,7 +72,10 @@ def step_noise(
     if noise is not None:
         expected = (n_steps, *x_T.shape)
         if tuple(noise.shape) != expected:
-            raise ValueError(f"noise has shape {tuple(noise.shape)}; expected {expected}")
+            raise ValueError(
+                f"noise has shape {tuple(noise.shape)}; expected {expected}: one row per step "
+                f"that draws noise (every step but a last one to alpha_bar = 1)"
+            )
         return lambda i, x: noise[i].to(device=x.device, dtype=x.dtype)
     if generators is not None and len(generators) != x_T.shape[0]:
         raise ValueError(f"got {len(generators)} generators for a batch of {x_T.shape[0]}")

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ddim.names import SPACINGS
+from ddim.names import NOISE_LEVEL_SPACINGS, SCHEDULES, SPACINGS
 
 
 @dataclass(frozen=True, eq=False)
@@ -174,7 +174,6 @@ def _check_num_timesteps(num_timesteps: int) -> None:
 
 
 #: The spacings placed by noise level rather than by ``t``, and Karras et al.'s ``rho``.
-NOISE_LEVEL_SPACINGS = ("logsnr", "karras")
 KARRAS_RHO = 7.0
 
 
@@ -193,9 +192,6 @@ def _spaced(S: int, T: int, spacing: str) -> list[int]:
     else:
         seq = (np.round(np.arange(T, 0, -T / S)).astype(np.int64) - 1).tolist()
     return sorted(seq, reverse=True)
-
-
-SCHEDULES = ("linear", "cosine")
 
 
 @dataclass(frozen=True)

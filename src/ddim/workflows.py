@@ -9,68 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
 from ddim.interpolate import slerp, slerp_grid
 from ddim.noise import seeded_latents
-from ddim.sampling import (
-    Callback,
-    Model,
-    Trajectory,
-    invert,
-    model_calls,
-    resolved_final_step,
-    sample,
-    solver_grid,
-)  # fmt: skip
+from ddim.sampling import Callback, Model, SamplerOptions, Trajectory
 from ddim.schedule import NoiseSchedule
-
-
-@dataclass(frozen=True)
-class SamplerOptions:
-    """How to sample, as the keyword arguments of :func:`ddim.sample` that every batched
-    workflow shares: ``steps``, ``spacing``, ``eta``, ``variance``, ``clip_denoised``, the
-    model call's ``precision``, the ``solver`` and its ``final_step``.
-
-    Encoding (:func:`encode`) uses ``steps``, ``spacing`` and ``precision`` only.
-    """
-
-    steps: int | Sequence[int] = 50
-    spacing: str = "uniform"
-    eta: float = 0.0
-    variance: str = "ddim"
-    clip_denoised: bool | None = None
-    precision: str = "fp32"
-    solver: str = "ddim"
-    final_step: str | None = None
-
-    def sample(self, model: Model, x_T: torch.Tensor, sched: NoiseSchedule, **kwargs: Any):
-        """:func:`ddim.sample` with these options; ``kwargs`` are its other arguments."""
-        return sample(
-            model, x_T, sched, self.steps, self.spacing, self.eta, self.variance,
-            self.clip_denoised, precision=self.precision, solver=self.solver,
-            final_step=self.final_step, **kwargs,
-        )  # fmt: skip
-
-    def invert(self, model: Model, x0: torch.Tensor, sched: NoiseSchedule, **kwargs: Any):
-        """:func:`ddim.invert` with these ``steps``, ``spacing`` and ``precision``."""
-        return invert(
-            model, x0, sched, self.steps, self.spacing, precision=self.precision, **kwargs
-        )
-
-    def model_calls(self, sched: NoiseSchedule) -> int:
-        """The model evaluations one batch costs (:func:`ddim.model_calls`)."""
-        return model_calls(sched, self.steps, self.spacing, self.solver, self.final_step)
-
-    def steps_taken(self, sched: NoiseSchedule) -> int:
-        """The steps one batch takes, i.e. its callbacks (zero-length steps are skipped)."""
-        if self.solver == "ddim" and self.final_step in (None, "denoise"):
-            return self.model_calls(sched)  # one call per step that is not zero-length
-        final = resolved_final_step(self.solver, self.final_step)
-        return solver_grid(sched, self.steps, self.spacing, self.solver, final).steps
-
 
 #: Today's sampler at its defaults: 50 uniform DDIM steps, eta = 0, the model in fp32.
 DEFAULTS = SamplerOptions()
@@ -194,12 +139,21 @@ def reconstruct(
     batch_size: int = 64,
     callback: Callback | None = None,
 ) -> Reconstruction:
-    """Encode then decode with the same timesteps (paper Section 5.4); ``eta`` must be 0."""
+    """Encode then decode with the same timesteps (paper Section 5.4). Encoding is DDIM's
+    (eq. 13), so decoding must be its inverse: the ``ddim`` solver with ``eta = 0``, the
+    ``ddim`` variance and the denoising final step."""
+    if options.solver != "ddim" or options.final_step not in (None, "denoise"):
+        raise ValueError(
+            f"reconstruction encodes with DDIM, so it must decode with DDIM too: solver 'ddim' "
+            f"with final_step 'denoise', not solver {options.solver!r} with final_step "
+            f"{options.final_step!r}"
+        )
     if options.eta != 0 or options.variance != "ddim":
         raise ValueError("reconstruction decodes with DDIM: eta must be 0 and variance 'ddim'")
-    kwargs = {"options": options, "batch_size": batch_size, "callback": callback}
-    latents = encode(model, sched, x0, **kwargs)
-    images = decode(model, sched, latents, **kwargs)
+    latents = encode(model, sched, x0, options=options, batch_size=batch_size, callback=callback)
+    images = decode(
+        model, sched, latents, options=options, batch_size=batch_size, callback=callback
+    )
     return Reconstruction(latents, images, per_dim_mse(x0.to(images.device), images))
 
 

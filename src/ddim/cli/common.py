@@ -156,7 +156,7 @@ def write_images(out: str, x: torch.Tensor, nrow: int | None = None) -> str:
 @contextlib.contextmanager
 def progress(total: int, desc: str, shown: bool = True) -> Iterator[Callback]:
     """A tqdm bar on stderr (unless ``shown`` is false, shown only when stderr is a terminal)
-    of ``total`` model calls; yields the sampler callback that advances it."""
+    of ``total`` sampler steps; yields the sampler callback that advances it."""
     from tqdm.auto import tqdm
 
     disable = None if shown else True

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import click
 
 from ddim.cli import common, options
-from ddim.cli.options import count_option, out_option
+from ddim.cli.options import count_option, out_option, steps_option
 
 if TYPE_CHECKING:
     import torch
@@ -21,12 +21,12 @@ images_argument = click.argument(
 
 
 def _load_inputs(
-    run: options.ModelRun, sources: tuple[str, ...]
+    run: options.ModelRun, steps: int, sources: tuple[str, ...]
 ) -> tuple[UNet, NoiseSchedule, torch.Tensor, list[str]]:
     """The model, its schedule and the images (which must match the model's size)."""
     from ddim.formats import images
 
-    model, schedule = run.load()
+    model, schedule = run.load([steps])
     channels, size, _ = options.image_shape(model)
     x0, labels = images.read_images(sources, channels, size)
     return model, schedule, x0.to(run.device), labels
@@ -35,9 +35,12 @@ def _load_inputs(
 @click.command("encode", short_help="Encode images to latents x_T (DDIM inversion).")
 @images_argument
 @out_option("latents.npz", "PATH", "latents file: .npz (arrays latents, sources) or .pt")
+@steps_option
 @options.model_options
 @options.force_option
-def encode_command(sources: tuple[str, ...], out: str, force: bool, run: options.ModelRun) -> None:
+def encode_command(
+    sources: tuple[str, ...], out: str, steps: int, force: bool, run: options.ModelRun
+) -> None:
     """Encode images to their latents x_T by deterministic DDIM inversion.
 
     IMAGES are image files, .npz arrays or folders of them; they must have the model's
@@ -47,9 +50,13 @@ def encode_command(sources: tuple[str, ...], out: str, force: bool, run: options
     from ddim.formats.latents import SUFFIXES, save_latents
 
     common.check_output(out, SUFFIXES, "--out", force)
-    model, schedule, x0, labels = _load_inputs(run, sources)
-    with common.progress(run.model_calls(schedule, len(x0)), "encoding") as tick:
-        latents = workflows.encode(model, schedule, x0, **run.batching(tick))
+    model, schedule, x0, labels = _load_inputs(run, steps, sources)
+    sampler = run.sampler(steps)
+    total = options.progress_ticks(schedule, sampler, len(x0), run.batch_size)
+    with common.progress(total, "encoding") as tick:
+        latents = workflows.encode(
+            model, schedule, x0, options=sampler, batch_size=run.batch_size, callback=tick
+        )
     save_latents(out, latents, labels)
     click.echo(f"wrote {len(labels)} latents to {out}")
 
@@ -61,6 +68,7 @@ def encode_command(sources: tuple[str, ...], out: str, force: bool, run: options
 )
 @count_option("--ncols", default=8, help="images per row of the picture")
 @click.option("--per-image", is_flag=True, help="also print the error of every image")
+@steps_option
 @options.model_options
 @options.force_option
 def reconstruct_command(
@@ -68,6 +76,7 @@ def reconstruct_command(
     out: str,
     ncols: int,
     per_image: bool,
+    steps: int,
     force: bool,
     run: options.ModelRun,
 ) -> None:
@@ -80,9 +89,13 @@ def reconstruct_command(
     from ddim.formats import images
 
     common.check_output(out, (".png",), "--out", force)
-    model, schedule, x0, labels = _load_inputs(run, sources)
-    with common.progress(2 * run.model_calls(schedule, len(x0)), "reconstructing") as tick:
-        result = workflows.reconstruct(model, schedule, x0, **run.batching(tick))
+    model, schedule, x0, labels = _load_inputs(run, steps, sources)
+    sampler = run.sampler(steps)
+    total = 2 * options.progress_ticks(schedule, sampler, len(x0), run.batch_size)
+    with common.progress(total, "reconstructing") as tick:
+        result = workflows.reconstruct(
+            model, schedule, x0, options=sampler, batch_size=run.batch_size, callback=tick
+        )
     cols = min(ncols, len(x0))
     images.save_png(out, images.stack_rows(x0, result.images, cols), nrow=cols)
     if per_image:
@@ -90,6 +103,6 @@ def reconstruct_command(
             click.echo(f"{mse:.6f}  {label}")
     click.echo(
         f"per-dim MSE on [0,1]-scaled pixels: {result.mse.mean().item():.6f} "
-        f"(mean over {len(labels)} images, {run.steps} steps)"
+        f"(mean over {len(labels)} images, {steps} steps)"
     )
     click.echo(f"wrote originals and reconstructions to {out}")

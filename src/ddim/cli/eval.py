@@ -141,7 +141,7 @@ def table1_command(
     if (ref_data is None) == (ref_stats is None):
         raise click.UsageError("give exactly one of --ref-data and --ref-stats")
     run = dataclasses.replace(run, device=init_from_env(run.device))
-    model, schedule, shape = run.load(steps_list)
+    model, schedule, shape = run.prepare(steps_list)
     feature_fn = metrics.feature_extractor(features, run.device)
     ref = reference_stats(feature_fn, features, ref_data, ref_slice, ref_stats, shape, run)
     precision = choose(run.precision, run.device)[0]
@@ -154,8 +154,7 @@ def table1_command(
             click.echo(f"resuming: {kept} finished batches kept in {progress}", err=True)
     rows = experiments.table1(
         model, schedule, steps_list, etas, sigma_hat, run.n, run.batch_size, feature_fn, ref,
-        run.seed, shape=shape, options=run.sampling()["options"], device=run.device,
-        store=store,
+        run.seed, shape=shape, options=run.sampler(50), device=run.device, store=store,
     )  # fmt: skip
     meta = {
         "title": f"Table 1 ({features} features, {run.spacing} spacing, n = {run.n})",
@@ -176,9 +175,12 @@ def table2_command(run: Run, steps_list: list[int], data: str, part: slice) -> N
     """Table 2: per-dimension MSE ([0, 1] pixels) of encode -> decode of the first n images."""
     from ddim.eval import experiments
 
-    model, schedule, shape = run.load(steps_list)
+    model, schedule, shape = run.prepare(steps_list)
     x0 = load_images(data, part, shape)[: run.n]
-    mse = experiments.table2(model, schedule, x0, steps_list, **run.sampling())
+    mse = experiments.table2(
+        model, schedule, x0, steps_list, options=run.sampler(50), batch_size=run.batch_size,
+        device=run.device,
+    )  # fmt: skip
     meta = {"ckpt": run.ckpt, "data": f"{data}[{part.start}:{part.stop}]", "n": x0.shape[0]}
     _write_table2(mse, run.out_dir, meta | {"spacing": run.spacing})
 
@@ -194,12 +196,13 @@ def consistency_command(run: Run, steps_list: list[int], ref_steps: int, show: i
     from ddim.eval import experiments
     from ddim.models.classifier import load_classifier
 
-    model, schedule, shape = run.load([*steps_list, ref_steps])
+    model, schedule, shape = run.prepare([*steps_list, ref_steps])
     if shape != (1, 28, 28):
         raise ValueError(f"consistency labels come from the MNIST classifier; model is {shape}")
     agreement = experiments.consistency_figure(
         model, schedule, steps_list, load_classifier(device=run.device).predict, run.out_dir,
-        shape=shape, n=run.n, show=show, ref_steps=ref_steps, seed=run.seed, **run.sampling(),
+        shape=shape, n=run.n, show=show, ref_steps=ref_steps, seed=run.seed,
+        options=run.sampler(50), batch_size=run.batch_size, device=run.device,
     )  # fmt: skip
     for s, frac in agreement.items():
         click.echo(f"S = {s}: {frac:.3f} of {run.n} labels match S = {ref_steps}")
@@ -215,11 +218,11 @@ def interpolation_command(run: Run, steps: int) -> None:
 
     if run.n < 2:
         raise click.BadParameter("an interpolation grid needs n >= 2", param_hint="'-n'")
-    model, schedule, shape = run.load([steps])
+    model, schedule, shape = run.prepare([steps])
     out = Path(run.out_dir) / "interpolation.png"
     experiments.interpolation_figure(
         model, schedule, out, shape=shape, frames=run.n, seed=run.seed,
-        **run.sampling(steps),
+        options=run.sampler(steps), batch_size=run.batch_size, device=run.device,
     )  # fmt: skip
     click.echo(f"wrote {out}")
 

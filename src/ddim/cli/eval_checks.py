@@ -35,15 +35,15 @@ def sample_source(f: Any) -> Any:
 
 def _samples(run: Run, steps: int, eta: float, samples_path: str | None) -> torch.Tensor:
     """The first ``run.n`` of ``--samples``, or ``run.n`` fresh samples from ``--ckpt``."""
-    from ddim.workflows import SamplerOptions, generate
+    from ddim.workflows import generate
 
-    model, schedule, shape = run.load([] if samples_path else [steps])
+    model, schedule, shape = run.prepare([] if samples_path else [steps])
     if samples_path is not None:
         x = load_images(samples_path, slice(None), shape)
         if x.shape[0] < run.n:
             raise ValueError(f"{samples_path} holds {x.shape[0]} images; -n asks for {run.n}")
         return x[: run.n]
-    sampler = SamplerOptions(steps, spacing=run.spacing, eta=eta, precision=run.precision)
+    sampler = run.sampler(steps, eta=eta)
     x = generate(
         model, schedule, run.n, shape, seed=run.seed, batch_size=run.batch_size,
         device=run.device, options=sampler,

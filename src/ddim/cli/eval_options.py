@@ -77,37 +77,22 @@ def grid_rows(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @dataclass(frozen=True)
-class Run:
-    """The values of :func:`run_options`: the model, how many images, where results go."""
+class Run(options.ModelRun):
+    """The values of :func:`run_options`: the model run of :class:`~ddim.cli.options.ModelRun`,
+    how many images, their first seed, and where results go."""
 
-    ckpt: str
-    spacing: str
-    batch_size: int
-    device: torch.device
-    precision: str
-    channels_last: bool
-    compile: bool
     n: int
     seed: int
     out_dir: str
 
-    def load(self, steps: Sequence[int]) -> tuple[UNet, NoiseSchedule, tuple[int, int, int]]:
-        """The model (prepared as ``--channels-last``/``--compile`` ask), its schedule (each
-        of ``steps`` checked against it) and image shape."""
-        model, schedule = options.load_model(
-            self.ckpt, self.device, steps, channels_last=self.channels_last, compile=self.compile
-        )
+    def prepare(self, steps: Sequence[int]) -> tuple[UNet, NoiseSchedule, tuple[int, int, int]]:
+        """The model (prepared as ``--channels-last``/``--compile`` ask; the compilation's
+        cost is reported when the command ends), its schedule (each of ``steps`` checked
+        against it) and image shape."""
+        model, schedule = self.load(steps)
         if self.compile:
             click.get_current_context().call_on_close(lambda: options.report_compilation(model))
         return model, schedule, options.image_shape(model)
-
-    def sampling(self, steps: int = 50) -> dict[str, Any]:
-        """The keyword arguments of :mod:`ddim.eval.experiments` these options give, with
-        ``steps`` where an experiment does not choose them itself."""
-        from ddim.workflows import SamplerOptions
-
-        options = SamplerOptions(steps, spacing=self.spacing, precision=self.precision)
-        return {"options": options, "batch_size": self.batch_size, "device": self.device}
 
 
 def run_options(n: int) -> options.Decorator:

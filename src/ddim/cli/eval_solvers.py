@@ -70,15 +70,15 @@ def solvers_command(
     """
     from ddim.eval import metrics, solver_curves
     from ddim.eval.exact_gaussian import gaussian_w2, output_variance, power_law_spectrum
+    from ddim.sampling import SamplerOptions
     from ddim.schedule import NoiseSchedule
-    from ddim.workflows import SamplerOptions
 
     if ref_data is not None and ref_stats is not None:
         raise click.UsageError("give at most one of --ref-data and --ref-stats")
 
     def options_for(solver: str) -> SamplerOptions:
         if solver == "ddim":
-            return SamplerOptions(spacing=run.spacing, precision=run.precision)
+            return run.sampler(50)
         return SamplerOptions(
             spacing=solver_spacing, precision=run.precision, solver=solver, final_step=final_step
         )
@@ -104,7 +104,7 @@ def solvers_command(
     click.echo(table + f"wrote {run.out_dir}/solvers-oracle.{{md,json,png}}")
     if ref_data is None and ref_stats is None:
         return
-    model, sched, shape = run.load([])
+    model, sched, shape = run.prepare([])
     feature_fn = metrics.feature_extractor(features, run.device)
     ref = reference_stats(feature_fn, features, ref_data, ref_slice, ref_stats, shape, run)
 

@@ -43,6 +43,7 @@ IMAGE = click.Path(exists=True, dir_okay=False)
     "interpolation.png", "PATH.png", "a strip (or, with --grid, a grid) of the decoded images"
 )
 @click.option("--gif", default=None, metavar="PATH.gif", help="also write the strip as a GIF")
+@options.steps_option
 @options.model_options
 @options.force_option
 def interpolate_command(
@@ -52,6 +53,7 @@ def interpolate_command(
     frames: int,
     out: str,
     gif: str | None,
+    steps: int,
     force: bool,
     run: options.ModelRun,
 ) -> None:
@@ -75,22 +77,27 @@ def interpolate_command(
     common.check_output(out, (".png",), "--out", force)
     common.check_output(gif, (".gif",), "--gif", force)
 
-    model, schedule = run.load()
+    model, schedule = run.load([steps])
     shape = options.image_shape(model)
     ends = [item for pair in pairs for item in pair]
     n = frames * frames if grid else frames
-    total = run.model_calls(schedule, n)
+    sampler = run.sampler(steps)
+    total = options.progress_ticks(schedule, sampler, n, run.batch_size)
     if image_pairs:
-        total += run.model_calls(schedule, len(ends))
+        total += options.progress_ticks(schedule, sampler, len(ends), run.batch_size)
     with common.progress(total, "interpolating") as tick:
-        batching = run.batching(tick)
         if seeds:
             corners, _ = seeded_latents(ends, shape, device=run.device)
         else:
             x0, _ = images.read_images(ends, shape[0], shape[1])
-            corners = workflows.encode(model, schedule, x0.to(run.device), **batching)
+            corners = workflows.encode(
+                model, schedule, x0.to(run.device), options=sampler, batch_size=run.batch_size,
+                callback=tick,
+            )  # fmt: skip
         latents = workflows.interpolation_latents(corners, frames)
-        x = workflows.decode(model, schedule, latents, **batching)
+        x = workflows.decode(
+            model, schedule, latents, options=sampler, batch_size=run.batch_size, callback=tick
+        )
     images.save_png(out, x, nrow=frames)
     click.echo(f"wrote {'a grid' if grid else 'a strip'} of {n} images to {out}")
     if gif is not None:

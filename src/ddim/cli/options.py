@@ -1,7 +1,7 @@
 """The options several ``ddim`` subcommands share, and the model they choose.
 
 Nothing here imports torch or the library until a command runs: ``ddim --help`` and usage
-errors stay fast. The lists that ``click.Choice`` offers come from :mod:`ddim.cli.choices`.
+errors stay fast. The lists that ``click.Choice`` offers come from :mod:`ddim.names`.
 """
 
 from __future__ import annotations
@@ -21,9 +21,8 @@ if TYPE_CHECKING:
     import torch
 
     from ddim.models.unet import UNet
-    from ddim.sampling import Callback
+    from ddim.sampling import SamplerOptions
     from ddim.schedule import NoiseSchedule
-    from ddim.workflows import SamplerOptions
 
 DEFAULT_MODEL = "mnist"
 MAX_SEED = 2**63 - 1  # seeds are int64
@@ -176,10 +175,10 @@ def options_as(cls: type, options: Sequence[Decorator]) -> Decorator:
 
 @dataclass(frozen=True)
 class ModelRun:
-    """The values of :func:`model_options`: which model, and how to step and batch it."""
+    """The values of :func:`model_options`: which model, how its steps are laid out, and
+    how it runs and is batched. A command's ``--steps`` (one or a list) stays its own."""
 
     ckpt: str
-    steps: int
     spacing: str
     batch_size: int
     device: torch.device
@@ -187,39 +186,27 @@ class ModelRun:
     channels_last: bool
     compile: bool
 
-    def load(self) -> tuple[UNet, NoiseSchedule]:
-        """The model on ``device`` and its schedule, ``--steps`` checked against it."""
+    def load(self, steps: Iterable[int] = ()) -> tuple[UNet, NoiseSchedule]:
+        """The model on ``device`` and its schedule, each of ``steps`` checked against it."""
         return load_model(
-            self.ckpt, self.device, [self.steps], channels_last=self.channels_last,
-            compile=self.compile,
-        )  # fmt: skip
+            self.ckpt, self.device, steps, channels_last=self.channels_last, compile=self.compile
+        )
 
-    def model_calls(self, schedule: NoiseSchedule, n: int) -> int:
-        """DDIM steps to sample or encode ``n`` images (one model call each)."""
-        from ddim import workflows
+    def sampler(self, steps: int, **more: Any) -> SamplerOptions:
+        """The :class:`~ddim.sampling.SamplerOptions` of ``steps`` steps with this
+        ``--spacing`` and ``--precision``; ``more`` sets its other fields."""
+        from ddim.sampling import SamplerOptions
 
-        sampler = workflows.SamplerOptions(self.steps, self.spacing)
-        return bar_total(schedule, sampler, n, self.batch_size)
-
-    def batching(self, callback: Callback) -> dict[str, Any]:
-        """The ``options`` (steps, spacing, precision), ``batch_size`` and ``callback`` of a
-        workflow."""
-        from ddim import workflows
-
-        return {
-            "options": workflows.SamplerOptions(self.steps, self.spacing, precision=self.precision),
-            "batch_size": self.batch_size,
-            "callback": callback,
-        }
+        return SamplerOptions(steps=steps, spacing=self.spacing, precision=self.precision, **more)
 
 
-#: ``--ckpt --steps --spacing --batch-size --device --precision --channels-last --compile``,
-#: handed to a command as ``run: ModelRun``.
+#: ``--ckpt --spacing --batch-size --device --precision --channels-last --compile``, handed
+#: to a command as ``run: ModelRun``.
 model_options = options_as(
     ModelRun,
     [
-        ckpt_option, steps_option, spacing_option, batch_size_option, device_option,
-        precision_option, channels_last_option, compile_option,
+        ckpt_option, spacing_option, batch_size_option, device_option, precision_option,
+        channels_last_option, compile_option,
     ],
 )  # fmt: skip
 
@@ -281,13 +268,17 @@ def check_steps(schedule: NoiseSchedule, steps: int) -> None:
 
 def report_calls(schedule: NoiseSchedule, sampler: SamplerOptions, n: int, batch_size: int) -> None:
     """Print what sampling cost in model calls."""
-    calls = sampler.model_calls(schedule)
+    from ddim.sampling import model_calls
+
+    o = sampler
+    calls = model_calls(schedule, o.steps, o.spacing, o.solver, o.final_step)
     batches = -(-n // batch_size)
-    click.echo(
-        f"{sampler.solver}: {calls} model calls a batch, {batches} batch(es) of <= {batch_size}"
-    )
+    click.echo(f"{o.solver}: {calls} model calls a batch, {batches} batch(es) of <= {batch_size}")
 
 
-def bar_total(schedule: NoiseSchedule, sampler: SamplerOptions, n: int, batch_size: int) -> int:
-    """Steps (progress-bar ticks) to sample or encode ``n`` images in batches of ``batch_size``."""
-    return sampler.steps_taken(schedule) * -(-n // batch_size)
+def progress_ticks(
+    schedule: NoiseSchedule, sampler: SamplerOptions, n: int, batch_size: int
+) -> int:
+    """Callbacks (progress-bar ticks) to sample or encode ``n`` images in batches of
+    ``batch_size``: one per step of the plan and batch."""
+    return sampler.plan(schedule).steps * -(-n // batch_size)

@@ -13,7 +13,7 @@ from ddim.names import VARIANCES
 if TYPE_CHECKING:
     import torch
 
-    from ddim import workflows
+    from ddim.sampling import SamplerOptions
 
 
 @click.command("sample", short_help="Sample images from a model.")
@@ -104,10 +104,12 @@ def sample_command(
     """
     from ddim import workflows
     from ddim.formats import images
+    from ddim.sampling import SamplerOptions
 
-    sampler = workflows.SamplerOptions(
-        steps, spacing, eta, variance, clip, precision, solver, final_step
-    )
+    sampler = SamplerOptions(
+        steps=steps, spacing=spacing, eta=eta, variance=variance, clip_denoised=clip,
+        precision=precision, solver=solver, final_step=final_step,
+    )  # fmt: skip
     if common.is_folder(out) and trajectory is None:
         fast = {"channels_last": channels_last, "compile": compile}
         _sample_to_folder(ckpt, n, batch_size, seed, device, sampler, out, npz, force, fast)
@@ -120,7 +122,7 @@ def sample_command(
     model, schedule = options.load_model(
         ckpt, device, [steps], channels_last=channels_last, compile=compile
     )
-    total = options.bar_total(schedule, sampler, n, batch_size)
+    total = options.progress_ticks(schedule, sampler, n, batch_size)
     with common.progress(total, "sampling") as tick:
         result = workflows.generate(
             model,
@@ -151,7 +153,7 @@ def _sample_to_folder(
     batch_size: int,
     seed: int,
     device: torch.device,
-    sampler: workflows.SamplerOptions,
+    sampler: SamplerOptions,
     out: str,
     npz: str | None,
     force: bool,
@@ -166,7 +168,7 @@ def _sample_to_folder(
     rank, world_size = distributed.world()
     model, schedule = options.load_model(ckpt, device, [sampler.steps], **fast)
     mine = sum(b - a for a, b in sample_folder.rank_batches(n, batch_size, rank, world_size))
-    total = options.bar_total(schedule, sampler, mine, batch_size)
+    total = options.progress_ticks(schedule, sampler, mine, batch_size)
     with common.progress(total, "sampling", shown=rank == 0) as tick:
         written, kept = sample_folder.sample_to_folder(
             model, schedule, n, options.image_shape(model), out, seed=seed,

@@ -12,10 +12,9 @@ the output is therefore ``N(0, v)`` with ``v`` given by the recursion::
 
     v_0 = 1,    v_k = g_k^2 v_{k-1} + s_k^2                                            (2)
 
-:func:`output_variance` reads ``g_k`` and ``s_k`` off the real :func:`ddim.sample` instead of
-re-deriving them: it runs two float64 rows through it, one starting at ``x_T = 1`` with no
-noise (its state after step ``k`` is ``prod_{j<=k} g_j``) and one at ``x_T = 0`` with
-``z_k = 1`` at every step (state ``y_k = g_k y_{k-1} + s_k``). The Fréchet distance between
+:func:`output_law` reads ``g_k`` and ``s_k`` off the real :func:`ddim.sample` instead of
+re-deriving them (and the law of any other solver from its responses to unit inputs).
+The Fréchet distance between
 ``N(0, diag(v))`` and the data law is then the exact squared 2-Wasserstein distance::
 
     FD = W2^2 = sum_i (sqrt(v_i) - sqrt(lambda_i))^2                                   (3)
@@ -29,6 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 
 import torch
 
@@ -36,7 +36,7 @@ from ddim.eval.metrics import FeatureStats, frechet_distance
 from ddim.eval.reports import Row, run_grid
 from ddim.models.oracle import GaussianMixture
 from ddim.noise import seeded_latents
-from ddim.sampling import sample
+from ddim.sampling import SamplerOptions, Step, sample
 from ddim.schedule import NoiseSchedule
 
 F64 = torch.float64
@@ -73,6 +73,51 @@ class DiagonalGaussian:
         return ((1 - a).sqrt() * x / (a * lam + 1 - a)).to(x.dtype)
 
 
+def output_law(
+    lam: torch.Tensor, sched: NoiseSchedule, options: SamplerOptions
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The exact output law of a run with ``options`` on :class:`DiagonalGaussian`: the
+    per-coordinate gain ``g`` of ``x_T`` and the variance ``v`` of the output.
+
+    Every sampler is linear in ``x_T`` and its step noise there, and :func:`ddim.sample`
+    itself runs, in float64 with clipping off (it would make the step nonlinear), on two
+    kinds of input:
+
+    - a one-step sampler (``ddim``: eq. 12, any ``eta``, sigma-hat) is a Markov chain
+      ``x_k = g_k x_{k-1} + s_k z_k``, so two rows suffice: one from ``x_T = 1`` with no
+      noise (its state after step ``k`` is ``prod_{j<=k} g_j``) and one from ``x_T = 0``
+      with ``z_k = 1`` at every step (state ``y_k = g_k y_{k-1} + s_k``), read after each
+      step into eq. (2);
+    - a multistep solver carries noise into later steps through its history, so row
+      ``k + 1`` starts at 0 with a unit ``z`` at stochastic step ``k`` alone (its output is
+      that step's contribution ``c_k``) and row 0 at ``x_T = 1``: ``v = g^2 + sum_k c_k^2``.
+    """
+    oracle = DiagonalGaussian(lam, sched)
+    options = replace(options, clip_denoised=False)
+    dim = oracle.lam.numel()
+    n_noise = options.plan(sched).stochastic_steps if options.stochastic else 0
+    if options.solver == "ddim":
+        x_T = torch.stack([torch.ones(dim, dtype=F64), torch.zeros(dim, dtype=F64)])
+        ones = torch.tensor([0.0, 1.0], dtype=F64)[None, :, None].expand(n_noise, 2, dim)
+        state = {"prev": x_T, "var": torch.ones(dim, dtype=F64)}
+
+        def track(step: Step) -> None:
+            prev, x = state["prev"], step.x
+            gain = x[0] / prev[0]  # g_k
+            kick = x[1] - gain * prev[1]  # s_k
+            state["var"] = gain**2 * state["var"] + kick**2
+            state["prev"] = x
+
+        out = options.sample(oracle, x_T, sched, noise=ones if n_noise else None, callback=track)
+        return out[0], state["var"]
+    x_T = torch.zeros(1 + n_noise, dim, dtype=F64)
+    x_T[0] = 1.0
+    # noise[k] is 1 on row k + 1 alone: a view of an identity, not n_noise^2 * dim numbers.
+    impulses = torch.eye(1 + n_noise, dtype=F64)[1:, :, None].expand(-1, -1, dim)
+    out = options.sample(oracle, x_T, sched, noise=impulses if n_noise else None)
+    return out[0], (out**2).sum(0)
+
+
 def output_variance(
     lam: torch.Tensor,
     sched: NoiseSchedule,
@@ -81,30 +126,9 @@ def output_variance(
     eta: float = 0.0,
     variance: str = "ddim",
 ) -> torch.Tensor:
-    """The exact per-coordinate variance ``v`` of the sampler's output, eq. (2).
-
-    The sampler is :func:`ddim.sample` itself, run on :class:`DiagonalGaussian` in float64
-    with ``clip_denoised=False`` (clipping would make the step nonlinear).
-    """
-    oracle = DiagonalGaussian(lam, sched)
-    dim = oracle.lam.numel()
-    x_T = torch.stack([torch.ones(dim, dtype=F64), torch.zeros(dim, dtype=F64)])
-    noise = torch.zeros(len(sched.timesteps(steps, spacing)), 2, dim, dtype=F64)
-    noise[:, 1] = 1.0
-    state = {"prev": x_T, "var": torch.ones(dim, dtype=F64)}
-
-    def track(i: int, t: int, x: torch.Tensor, x0_pred: torch.Tensor) -> None:
-        prev = state["prev"]
-        gain = x[0] / prev[0]  # g_k
-        kick = x[1] - gain * prev[1]  # s_k
-        state["var"] = gain**2 * state["var"] + kick**2
-        state["prev"] = x
-
-    sample(
-        oracle, x_T, sched, steps, spacing, eta=eta, variance=variance,
-        clip_denoised=False, noise=noise, callback=track,
-    )  # fmt: skip
-    return state["var"]
+    """The exact per-coordinate variance ``v`` of eq. 12's output (:func:`output_law`)."""
+    options = SamplerOptions(steps=steps, spacing=spacing, eta=eta, variance=variance)
+    return output_law(lam, sched, options)[1]
 
 
 def gaussian_w2(var: torch.Tensor, lam: torch.Tensor) -> float:
@@ -168,8 +192,8 @@ def mixture_fd(
         seeds = range(seed + lo, seed + min(lo + batch_size, n))
         x_T, gens = seeded_latents(seeds, mixture.shape, dtype=F64)
         x0 = sample(
-            mixture, x_T, mixture.sched, steps, spacing, eta=eta, variance=variance,
-            clip_denoised=False, generators=gens,
+            mixture, x_T, mixture.sched, steps=steps, spacing=spacing, eta=eta,
+            variance=variance, clip_denoised=False, generators=gens,
         )  # fmt: skip
         return x0.reshape(x0.shape[0], -1)
 

@@ -3,11 +3,9 @@
 The x-axis is what a user pays, model evaluations (:func:`ddim.model_calls`): for each
 budget, a solver runs the most steps that fit in it.
 
-On the oracle ``N(0, diag(lambda))`` (:mod:`ddim.eval.exact_gaussian`) every solver is
-linear in its inputs, so its output law is exact: a deterministic solver maps ``x_T = 1``
-to its per-coordinate gain ``g`` and its output is ``N(0, diag(g^2))``; the stochastic one
-adds ``sum_k c_k^2``, with ``c_k`` its response to a unit noise at step ``k`` alone (one
-batch row per step). Two errors follow with no Monte Carlo error:
+On the oracle ``N(0, diag(lambda))`` every solver is linear in its inputs, so its output law
+is exact (:func:`ddim.eval.exact_gaussian.output_law`: the gain ``g`` of ``x_T`` and the
+variance ``v``). Two errors follow with no Monte Carlo error:
 
 - ``w2``: the squared 2-Wasserstein distance to the data, eq. (3) of ``exact_gaussian``;
 - ``ode_error``: ``max_k |g_k / m_k - 1|`` against the exact probability-flow map
@@ -26,12 +24,11 @@ from typing import Any
 
 import torch
 
-from ddim.eval.exact_gaussian import F64, DiagonalGaussian, gaussian_w2
+from ddim.eval.exact_gaussian import gaussian_w2, output_law
 from ddim.eval.reports import line_plot_png, write_json
 from ddim.formats.atomic import atomic_write_bytes, atomic_write_text
-from ddim.sampling import model_calls, resolved_final_step, sample, solver_grid
+from ddim.sampling import SamplerOptions, model_calls
 from ddim.schedule import NoiseSchedule
-from ddim.workflows import SamplerOptions
 
 
 @dataclass(frozen=True)
@@ -52,7 +49,7 @@ def steps_within(sched: NoiseSchedule, options: SamplerOptions, calls: int) -> i
     best = None
     for steps in range(1, min(calls + 2, sched.num_timesteps) + 1):
         try:
-            cost = replace(options, steps=steps).model_calls(sched)
+            cost = model_calls(sched, steps, options.spacing, options.solver, options.final_step)
         except ValueError:
             continue
         if cost <= calls:
@@ -66,33 +63,17 @@ def oracle_point(
     lam: torch.Tensor, sched: NoiseSchedule, options: SamplerOptions
 ) -> tuple[float, float | None]:
     """``(w2, ode_error)`` of one run on ``N(0, diag(lam))``, both exact (module docstring)."""
-    oracle = DiagonalGaussian(lam, sched)
-    dim = oracle.lam.numel()
-    kwargs = {"solver": options.solver, "final_step": options.final_step, "clip_denoised": False}
-    stochastic = options.solver == "dpmpp-2m-sde"
-    final = resolved_final_step(options.solver, options.final_step)
-    grid = solver_grid(sched, options.steps, options.spacing, options.solver, final)
-    n_noise = grid.steps
-    rows = 1 + (n_noise if stochastic else 0)
-    x_T = torch.zeros(rows, dim, dtype=F64)
-    x_T[0] = 1.0
-    noise = None
-    if stochastic:
-        noise = torch.zeros(n_noise, rows, dim, dtype=F64)
-        for k in range(n_noise):
-            noise[k, k + 1] = 1.0
-    out = sample(oracle, x_T, sched, options.steps, options.spacing, noise=noise, **kwargs)
-    variance = (out**2).sum(0)
-    w2 = gaussian_w2(variance, oracle.lam)
-    if stochastic:
+    gain, variance = output_law(lam, sched, options)
+    w2 = gaussian_w2(variance, lam)
+    if options.stochastic:
         return w2, None
 
     def s(t: int) -> torch.Tensor:
         a = sched.alpha_bar_at(t)
-        return (a * oracle.lam + 1 - a).sqrt()
+        return (a * lam + 1 - a).sqrt()
 
-    exact = s(grid.ts[-1]) / s(grid.ts[0])
-    return w2, float((out[0] / exact - 1).abs().max())
+    ts = options.plan(sched).ts
+    return w2, float((gain / (s(ts[-1]) / s(ts[0])) - 1).abs().max())
 
 
 def curves(

@@ -36,12 +36,12 @@ import torch
 from ddim import assets
 from ddim.formats.atomic import atomic_write_bytes
 from ddim.models.unet import UNet, UNetConfig
+from ddim.names import WEIGHTS
 from ddim.schedule import NoiseSchedule
 
 FORMAT = "ddim-checkpoint"
 FORMAT_VERSION = 1
 BUNDLED = {"mnist": "mnist.safetensors"}
-WHICH = ("ema", "model")
 _BETAS_KEY = "schedule.betas"
 _MAX_LISTED = 8
 
@@ -66,8 +66,8 @@ class Checkpoint:
 
     def unet(self, which: str = "ema") -> UNet:
         """An eval-mode U-Net on the CPU with the ``"ema"`` or the raw ``"model"`` weights."""
-        if which not in WHICH:
-            raise ValueError(f"which must be one of {', '.join(WHICH)}, got {which!r}")
+        if which not in WEIGHTS:
+            raise ValueError(f"which must be one of {', '.join(WEIGHTS)}, got {which!r}")
         state = self.ema_state if which == "ema" else self.model_state
         if state is None:
             raise CheckpointError(
@@ -191,7 +191,7 @@ def read_metadata(path_or_name: str | os.PathLike[str]) -> dict[str, Any]:
         raise CheckpointError(f"{path} is truncated or has trailing bytes ({size} bytes on disk)")
     meta = _parse_metadata(path, header)
     entries = {k: v for k, v in header.items() if k != "__metadata__"}
-    meta["weights"] = [w for w in WHICH if any(k.startswith(f"{w}.") for k in entries)]
+    meta["weights"] = [w for w in WEIGHTS if any(k.startswith(f"{w}.") for k in entries)]
     meta["num_parameters"] = sum(
         math.prod(v["shape"]) for k, v in entries.items() if k.startswith("ema.")
     )

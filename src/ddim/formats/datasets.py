@@ -29,9 +29,7 @@ from ddim.formats.archives import (
     uint8_to_tensor,
 )
 from ddim.formats.images import IMAGE_EXTENSIONS, find_files, opened_image
-
-KINDS = ("folder", "mnist", "cifar10", "npz", "digits")
-LABELLED_KINDS = ("mnist", "npz")  # the kinds that take DataConfig.labels
+from ddim.names import DATA_KINDS, LABELLED_KINDS
 
 PathLike = str | os.PathLike
 
@@ -131,8 +129,10 @@ class DataConfig:
     labels: str | None = None
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"DataConfig.kind must be one of {', '.join(KINDS)}: {self.kind!r}")
+        if self.kind not in DATA_KINDS:
+            raise ValueError(
+                f"DataConfig.kind must be one of {', '.join(DATA_KINDS)}: {self.kind!r}"
+            )
         if self.path is not None:
             object.__setattr__(self, "path", os.fspath(self.path))
         if (self.path is None) != (self.kind == "digits"):
@@ -180,15 +180,6 @@ def _load(cfg: DataConfig) -> Tensor:
     if cfg.kind == "npz":
         return load_npz(cfg.path, cfg.key)
     return load_digits(cfg.image_size)
-
-
-def _sliced(cfg: DataConfig, x: Tensor) -> Tensor:
-    source = cfg.path if cfg.path is not None else "scikit-learn digits"
-    if cfg.stop is not None and cfg.stop > len(x):
-        raise ValueError(f"DataConfig.stop={cfg.stop} exceeds the {len(x)} images in {source}")
-    if cfg.start is not None and cfg.start >= len(x):
-        raise ValueError(f"DataConfig.start={cfg.start} is past the {len(x)} images in {source}")
-    return x[cfg.start : cfg.stop]
 
 
 def load_dataset(cfg: DataConfig) -> Tensor:

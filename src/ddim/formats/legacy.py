@@ -17,9 +17,10 @@ from typing import Any
 
 import torch
 
-from ddim.formats.checkpoint import WHICH, CheckpointError, check_state_dict
+from ddim.formats.checkpoint import CheckpointError, check_state_dict
 from ddim.formats.config_file import build_section, read_yaml
 from ddim.models.unet import UNetConfig
+from ddim.names import WEIGHTS
 from ddim.schedule import DiffusionConfig, NoiseSchedule
 
 
@@ -38,8 +39,8 @@ def convert_legacy(
     only, never arbitrary pickled code. With ``model_config`` the result is checked against
     that U-Net and every missing, unexpected or mis-shaped key is reported.
     """
-    if which not in WHICH:
-        raise ValueError(f"which must be one of {', '.join(WHICH)}, got {which!r}")
+    if which not in WEIGHTS:
+        raise ValueError(f"which must be one of {', '.join(WEIGHTS)}, got {which!r}")
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"legacy checkpoint {path} does not exist or is not a file")

@@ -8,7 +8,8 @@ A config file has five top-level keys::
     data: {...}                # DataConfig fields
     training: {...}            # TrainingConfig fields
 
-Unknown keys anywhere are an error that names the key. Values are coerced to the field's
+Unknown keys anywhere are an error that names the key; ``training.eps``, Adam's epsilon in
+the official configs, is read as ``training.adam_eps``. Values are coerced to the field's
 type where that is unambiguous: YAML reads ``1e-4`` (no dot) as a string, which a float
 field accepts, and lists become tuples.
 """
@@ -26,9 +27,8 @@ import yaml
 from ddim.formats.config_file import build_section, read_yaml
 from ddim.formats.datasets import DataConfig
 from ddim.models.unet import UNetConfig
-from ddim.names import PRECISIONS
+from ddim.names import LOSS_WEIGHTINGS, PRECISIONS
 from ddim.schedule import DiffusionConfig
-from ddim.train.loss import LOSS_WEIGHTINGS
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ class TrainingConfig:
     batch_size: int = 128
     lr: float = 2e-4
     adam_betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
+    adam_eps: float = 1e-8
     weight_decay: float = 0.0
     warmup_steps: int = 5000
     cooldown_steps: int = 0
@@ -104,9 +104,9 @@ class TrainingConfig:
         for name in ("warmup_steps", "cooldown_steps", "sample_every", "seed"):
             if getattr(self, name) < 0:
                 raise ValueError(f"training.{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("lr", "eps", "weight_decay", "grad_clip"):
+        for name in ("lr", "adam_eps", "weight_decay", "grad_clip"):
             value = getattr(self, name)
-            if not math.isfinite(value) or value < 0 or (value == 0 and name in ("lr", "eps")):
+            if not math.isfinite(value) or value < 0 or (value == 0 and name in ("lr", "adam_eps")):
                 raise ValueError(f"training.{name} must be a finite number > 0, got {value}")
         if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
             raise ValueError(
@@ -221,6 +221,23 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
     section[parts[1]] = yaml.safe_load(text) if text.strip() else None
 
 
+#: Training keys of the official configs (and of older runs) and the names they go by here.
+RENAMED = {"eps": "adam_eps"}
+
+
+def _renamed_keys(training: Any, source: str) -> Any:
+    """The ``training`` section with the keys of :data:`RENAMED` under their names here."""
+    if not isinstance(training, dict):
+        return training
+    out = dict(training)
+    for old, new in RENAMED.items():
+        if old in out:
+            if new in out:
+                raise ValueError(f"{source} sets both training.{old} and training.{new}")
+            out[new] = out.pop(old)
+    return out
+
+
 def config_from_dict(raw: dict[str, Any], source: str = "config") -> TrainConfig:
     """Build and validate a :class:`TrainConfig` from nested dicts."""
     unknown = sorted(set(raw) - {*_SECTIONS, "out_dir"})
@@ -229,6 +246,7 @@ def config_from_dict(raw: dict[str, Any], source: str = "config") -> TrainConfig
     for name in ("model", "diffusion", "data"):
         if not isinstance(raw.get(name), dict):
             raise ValueError(f"{source} needs a {name!r} section")
+    raw = {**raw, "training": _renamed_keys(raw.get("training") or {}, source)}
     sections = {
         name: build_section(cls, raw.get(name) or {}, name, source)
         for name, cls in _SECTIONS.items()

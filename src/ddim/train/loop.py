@@ -37,7 +37,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
-from ddim.formats.checkpoint import CheckpointError, load_checkpoint, save_weights
+from ddim.formats.checkpoint import save_weights
 from ddim.formats.datasets import load_dataset, load_labelled_dataset
 from ddim.formats.images import save_png
 from ddim.models.unet import UNet
@@ -46,6 +46,7 @@ from ddim.precision import autocast, choose
 from ddim.sampling import sample
 from ddim.train import batches
 from ddim.train.config import TrainConfig
+from ddim.train.init import start_from
 from ddim.train.loss import diffusion_loss, loss_weights
 from ddim.train.runtime import Distributed, StopRequest, TrainLog, say
 from ddim.train.state import (
@@ -157,7 +158,7 @@ def _run(
         )
     run = _setup(config, ctx)
     if latest is None and tc.init is not None:
-        _initialise(run, tc.init)
+        start_from(tc.init, run.model, run.ema, config.diffusion.build())
     step, moved = restore(latest, config, run.model, run.ema, run.opt) if latest else (0, [])
     if ctx.is_main:
         prepare_out_dir(config, step, fresh=latest is None)
@@ -220,7 +221,11 @@ def _setup(config: TrainConfig, ctx: Distributed) -> _Run:
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(tc.ema_decay), use_buffers=True)
     ema.eval()
     opt = torch.optim.Adam(
-        model.parameters(), lr=tc.lr, betas=tc.adam_betas, eps=tc.eps, weight_decay=tc.weight_decay
+        model.parameters(),
+        lr=tc.lr,
+        betas=tc.adam_betas,
+        eps=tc.adam_eps,
+        weight_decay=tc.weight_decay,
     )
     ddp = model
     if ctx.world > 1:
@@ -251,27 +256,6 @@ def _setup(config: TrainConfig, ctx: Distributed) -> _Run:
         opt,
         describe,
     )
-
-
-def _initialise(run: _Run, init: str) -> None:
-    """Start the model and its EMA from the EMA weights of checkpoint ``init``; only a
-    class embedding the checkpoint lacks keeps its zero initialisation."""
-    ckpt = load_checkpoint(init)
-    source = ckpt.path or init
-    if not torch.equal(ckpt.schedule.betas, run.config.diffusion.build().betas):
-        raise CheckpointError(f"training.init {source} was trained on another noise schedule")
-    try:
-        result = run.model.load_state_dict(ckpt.ema_state, strict=False)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[-1].strip()
-        raise CheckpointError(f"training.init {source} does not fit model: {first}") from None
-    missing = [k for k in result.missing_keys if not k.startswith("label_emb.")]
-    if missing or result.unexpected_keys:
-        raise CheckpointError(
-            f"training.init {source} does not fit model: missing {missing}, "
-            f"unexpected {result.unexpected_keys}"
-        )
-    run.ema.module.load_state_dict(run.model.state_dict())
 
 
 def _train_step(run: _Run, step: int, stop_requested: bool) -> tuple[float, float, float, bool]:

@@ -1,11 +1,11 @@
-"""The solvers of :mod:`ddim.solvers` that step the noise prediction ``eps``: PNDM's
+"""The solvers that step the noise prediction ``eps``: PNDM's
 pseudo linear multistep (Liu et al. 2022) and Heun's method (Karras et al. 2022)."""
 
 from __future__ import annotations
 
 import torch
 
-from ddim.solver_grid import Denoise, Grid, Noise, Report, to_data
+from ddim.plan import Denoise, Noise, Report, StepPlan, to_data
 
 #: PNDM's Adams-Bashforth weights of the newest ``eps`` first, by how many are known.
 PLMS_WEIGHTS = {
@@ -16,14 +16,14 @@ PLMS_WEIGHTS = {
 }
 
 
-def _eps_step(grid: Grid, i: int, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+def _eps_step(plan: StepPlan, i: int, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
     """The DDIM step of ``eps`` from point ``i`` to ``i + 1`` (PNDM's transfer, eq. 11)."""
-    d = (x - grid.sigma[i] * eps) / grid.alpha[i]
-    return grid.alpha[i + 1] * d + grid.sigma[i + 1] * eps
+    d = (x - plan.sigma[i] * eps) / plan.alpha[i]
+    return plan.alpha[i + 1] * d + plan.sigma[i + 1] * eps
 
 
 def plms(
-    denoise: Denoise, x: torch.Tensor, grid: Grid, noise: Noise, report: Report
+    denoise: Denoise, x: torch.Tensor, plan: StepPlan, noise: Noise, report: Report
 ) -> torch.Tensor:
     """PNDM's pseudo linear multistep: ``eps' = sum_j w_j eps_{i-j}`` into the DDIM step.
 
@@ -31,36 +31,36 @@ def plms(
     at its end, and the step again with the average of both (two calls).
     """
     history: list[torch.Tensor] = []
-    for i in range(grid.steps):
+    for i in range(plan.steps):
         pred = denoise(i, x)
         history = [pred.eps, *history[:3]]
-        if i == 0 and not grid.ends_at_data(0):
-            trial = _eps_step(grid, 0, x, pred.eps)
+        if i == 0 and not plan.ends_at_data(0):
+            trial = _eps_step(plan, 0, x, pred.eps)
             eps = 0.5 * (pred.eps + denoise(1, trial).eps)
         else:
             eps = sum(w * e for w, e in zip(PLMS_WEIGHTS[len(history)], history, strict=True))
-        d = (x - grid.sigma[i] * eps) / grid.alpha[i]
-        x_next = to_data(grid, i, x, d) if grid.ends_at_data(i) else _eps_step(grid, i, x, eps)
+        d = (x - plan.sigma[i] * eps) / plan.alpha[i]
+        x_next = to_data(plan, i, x, d) if plan.ends_at_data(i) else _eps_step(plan, i, x, eps)
         report(i, x_next, d)
         x = x_next
     return x
 
 
 def heun(
-    denoise: Denoise, x: torch.Tensor, grid: Grid, noise: Noise, report: Report
+    denoise: Denoise, x: torch.Tensor, plan: StepPlan, noise: Noise, report: Report
 ) -> torch.Tensor:
     """Heun's method in ``(sigma~, x~)`` (Karras et al. 2022, Alg. 1); the step to
     ``sigma~ = 0`` is Euler's, which is the DDIM step."""
-    for i in range(grid.steps):
+    for i in range(plan.steps):
         pred = denoise(i, x)
-        if grid.ends_at_data(i):
-            x = to_data(grid, i, x, pred.x0)
+        if plan.ends_at_data(i):
+            x = to_data(plan, i, x, pred.x0)
         else:
-            s_i = grid.sigma[i] / grid.alpha[i]
-            s_next = grid.sigma[i + 1] / grid.alpha[i + 1]
-            x_tilde = x / grid.alpha[i]
-            trial = (x_tilde + (s_next - s_i) * pred.eps) * grid.alpha[i + 1]
+            s_i = plan.sigma[i] / plan.alpha[i]
+            s_next = plan.sigma[i + 1] / plan.alpha[i + 1]
+            x_tilde = x / plan.alpha[i]
+            trial = (x_tilde + (s_next - s_i) * pred.eps) * plan.alpha[i + 1]
             eps_next = denoise(i + 1, trial).eps
-            x = (x_tilde + (s_next - s_i) * 0.5 * (pred.eps + eps_next)) * grid.alpha[i + 1]
+            x = (x_tilde + (s_next - s_i) * 0.5 * (pred.eps + eps_next)) * plan.alpha[i + 1]
         report(i, x, pred.x0)
     return x

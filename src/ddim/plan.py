@@ -1,0 +1,131 @@
+"""The step plan: the points a sampler visits, built once from ``(sched, steps, spacing,
+final_step)`` and walked by every solver (and backwards by :func:`ddim.invert`).
+
+A :class:`StepPlan` holds, for each point, its timestep ``t``, ``a_t = alpha_bar_t``, and
+``alpha_t = sqrt(a_t)``, ``sigma_t = sqrt(1 - a_t)`` and the half log-SNR
+``lambda_t = log(alpha_t / sigma_t)`` as host floats, so a step issues no device-to-host
+sync and eq. 12 of the DDIM paper rounds exactly as the official code does. Repeated
+timesteps (``quad`` with large ``S``) are zero-length steps and appear once.
+
+How a run ends (``final_step``): the plan's last point is ``t = -1`` (``alpha_bar = 1``),
+reached by ``"denoise"`` (return the data prediction, DDIM's last step) or by
+``"trapezoid"`` (:func:`to_data`); with ``"none"`` it is the smallest timestep, whose state
+is returned as it is. :func:`first_order` is the DDIM step in log-SNR (eq. (2) of
+:mod:`ddim.solvers`), which the multistep solvers take while they warm up.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ddim.names import FINAL_STEPS
+from ddim.schedule import NoiseSchedule
+
+#: With fewer steps than this, the step before the last runs at most at second order.
+LOWER_ORDER_FINAL_BELOW = 15
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The model's noise prediction at a point and the data prediction it implies
+    (eq. 9: ``x0 = (x - sigma_t eps) / alpha_t``); with clipping, ``x0`` is clamped to
+    ``[-1, 1]`` and ``eps`` is the noise that clamped ``x0`` implies."""
+
+    eps: torch.Tensor
+    x0: torch.Tensor
+
+
+#: ``denoise(i, x)``: the model's prediction at point ``i`` of the plan.
+Denoise = Callable[[int, torch.Tensor], Prediction]
+#: ``noise(i, x)``: the standard normal ``z`` of step ``i``, shaped and typed like ``x``.
+Noise = Callable[[int, torch.Tensor], torch.Tensor]
+#: ``report(i, x, x0)``: called after step ``i`` with the new state and the step's ``x0``.
+Report = Callable[[int, torch.Tensor, torch.Tensor], None]
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """The points of one sampling run, largest ``t`` first, as host floats (module doc)."""
+
+    ts: tuple[int, ...]
+    a: tuple[float, ...]
+    alpha: tuple[float, ...]
+    sigma: tuple[float, ...]
+    lam: tuple[float, ...]
+    final_step: str = "denoise"
+
+    @classmethod
+    def build(
+        cls,
+        sched: NoiseSchedule,
+        steps: int | Sequence[int] = 50,
+        spacing: str = "uniform",
+        final_step: str = "denoise",
+    ) -> StepPlan:
+        """The plan over the distinct timesteps that ``steps`` and ``spacing`` give
+        (:meth:`NoiseSchedule.timesteps`), then ``t = -1`` unless ``final_step`` is ``"none"``."""
+        if final_step not in FINAL_STEPS:
+            raise ValueError(
+                f"unknown final_step {final_step!r}; choose one of {', '.join(FINAL_STEPS)}"
+            )
+        timesteps = sched.timesteps(steps, spacing).tolist()
+        last = [] if final_step == "none" else [-1]
+        ts = sorted(set(timesteps), reverse=True) + last
+        a = tuple(sched.alpha_bar_at(t) for t in ts)
+        alpha = tuple(math.sqrt(v) for v in a)
+        sigma = tuple(math.sqrt(1 - v) for v in a)
+        lam = tuple(
+            math.log(al / si) if si > 0 else math.inf for al, si in zip(alpha, sigma, strict=True)
+        )
+        return cls(tuple(ts), a, alpha, sigma, lam, final_step)
+
+    @property
+    def steps(self) -> int:
+        """The number of steps, ``len(ts) - 1``: one model call each for one-call solvers."""
+        return len(self.ts) - 1
+
+    @property
+    def stochastic_steps(self) -> int:
+        """The steps that may draw noise: all but a last step to ``alpha_bar = 1``. An
+        explicit ``noise=`` has this many rows."""
+        return self.steps - (self.steps > 0 and self.ends_at_data(self.steps - 1))
+
+    def h(self, i: int) -> float:
+        """``lambda`` gained by step ``i`` (from point ``i`` to ``i + 1``)."""
+        return self.lam[i + 1] - self.lam[i]
+
+    def ends_at_data(self, i: int) -> bool:
+        """Whether step ``i`` goes to ``alpha_bar = 1``."""
+        return self.sigma[i + 1] == 0.0
+
+    def order(self, i: int, order: int, calls_so_far: int) -> int:
+        """The order of multistep step ``i``: warm-up, the lower-order final steps."""
+        order = min(order, calls_so_far)
+        if self.ends_at_data(i):
+            return 1
+        if self.steps < LOWER_ORDER_FINAL_BELOW:
+            order = min(order, self.steps - i)
+        return order
+
+
+def to_data(plan: StepPlan, i: int, x: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """The last step, from point ``i`` to ``alpha_bar = 1``: ``D`` for ``"denoise"`` (eq. 2,
+    Euler in ``sigma~ = sigma / alpha``); for ``"trapezoid"`` the trapezoidal rule in
+    ``sigma~`` with the exact limit ``eps -> 0`` at ``sigma~ = 0`` of a smooth density,
+    ``x~ - sigma~ eps / 2 = (x / alpha + D) / 2`` (no model call)."""
+    if plan.final_step == "trapezoid":
+        return 0.5 * (x / plan.alpha[i] + d)
+    return d
+
+
+def first_order(plan: StepPlan, i: int, x: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """Eq. (2) of :mod:`ddim.solvers`, the DDIM step in log-SNR from point ``i`` to
+    ``i + 1``; :func:`to_data` at the end."""
+    if plan.ends_at_data(i):
+        return to_data(plan, i, x, d)
+    phi = math.expm1(-plan.h(i))
+    return (plan.sigma[i + 1] / plan.sigma[i]) * x - (plan.alpha[i + 1] * phi) * d
