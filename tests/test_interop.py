@@ -12,6 +12,7 @@ import torch
 import ddim
 from ddim.formats import diffusers as interop
 from ddim.formats import diffusers_folder
+from ddim.guidance import guided as guided_eps
 from ddim.models.unet import UNetConfig
 
 diffusers = pytest.importorskip("diffusers")
@@ -67,6 +68,38 @@ def test_diffusers_to_ours_gives_the_same_eps() -> None:
     x, t = inputs()
     with torch.no_grad():
         torch.testing.assert_close(model(x, t), unet(x, t).sample, atol=1e-5, rtol=0)
+
+
+def test_conditional_unets_convert_both_ways_with_their_class_embedding(perturbed_unet) -> None:
+    """label_emb is diffusers' class_embedding with num_class_embeds = K + 1 (K the null
+    label), and diffusers' CFG combination of the two halves is our guided eps."""
+    cond = UNetConfig(**{**CONFIG.to_dict(), "num_classes": 4})
+    model = perturbed_unet(cond)
+    with torch.no_grad():
+        model.label_emb.weight.normal_(0, 0.5)
+    kwargs = interop.diffusers_unet_config(cond)
+    assert kwargs["num_class_embeds"] == 5 and kwargs.get("class_embed_type") is None
+    assert interop.unet_config_from_diffusers(kwargs) == cond
+    unet = interop.to_diffusers_unet(model)
+    adapter = interop.from_diffusers(unet)
+    assert adapter.num_classes == 4
+    x, t = inputs()
+    y = torch.tensor([0, 3, 4])
+    with torch.no_grad():
+        ours = model(x, t, y)
+        torch.testing.assert_close(unet(x, t, class_labels=y).sample, ours, atol=1e-5, rtol=0)
+        torch.testing.assert_close(adapter(x, t), model(x, t), atol=1e-5, rtol=0)
+        back = interop.unet_from_diffusers(unet)
+        assert back.config == cond
+        assert torch.equal(back(x, t, y), model(x, t, y))
+        # a diffusers pipeline's classifier-free guidance: [uncond, cond] in one batch
+        labels = torch.tensor([1, 2, 0])
+        pair = unet(torch.cat([x, x]), torch.cat([t, t]), class_labels=torch.cat(
+            [torch.full_like(labels, 4), labels])).sample  # fmt: skip
+        e_null, e_cond = pair.chunk(2)
+        theirs = e_null + 2.5 * (e_cond - e_null)
+        guided = guided_eps(model, ddim.NoiseSchedule.linear(), 3, y=labels, guidance=2.5)
+        torch.testing.assert_close(guided(x, t), theirs, atol=1e-5, rtol=0)
 
 
 def test_adapter_drives_the_sampler(perturbed_unet) -> None:

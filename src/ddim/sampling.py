@@ -14,6 +14,7 @@ once, after the loop (:class:`~ddim.checked_model.CheckedModel`).
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -21,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ddim.checked_model import Callback, CheckedModel, Model, Step, Trajectory
+from ddim.guidance import Classifier, guided
 from ddim.names import DEFAULT_FINAL_STEP, SIGMA_HAT, SOLVER_MIN_STEPS, SOLVERS, VARIANCES
 from ddim.noise import step_noise
 from ddim.plan import Prediction, StepPlan
@@ -40,7 +42,9 @@ class SamplerOptions:
     ``steps`` (a count ``S`` or explicit timesteps) and ``spacing`` lay out the plan;
     ``solver`` and ``final_step`` say how it is walked; ``eta`` and ``variance`` apply to
     the ``ddim`` solver (eq. 12) only; ``clip_denoised=None`` clips for σ̂ only, as the
-    official code does; ``precision`` is the model call's. See :func:`sample`.
+    official code does; ``precision`` is the model call's; ``guidance`` (classifier-free)
+    and ``classifier_scale`` steer a class-conditional run (:mod:`ddim.guidance`). See
+    :func:`sample`.
     """
 
     steps: int | Sequence[int] = 50
@@ -51,8 +55,14 @@ class SamplerOptions:
     precision: str = "fp32"
     solver: str = "ddim"
     final_step: str | None = None
+    guidance: float | None = None
+    classifier_scale: float | None = None
 
     def __post_init__(self) -> None:
+        for name in ("guidance", "classifier_scale"):
+            value = getattr(self, name)
+            if value is not None and (not math.isfinite(value) or value < 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
         if self.solver not in SOLVERS:
             raise ValueError(f"unknown solver {self.solver!r}; choose one of {', '.join(SOLVERS)}")
         if self.variance not in VARIANCES:
@@ -101,6 +111,20 @@ class SamplerOptions:
             check_eta(plan, self.eta, self.variance)
         return plan
 
+    def condition(
+        self,
+        model: Model,
+        sched: NoiseSchedule,
+        batch: int,
+        y: torch.Tensor | None,
+        classifier: Classifier | None,
+    ) -> Model:
+        """``model`` with labels ``y`` under this run's guidance (:func:`ddim.guidance.guided`)."""
+        return guided(
+            model, sched, batch, y=y, guidance=self.guidance, classifier=classifier,
+            classifier_scale=self.classifier_scale,
+        )  # fmt: skip
+
     def solver_function(self) -> Solver:
         """The solver of :mod:`ddim.solvers` these options run, ``eta`` and ``variance``
         bound for ``ddim``."""
@@ -117,9 +141,10 @@ class SamplerOptions:
     def invert(
         self, model: Model, x0: torch.Tensor, sched: NoiseSchedule, **kwargs: object
     ) -> torch.Tensor:
-        """:func:`invert` with these ``steps``, ``spacing`` and ``precision``."""
+        """:func:`invert` with these ``steps``, ``spacing``, ``precision`` and guidance."""
         return invert(
             model, x0, sched, steps=self.steps, spacing=self.spacing, precision=self.precision,
+            guidance=self.guidance, classifier_scale=self.classifier_scale,
             **kwargs,  # type: ignore[arg-type]
         )  # fmt: skip
 
@@ -138,7 +163,11 @@ def sample(
     precision: str = "fp32",
     solver: str = "ddim",
     final_step: str | None = None,
+    guidance: float | None = None,
+    classifier_scale: float | None = None,
     options: SamplerOptions | None = None,
+    y: torch.Tensor | None = None,
+    classifier: Classifier | None = None,
     seed: int | None = None,
     generators: Sequence[torch.Generator] | None = None,
     noise: torch.Tensor | None = None,
@@ -175,8 +204,16 @@ def sample(
             is, one model call cheaper. ``None``: ``"denoise"`` for ``ddim``, else
             :data:`~ddim.names.DEFAULT_FINAL_STEP` (``"trapezoid"``, chosen on the exact
             Gaussian oracle and FD-MNIST; see docs/RESULTS.md).
+        guidance: classifier-free guidance weight ``w`` for a class-conditional model
+            (eq. 1 of :mod:`ddim.guidance`; both halves in one batched call of ``2B``).
+        classifier_scale: the scale ``s`` of classifier guidance (eq. 2 there; default 1
+            when a ``classifier`` is given).
         options: all of the above as one :class:`SamplerOptions`, instead of the separate
             arguments (give one or the other).
+        y: a LongTensor ``(B,)`` of class labels, for a class-conditional model or a
+            classifier; a conditional model without ``y`` samples unconditionally.
+        classifier: a noise-aware classifier ``c(x_t, t) -> logits`` for classifier
+            guidance.
         seed, generators, noise: the step noise ``z``, at most one of them: ``seed`` gives
             sample ``i`` a generator seeded ``seed + i``; ``generators`` one per sample (for
             example those ``x_T`` was drawn from); ``noise`` every ``z`` explicitly, shape
@@ -192,7 +229,8 @@ def sample(
     """
     given = SamplerOptions(
         steps=steps, spacing=spacing, eta=eta, variance=variance, clip_denoised=clip_denoised,
-        precision=precision, solver=solver, final_step=final_step,
+        precision=precision, solver=solver, final_step=final_step, guidance=guidance,
+        classifier_scale=classifier_scale,
     )  # fmt: skip
     if options is None:
         options = given
@@ -201,7 +239,8 @@ def sample(
     plan = options.plan(sched)
     z = step_noise(x_T, plan.stochastic_steps, seed, generators, noise, options.stochastic)
     points = [t for t in plan.ts if t >= 0]
-    eps_model = CheckedModel(model, points, x_T.shape[0], x_T.device, options.precision)
+    net = options.condition(model, sched, x_T.shape[0], y, classifier)
+    eps_model = CheckedModel(net, points, x_T.shape[0], x_T.device, options.precision)
     clip = options.clip
     traj = Trajectory([], [x_T], []) if return_trajectory else None
     bar = tqdm(total=plan.steps, disable=not progress, desc=f"sampling ({options.solver})")
@@ -257,6 +296,10 @@ def invert(
     steps: int | Sequence[int] = 50,
     spacing: str = "uniform",
     precision: str = "fp32",
+    guidance: float | None = None,
+    classifier_scale: float | None = None,
+    y: torch.Tensor | None = None,
+    classifier: Classifier | None = None,
     progress: bool = False,
     callback: Callback | None = None,
 ) -> torch.Tensor:
@@ -267,8 +310,14 @@ def invert(
     eq. 9 at ``a_prev`` followed by eq. 12 (``sigma = 0``) towards ``a_t``, the
     :func:`~ddim.solvers.eq12.ddim_step` that sampling takes. ``callback`` gets a
     :class:`~ddim.checked_model.Step` after every step (``i`` counts encoding steps);
-    ``precision`` is that of :func:`sample`.
+    ``precision``, ``y``, ``guidance``, ``classifier`` and ``classifier_scale`` are those of
+    :func:`sample` (encoding under a class).
     """
+    options = SamplerOptions(
+        steps=steps, spacing=spacing, precision=precision, guidance=guidance,
+        classifier_scale=classifier_scale,
+    )  # fmt: skip
+    model = options.condition(model, sched, x0.shape[0], y, classifier)
     plan = StepPlan.build(sched, steps, spacing, "denoise")
     upwards = range(plan.steps - 1, -1, -1)  # the plan's steps, smallest t first
     eps_model = CheckedModel(

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ddim.guidance import Classifier
 from ddim.interpolate import slerp, slerp_grid
 from ddim.noise import seeded_latents
 from ddim.sampling import Callback, Model, SamplerOptions, Trajectory
@@ -28,10 +29,22 @@ def _batches(n: int, batch_size: int) -> list[tuple[int, int]]:
 
 
 def _in_batches(
-    fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch_size: int
+    fn: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor],
+    x: torch.Tensor,
+    labels: torch.Tensor | None,
+    batch_size: int,
 ) -> torch.Tensor:
-    """``fn`` applied to ``x`` ``batch_size`` rows at a time, the results concatenated."""
-    return torch.cat([fn(x[a:b]) for a, b in _batches(x.shape[0], batch_size)])
+    """``fn(rows, their labels)`` over ``x`` ``batch_size`` rows at a time, concatenated."""
+    _check_labels(labels, x.shape[0])
+    return torch.cat([
+        fn(x[a:b], None if labels is None else labels[a:b])
+        for a, b in _batches(x.shape[0], batch_size)
+    ])  # fmt: skip
+
+
+def _check_labels(labels: torch.Tensor | None, n: int) -> None:
+    if labels is not None and tuple(labels.shape) != (n,):
+        raise ValueError(f"labels must have shape ({n},), one per image, got {tuple(labels.shape)}")
 
 
 def _merge(parts: list[Trajectory]) -> Trajectory:
@@ -53,17 +66,21 @@ def generate(
     batch_size: int = 64,
     device: torch.device | str = "cpu",
     options: SamplerOptions = DEFAULTS,
+    labels: torch.Tensor | None = None,
+    classifier: Classifier | None = None,
     return_trajectory: bool = False,
     callback: Callback | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, Trajectory]:
     """Draw ``n`` samples of ``shape`` ``(C, H, W)`` with :func:`ddim.sample`, in batches.
 
     Sample ``i`` takes ``x_T`` and all its step noise from one generator seeded ``seed + i``
-    on ``device``, so it does not depend on ``batch_size``. With ``return_trajectory`` the
-    per-batch trajectories are joined into one of the whole set.
+    on ``device``, so it does not depend on ``batch_size``; with ``labels`` ``(n,)`` it is
+    of class ``labels[i]`` (guided as ``options`` say, with ``classifier`` if given). With
+    ``return_trajectory`` the per-batch trajectories are joined into one of the whole set.
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
+    _check_labels(labels, n)
     outputs, trajectories = [], []
     for start, stop in _batches(n, batch_size):
         x_T, gens = seeded_latents(range(seed + start, seed + stop), shape, device=device)
@@ -71,6 +88,8 @@ def generate(
             model,
             x_T,
             sched,
+            y=None if labels is None else labels[start:stop],
+            classifier=classifier,
             generators=gens,
             return_trajectory=return_trajectory,
             callback=callback,
@@ -89,14 +108,16 @@ def decode(
     latents: torch.Tensor,
     *,
     options: SamplerOptions = DEFAULTS,
+    labels: torch.Tensor | None = None,
     batch_size: int = 64,
     callback: Callback | None = None,
 ) -> torch.Tensor:
-    """Decoding of latents ``x_T`` with ``options``, in batches; deterministic (DDIM) with
-    the default ``eta = 0``."""
+    """Decoding of latents ``x_T`` with ``options`` (under classes ``labels``, one per
+    latent, if given), in batches; deterministic (DDIM) with the default ``eta = 0``."""
     return _in_batches(
-        lambda x_T: options.sample(model, x_T, sched, callback=callback), latents, batch_size
-    )
+        lambda x_T, y: options.sample(model, x_T, sched, y=y, callback=callback),
+        latents, labels, batch_size,
+    )  # fmt: skip
 
 
 def encode(
@@ -105,11 +126,16 @@ def encode(
     x0: torch.Tensor,
     *,
     options: SamplerOptions = DEFAULTS,
+    labels: torch.Tensor | None = None,
     batch_size: int = 64,
     callback: Callback | None = None,
 ) -> torch.Tensor:
-    """Deterministic DDIM encoding ``x_0 -> x_T`` (:func:`ddim.invert`), in batches."""
-    return _in_batches(lambda x: options.invert(model, x, sched, callback=callback), x0, batch_size)
+    """Deterministic DDIM encoding ``x_0 -> x_T`` (:func:`ddim.invert`; under classes
+    ``labels``, one per image, if given), in batches."""
+    return _in_batches(
+        lambda x, y: options.invert(model, x, sched, y=y, callback=callback),
+        x0, labels, batch_size,
+    )  # fmt: skip
 
 
 def per_dim_mse(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -136,12 +162,13 @@ def reconstruct(
     x0: torch.Tensor,
     *,
     options: SamplerOptions = DEFAULTS,
+    labels: torch.Tensor | None = None,
     batch_size: int = 64,
     callback: Callback | None = None,
 ) -> Reconstruction:
-    """Encode then decode with the same timesteps (paper Section 5.4). Encoding is DDIM's
-    (eq. 13), so decoding must be its inverse: the ``ddim`` solver with ``eta = 0``, the
-    ``ddim`` variance and the denoising final step."""
+    """Encode then decode with the same timesteps (paper Section 5.4), under classes
+    ``labels`` if given. Encoding is DDIM's (eq. 13), so decoding must be its inverse: the
+    ``ddim`` solver with ``eta = 0``, the ``ddim`` variance and the denoising final step."""
     if options.solver != "ddim" or options.final_step not in (None, "denoise"):
         raise ValueError(
             f"reconstruction encodes with DDIM, so it must decode with DDIM too: solver 'ddim' "
@@ -150,10 +177,14 @@ def reconstruct(
         )
     if options.eta != 0 or options.variance != "ddim":
         raise ValueError("reconstruction decodes with DDIM: eta must be 0 and variance 'ddim'")
-    latents = encode(model, sched, x0, options=options, batch_size=batch_size, callback=callback)
+    latents = encode(
+        model, sched, x0, options=options, labels=labels, batch_size=batch_size,
+        callback=callback,
+    )  # fmt: skip
     images = decode(
-        model, sched, latents, options=options, batch_size=batch_size, callback=callback
-    )
+        model, sched, latents, options=options, labels=labels, batch_size=batch_size,
+        callback=callback,
+    )  # fmt: skip
     return Reconstruction(latents, images, per_dim_mse(x0.to(images.device), images))
 
 

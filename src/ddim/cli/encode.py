@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING
 
 import click
 
-from ddim.cli import common, options
+from ddim.cli import common, guide_options, options
 from ddim.cli.options import count_option, out_option, steps_option
 
 if TYPE_CHECKING:
@@ -21,25 +22,38 @@ images_argument = click.argument(
 
 
 def _load_inputs(
-    run: options.ModelRun, steps: int, sources: tuple[str, ...]
-) -> tuple[UNet, NoiseSchedule, torch.Tensor, list[str]]:
-    """The model, its schedule and the images (which must match the model's size)."""
+    run: options.ModelRun, steps: int, sources: tuple[str, ...], class_: str | None
+) -> tuple[UNet, NoiseSchedule, torch.Tensor, list[str], torch.Tensor | None]:
+    """The model, its schedule, the images (which must match the model's size), their
+    names, and the class of ``--class`` for each (``None`` without it)."""
     from ddim.formats import images
 
+    if class_ == "all":
+        raise click.BadParameter("encoding takes one class K, not all", param_hint="'--class'")
+    run = dataclasses.replace(run, ckpt=guide_options.model_for(run.ckpt, class_))
     model, schedule = run.load([steps])
     channels, size, _ = options.image_shape(model)
-    x0, labels = images.read_images(sources, channels, size)
-    return model, schedule, x0.to(run.device), labels
+    x0, names = images.read_images(sources, channels, size)
+    classes = guide_options.class_labels(model, class_, len(x0))[0]
+    return model, schedule, x0.to(run.device), names, classes
 
 
 @click.command("encode", short_help="Encode images to latents x_T (DDIM inversion).")
 @images_argument
 @out_option("latents.npz", "PATH", "latents file: .npz (arrays latents, sources) or .pt")
 @steps_option
+@guide_options.class_option
+@guide_options.guidance_option
 @options.model_options
 @options.force_option
 def encode_command(
-    sources: tuple[str, ...], out: str, steps: int, force: bool, run: options.ModelRun
+    sources: tuple[str, ...],
+    out: str,
+    steps: int,
+    class_: str | None,
+    guidance: float | None,
+    force: bool,
+    run: options.ModelRun,
 ) -> None:
     """Encode images to their latents x_T by deterministic DDIM inversion.
 
@@ -50,15 +64,16 @@ def encode_command(
     from ddim.formats.latents import SUFFIXES, save_latents
 
     common.check_output(out, SUFFIXES, "--out", force)
-    model, schedule, x0, labels = _load_inputs(run, steps, sources)
-    sampler = run.sampler(steps)
+    model, schedule, x0, names, classes = _load_inputs(run, steps, sources, class_)
+    sampler = run.sampler(steps, guidance=guidance)
     total = options.progress_ticks(schedule, sampler, len(x0), run.batch_size)
     with common.progress(total, "encoding") as tick:
         latents = workflows.encode(
-            model, schedule, x0, options=sampler, batch_size=run.batch_size, callback=tick
-        )
-    save_latents(out, latents, labels)
-    click.echo(f"wrote {len(labels)} latents to {out}")
+            model, schedule, x0, options=sampler, labels=classes, batch_size=run.batch_size,
+            callback=tick,
+        )  # fmt: skip
+    save_latents(out, latents, names)
+    click.echo(f"wrote {len(names)} latents to {out}")
 
 
 @click.command("reconstruct", short_help="Encode and decode images; print the MSE.")
@@ -69,6 +84,8 @@ def encode_command(
 @count_option("--ncols", default=8, help="images per row of the picture")
 @click.option("--per-image", is_flag=True, help="also print the error of every image")
 @steps_option
+@guide_options.class_option
+@guide_options.guidance_option
 @options.model_options
 @options.force_option
 def reconstruct_command(
@@ -77,6 +94,8 @@ def reconstruct_command(
     ncols: int,
     per_image: bool,
     steps: int,
+    class_: str | None,
+    guidance: float | None,
     force: bool,
     run: options.ModelRun,
 ) -> None:
@@ -89,20 +108,21 @@ def reconstruct_command(
     from ddim.formats import images
 
     common.check_output(out, (".png",), "--out", force)
-    model, schedule, x0, labels = _load_inputs(run, steps, sources)
-    sampler = run.sampler(steps)
+    model, schedule, x0, names, classes = _load_inputs(run, steps, sources, class_)
+    sampler = run.sampler(steps, guidance=guidance)
     total = 2 * options.progress_ticks(schedule, sampler, len(x0), run.batch_size)
     with common.progress(total, "reconstructing") as tick:
         result = workflows.reconstruct(
-            model, schedule, x0, options=sampler, batch_size=run.batch_size, callback=tick
-        )
+            model, schedule, x0, options=sampler, labels=classes, batch_size=run.batch_size,
+            callback=tick,
+        )  # fmt: skip
     cols = min(ncols, len(x0))
     images.save_png(out, images.stack_rows(x0, result.images, cols), nrow=cols)
     if per_image:
-        for label, mse in zip(labels, result.mse.tolist(), strict=True):
-            click.echo(f"{mse:.6f}  {label}")
+        for name, mse in zip(names, result.mse.tolist(), strict=True):
+            click.echo(f"{mse:.6f}  {name}")
     click.echo(
         f"per-dim MSE on [0,1]-scaled pixels: {result.mse.mean().item():.6f} "
-        f"(mean over {len(labels)} images, {steps} steps)"
+        f"(mean over {len(names)} images, {steps} steps)"
     )
     click.echo(f"wrote originals and reconstructions to {out}")

@@ -273,7 +273,15 @@ def report_calls(schedule: NoiseSchedule, sampler: SamplerOptions, n: int, batch
     o = sampler
     calls = model_calls(schedule, o.steps, o.spacing, o.solver, o.final_step)
     batches = -(-n // batch_size)
-    click.echo(f"{o.solver}: {calls} model calls a batch, {batches} batch(es) of <= {batch_size}")
+    notes = []
+    if o.guidance not in (None, 0.0, 1.0):
+        notes.append(f"classifier-free guidance: each call on 2 x {batch_size} rows")
+    if o.classifier_scale is not None:
+        notes.append(f"and {calls} classifier gradient passes")
+    extra = f" ({'; '.join(notes)})" if notes else ""
+    click.echo(
+        f"{o.solver}: {calls} model calls a batch{extra}, {batches} batch(es) of <= {batch_size}"
+    )
 
 
 def progress_ticks(

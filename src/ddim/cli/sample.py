@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import click
 
-from ddim.cli import common, options
+from ddim.cli import common, guide_options, options
 from ddim.cli.options import choice_option, count_option, option
 from ddim.names import VARIANCES
 
@@ -14,6 +15,7 @@ if TYPE_CHECKING:
     import torch
 
     from ddim.sampling import SamplerOptions
+    from ddim.schedule import NoiseSchedule
 
 
 @click.command("sample", short_help="Sample images from a model.")
@@ -40,6 +42,10 @@ if TYPE_CHECKING:
     show_default="off for ddim, on for ddpm-large",
     help="clamp the predicted x0 to [-1, 1] at every step",
 )
+@guide_options.class_option
+@guide_options.guidance_option
+@guide_options.classifier_scale_option
+@guide_options.classifier_option
 @count_option("-n", "--num", "n", default=64, help="number of images")
 @options.batch_size_option
 @options.seed_option
@@ -82,6 +88,10 @@ def sample_command(
     eta: float,
     variance: str,
     clip: bool | None,
+    class_: str | None,
+    guidance: float | None,
+    classifier_scale: float | None,
+    classifier: str | None,
     n: int,
     batch_size: int,
     seed: int,
@@ -108,11 +118,14 @@ def sample_command(
 
     sampler = SamplerOptions(
         steps=steps, spacing=spacing, eta=eta, variance=variance, clip_denoised=clip,
-        precision=precision, solver=solver, final_step=final_step,
+        precision=precision, solver=solver, final_step=final_step, guidance=guidance,
+        classifier_scale=classifier_scale,
     )  # fmt: skip
+    guide = Guide(class_, classifier)
+    ckpt = guide_options.model_for(ckpt, class_, classifier_scale)
     if common.is_folder(out) and trajectory is None:
         fast = {"channels_last": channels_last, "compile": compile}
-        _sample_to_folder(ckpt, n, batch_size, seed, device, sampler, out, npz, force, fast)
+        _sample_to_folder(ckpt, n, batch_size, seed, device, sampler, guide, out, npz, force, fast)
         return
     if npz is not None:
         raise click.UsageError("--npz needs a folder --out (ending with /) and no --trajectory")
@@ -122,6 +135,7 @@ def sample_command(
     model, schedule = options.load_model(
         ckpt, device, [steps], channels_last=channels_last, compile=compile
     )
+    labels, net, n, rows = guide.resolve(model, schedule, sampler, device, n)
     total = options.progress_ticks(schedule, sampler, n, batch_size)
     with common.progress(total, "sampling") as tick:
         result = workflows.generate(
@@ -133,18 +147,44 @@ def sample_command(
             batch_size=batch_size,
             device=device,
             options=sampler,
+            labels=labels,
+            classifier=net,
             return_trajectory=trajectory is not None,
             callback=tick,
         )
     x0 = result[0] if trajectory is not None else result
     options.report_compilation(model)
     options.report_calls(schedule, sampler, n, batch_size)
-    click.echo(f"wrote {common.write_images(out, x0, nrow)}")
+    click.echo(f"wrote {common.write_images(out, x0, nrow or rows)}")
     if trajectory is not None:
         traj = result[1]
         frames = traj.xs if trajectory_of == "xt" else traj.x0_preds
         images.save_gif(trajectory, frames, nrow)
         click.echo(f"wrote {len(frames)} frames of {trajectory_of} to {trajectory}")
+
+
+@dataclass(frozen=True)
+class Guide:
+    """``--class`` and ``--classifier``: which classes to draw, and the classifier that
+    guides them under ``--classifier-scale``."""
+
+    class_: str | None
+    classifier: str | None
+
+    def resolve(
+        self,
+        model: object,
+        schedule: NoiseSchedule,
+        sampler: SamplerOptions,
+        device: torch.device,
+        n: int,
+    ) -> tuple[torch.Tensor | None, object, int, int | None]:
+        """``(labels, classifier, n, images per grid row)`` for ``model``."""
+        net = guide_options.load_guidance_classifier(
+            self.classifier, sampler.classifier_scale, schedule, device
+        )
+        labels, n, per_row = guide_options.class_labels(model, self.class_, n, net)
+        return labels, net, n, per_row
 
 
 def _sample_to_folder(
@@ -154,6 +194,7 @@ def _sample_to_folder(
     seed: int,
     device: torch.device,
     sampler: SamplerOptions,
+    guide: Guide,
     out: str,
     npz: str | None,
     force: bool,
@@ -167,12 +208,14 @@ def _sample_to_folder(
     device = distributed.init_from_env(device)
     rank, world_size = distributed.world()
     model, schedule = options.load_model(ckpt, device, [sampler.steps], **fast)
+    labels, net, n, _ = guide.resolve(model, schedule, sampler, device, n)
     mine = sum(b - a for a, b in sample_folder.rank_batches(n, batch_size, rank, world_size))
     total = options.progress_ticks(schedule, sampler, mine, batch_size)
     with common.progress(total, "sampling", shown=rank == 0) as tick:
         written, kept = sample_folder.sample_to_folder(
             model, schedule, n, options.image_shape(model), out, seed=seed,
-            batch_size=batch_size, device=device, options=sampler, manifest={"ckpt": ckpt},
+            batch_size=batch_size, device=device, options=sampler, labels=labels,
+            classifier=net, manifest={"ckpt": ckpt, "classifier": guide.classifier},
             overwrite=force, callback=tick,
         )  # fmt: skip
     if rank != 0:

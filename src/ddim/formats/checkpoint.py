@@ -41,7 +41,7 @@ from ddim.schedule import NoiseSchedule
 
 FORMAT = "ddim-checkpoint"
 FORMAT_VERSION = 1
-BUNDLED = {"mnist": "mnist.safetensors"}
+BUNDLED = {"mnist": "mnist.safetensors", "mnist-cond": "mnist-cond.safetensors"}
 _BETAS_KEY = "schedule.betas"
 _MAX_LISTED = 8
 

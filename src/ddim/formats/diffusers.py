@@ -8,7 +8,10 @@
   ``freq_shift=1``; GroupNorm(32, eps=1e-6); stride-2 downsampling convs after padding
   right/bottom (``downsample_padding=0``); single-head attention (``attention_head_dim=None``)
   at the configured resolutions. Attention q/k/v/out are 1x1 convs here and Linear layers
-  there; their weights are reshaped.
+  there; their weights are reshaped. A class-conditional U-Net (``num_classes = K``) is a
+  ``UNet2DModel`` with ``class_embed_type=None`` and ``num_class_embeds = K + 1`` (the last
+  label is the null label of classifier-free guidance), its ``class_embedding`` our
+  ``label_emb``: both add the label's embedding to the time embedding.
 - :mod:`ddim.formats.diffusers_folder` writes and reads whole diffusers folders.
 
 diffusers is an optional dependency (``pip install 'ddim[diffusers]'``), imported only
@@ -42,6 +45,7 @@ _TOP = {
     "conv_in": "conv_in",
     "norm_out": "conv_norm_out",
     "conv_out": "conv_out",
+    "label_emb": "class_embedding",
 }
 _MID = {"block_1": "resnets.0", "attn_1": "attentions.0", "block_2": "resnets.1"}
 # UNet2DModel settings that must hold for the architectures to match (besides the ones
@@ -64,7 +68,6 @@ _REQUIRED = {
     "resnet_time_scale_shift": "default",
     "add_attention": True,
     "class_embed_type": None,
-    "num_class_embeds": None,
 }
 
 
@@ -80,14 +83,22 @@ def import_diffusers() -> ModuleType:
 
 
 class DiffusersEps(nn.Module):
-    """An eps-model ``(x_t, t) -> eps`` around a diffusers ``UNet2DModel``."""
+    """An eps-model ``(x_t, t) -> eps`` around a diffusers ``UNet2DModel``; one with
+    ``num_class_embeds = K + 1`` is a class-conditional model ``(x_t, t, y) -> eps`` with
+    ``num_classes = K`` (``y=None`` is the null label ``K``)."""
 
     def __init__(self, unet: nn.Module) -> None:
         super().__init__()
         self.unet = unet
+        embeds = getattr(unet.config, "num_class_embeds", None)
+        self.num_classes = embeds - 1 if embeds else 0
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return self.unet(x.to(self.unet.dtype), t).sample
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        if self.num_classes and y is None:
+            y = torch.full_like(t, self.num_classes)
+        return self.unet(x.to(self.unet.dtype), t, class_labels=y).sample
 
 
 def from_diffusers(unet: nn.Module) -> nn.Module:
@@ -130,6 +141,7 @@ def diffusers_unet_config(config: UNetConfig) -> dict[str, Any]:
         "up_block_types": ["AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)],
         "attention_head_dim": None,
         "dropout": float(config.dropout),
+        "num_class_embeds": config.num_classes + 1 if config.num_classes else None,
     }
 
 
@@ -157,6 +169,9 @@ def unet_config_from_diffusers(config: Mapping[str, Any]) -> UNetConfig:
     attn_widths = {w for w, a in zip(widths, attn, strict=True) if a} | {widths[-1]}
     if head_dim is not None and attn_widths != {head_dim}:
         problems.append(f"attention_head_dim={head_dim} (single-head attention needs None)")
+    embeds = config.get("num_class_embeds")
+    if embeds is not None and int(embeds) < 2:
+        problems.append(f"num_class_embeds={embeds} (needs K + 1 >= 2: K classes and the null)")
     size = config["sample_size"]
     if isinstance(size, (list, tuple)):
         if len(set(size)) != 1:
@@ -174,6 +189,7 @@ def unet_config_from_diffusers(config: Mapping[str, Any]) -> UNetConfig:
         dropout=float(config.get("dropout", 0.0)),
         resamp_with_conv=True,
         image_size=int(size),
+        num_classes=int(embeds) - 1 if embeds else 0,
     )
 
 

@@ -28,6 +28,7 @@ from PIL import Image
 from ddim import distributed
 from ddim.formats.atomic import atomic_write_text, refuse_overwrite
 from ddim.formats.images import png_names, save_npz, save_png_folder
+from ddim.guidance import Classifier
 from ddim.sampling import Callback, Model
 from ddim.schedule import NoiseSchedule
 from ddim.workflows import DEFAULTS, SamplerOptions, generate
@@ -80,14 +81,17 @@ def sample_to_folder(
     batch_size: int = 64,
     device: torch.device | str = "cpu",
     options: SamplerOptions = DEFAULTS,
+    labels: torch.Tensor | None = None,
+    classifier: Classifier | None = None,
     manifest: Mapping[str, Any] | None = None,
     overwrite: bool = False,
     callback: Callback | None = None,
 ) -> tuple[int, int]:
-    """Write images ``0 .. n-1`` to ``folder`` with this process's share of the work.
+    """Write images ``0 .. n-1`` to ``folder`` with this process's share of the work;
+    image ``i`` of class ``labels[i]`` if given (guided as ``options`` say).
 
     ``manifest`` adds settings to record (the checkpoint, say) beside ``n``, ``seed``,
-    ``batch_size`` and ``options``. Every process of a torchrun job calls this. Returns
+    ``batch_size``, ``options`` and the labels. Every process of a torchrun job calls this. Returns
     ``(written, kept)``: the files all processes wrote and those they found finished.
     """
     folder = Path(folder)
@@ -95,6 +99,7 @@ def sample_to_folder(
     record = {
         "n": n, "seed": seed, "batch_size": batch_size, "shape": list(shape),
         **{k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(options).items()},
+        "labels": None if labels is None else labels.tolist(),
         **dict(manifest or {}),
     }  # fmt: skip
     keep = claim(folder, n, record, overwrite) if rank == 0 else False
@@ -111,7 +116,8 @@ def sample_to_folder(
             continue
         x = generate(
             model, sched, stop - start, shape, seed=seed + start, batch_size=batch_size,
-            device=device, options=options, callback=callback,
+            device=device, options=options, callback=callback, classifier=classifier,
+            labels=None if labels is None else labels[start:stop],
         )  # fmt: skip
         for i in todo:
             save_png_folder(folder, x[i : i + 1], start=start + i)

@@ -15,22 +15,23 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Model = Callable[..., torch.Tensor]
 
 
 class ChannelsLast(nn.Module):
     """A copy of ``model`` with its weights and every input in channels-last layout; the
-    output is handed back contiguous, so the sampler's arithmetic sees the layout it gave."""
+    output is handed back contiguous, so the sampler's arithmetic sees the layout it gave.
+    A conditional model's labels ``y`` pass through."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = copy.deepcopy(model).to(memory_format=torch.channels_last)
         self.config = getattr(model, "config", None)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, *y: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4:
-            return self.model(x, t)
-        return self.model(x.contiguous(memory_format=torch.channels_last), t).contiguous()
+            return self.model(x, t, *y)
+        return self.model(x.contiguous(memory_format=torch.channels_last), t, *y).contiguous()
 
 
 class Compiled:
@@ -41,11 +42,11 @@ class Compiled:
         self.config = getattr(model, "config", None)
         self.seconds: float | None = None
 
-    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, *y: torch.Tensor) -> torch.Tensor:
         if self.seconds is not None:
-            return self.compiled(x, t)
+            return self.compiled(x, t, *y)
         start = time.perf_counter()
-        out = self.compiled(x, t)
+        out = self.compiled(x, t, *y)
         self.seconds = time.perf_counter() - start
         return out
 

@@ -1,0 +1,103 @@
+"""The options of class-conditional sampling (``--class``, ``--guidance``,
+``--classifier-scale``, ``--classifier``) and what they resolve to: the model, the labels
+and the classifier. Nothing here imports torch until a command runs."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import click
+from click.core import ParameterSource
+
+from ddim.cli.options import option
+
+if TYPE_CHECKING:
+    import torch
+
+    from ddim.schedule import NoiseSchedule
+
+#: The bundled model of ``--class`` when ``--ckpt`` is not given (and no classifier guides).
+CONDITIONAL_MODEL = "mnist-cond"
+
+class_option = option(
+    "--class",
+    "class_",
+    default=None,
+    metavar="K|all",
+    help="class K of a class-conditional model (the bundled mnist-cond unless --ckpt is "
+    "given) or, with --classifier-scale, of the classifier; all: one grid row per class",
+)
+guidance_option = option(
+    "--guidance",
+    type=click.FloatRange(min=0.0),
+    default=None,
+    show_default="none: the class's conditional model",
+    help="classifier-free guidance weight w (1: conditional, 0: unconditional, >1: stronger)",
+)
+classifier_scale_option = option(
+    "--classifier-scale",
+    type=click.FloatRange(min=0.0),
+    default=None,
+    help="classifier guidance with the noise-aware classifier (--classifier) at this scale",
+)
+classifier_option = option(
+    "--classifier",
+    default=None,
+    metavar="PATH",
+    show_default="the bundled MNIST noisy classifier",
+    help="the noise-aware classifier of --classifier-scale",
+)
+
+
+def model_for(ckpt: str, class_: str | None, classifier_scale: float | None = None) -> str:
+    """``--ckpt``, or the bundled conditional model when ``--class`` is given, ``--ckpt``
+    was left at its default and no classifier guides the unconditional one."""
+    ctx = click.get_current_context(silent=True)
+    default = ctx is not None and ctx.get_parameter_source("ckpt") == ParameterSource.DEFAULT
+    if class_ is not None and classifier_scale is None and default:
+        return CONDITIONAL_MODEL
+    return ckpt
+
+
+def class_labels(
+    model: object, class_: str | None, n: int, classifier: object = None
+) -> tuple[torch.Tensor | None, int, int | None]:
+    """The labels of ``--class`` for ``n`` images: ``(labels, n, nrow)``. ``all`` gives
+    ``n // K`` images of each of the ``K`` classes (at least one), one row per class; a
+    class out of range, or a class for a model with no classes and no classifier, is a
+    usage error."""
+    import torch
+
+    from ddim.guidance import num_classes
+
+    if class_ is None:
+        return None, n, None
+    k = num_classes(model) or num_classes(classifier)
+    if not k:
+        raise click.BadParameter(
+            "this model is unconditional; --class needs a class-conditional model "
+            "or --classifier-scale",
+            param_hint="'--class'",
+        )
+    if class_ == "all":
+        per_class = max(1, n // k)
+        return torch.arange(k).repeat_interleave(per_class), k * per_class, per_class
+    if not class_.isdigit() or int(class_) >= k:
+        raise click.BadParameter(
+            f"{class_!r} is not a class of this model: give 0..{k - 1} or all",
+            param_hint="'--class'",
+        )
+    return torch.full((n,), int(class_)), n, None
+
+
+def load_guidance_classifier(
+    path: str | None, scale: float | None, schedule: NoiseSchedule, device: torch.device
+) -> Any:
+    """The noise-aware classifier of ``--classifier-scale`` (``None`` without one)."""
+    if scale is None:
+        if path is not None:
+            raise click.UsageError("--classifier needs --classifier-scale")
+        return None
+    from ddim.models.noisy_classifier import load_noisy_classifier
+
+    return load_noisy_classifier(path, device, schedule)
