@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import yaml
 from test_training import TINY
 
 from ddim.formats.checkpoint import CheckpointError, load_checkpoint, save_weights
@@ -161,3 +162,27 @@ def test_a_conditional_run_trains_and_records_num_classes(tmp_path):
     ckpt = load_checkpoint(result.weights)
     assert ckpt.model_config.num_classes == 10
     assert ckpt.ema_state["label_emb.weight"].abs().sum() > 0  # the embedding learned
+
+
+@pytest.mark.slow
+def test_ddim_train_init_starts_from_a_bundled_name_or_path(tmp_path):
+    """``ddim train --init CKPT`` is ``--set training.init=CKPT``: the run's step-0 weights
+    are the checkpoint's, its class embedding zero."""
+    from click.testing import CliRunner
+
+    from ddim.cli import main
+
+    torch.manual_seed(4)
+    plain = UNet(CONFIG).eval()
+    save(tmp_path / "u.safetensors", plain, NoiseSchedule.linear(100, 1e-4, 0.02))
+    raw = conditional_config(total_steps=1, ckpt_every=1)
+    raw["out_dir"] = str(tmp_path / "run")
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
+    args = ["train", str(tmp_path / "c.yaml"), "--init", str(tmp_path / "u.safetensors"),
+            "--set", "training.lr=1e-12", "--no-progress"]  # fmt: skip
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.stderr
+    ckpt = load_checkpoint(tmp_path / "run" / "checkpoints" / "step_0000001.safetensors")
+    assert ckpt.extra["train_config"]["training"]["init"] == str(tmp_path / "u.safetensors")
+    for key, value in plain.state_dict().items():  # one step at lr 1e-12 moves nothing visible
+        torch.testing.assert_close(ckpt.model_state[key], value, rtol=0, atol=1e-8)

@@ -25,8 +25,17 @@ from ddim.cli import common
     is_flag=True,
     help="continue from the latest checkpoint in out_dir (starts fresh if there is none)",
 )
+@click.option(
+    "--init",
+    default=None,
+    metavar="CKPT",
+    help="start from this checkpoint's EMA weights (a path or a bundled name such as mnist); "
+    "the same as --set training.init=CKPT",
+)
 @click.option("--no-progress", is_flag=True, help="hide the progress bar")
-def train_command(config: str, overrides: tuple[str, ...], resume: bool, no_progress: bool) -> None:
+def train_command(
+    config: str, overrides: tuple[str, ...], resume: bool, init: str | None, no_progress: bool
+) -> None:
     """Train an eps-model as CONFIG describes.
 
     Under torchrun: torchrun --nproc_per_node=K -m ddim.train CONFIG (the same command).
@@ -38,6 +47,8 @@ def train_command(config: str, overrides: tuple[str, ...], resume: bool, no_prog
     from ddim.train.config import load_config
     from ddim.train.loop import train
 
+    if init is not None:
+        overrides = (*overrides, f"training.init={init}")
     result = train(load_config(config, overrides), resume=resume, progress=not no_progress)
     if result.stopped_by:
         click.echo(f"stopped by {result.stopped_by} at step {result.step}", err=True)

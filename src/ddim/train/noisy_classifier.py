@@ -15,15 +15,13 @@ import json
 import time
 from pathlib import Path
 
-import safetensors.torch
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ddim.formats.archives import load_mnist, load_mnist_labels
-from ddim.formats.atomic import atomic_write_bytes
 from ddim.models.classifier import NUM_TRAIN
-from ddim.models.noisy_classifier import FORMAT, NoisyClassifier, betas_digest
+from ddim.models.noisy_classifier import NoisyClassifier, save_noisy_classifier
 from ddim.schedule import NoiseSchedule
 from ddim.train.classifier import random_shift
 from ddim.train.loss import q_sample
@@ -100,15 +98,12 @@ def main(argv: list[str] | None = None) -> None:
         "heldout": f"t10k images {NUM_TRAIN}..{images.shape[0] - 1}",
         "train": f"t10k images 0..{NUM_TRAIN - 1}",
         "schedule": "linear, T = 1000, beta 1e-4 .. 0.02",
-        "betas_sha": betas_digest(sched),
         "steps": args.steps,
         "seed": args.seed,
         "train_seconds": round(seconds, 1),
         "torch": torch.__version__,
     }
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    metadata = {"format": FORMAT, "info": json.dumps(info, sort_keys=True)}
-    atomic_write_bytes(args.out, safetensors.torch.save(tensors, metadata=metadata))
+    save_noisy_classifier(args.out, model, sched, info)
     print(json.dumps(info, indent=1))
 
 
