@@ -111,6 +111,19 @@ class SamplerOptions:
             check_eta(plan, self.eta, self.variance)
         return plan
 
+    def check_inverts_encoding(self, what: str) -> None:
+        """A ValueError unless sampling with these options undoes :func:`invert`, as
+        ``what`` (a reconstruction, a translation) needs: the ``ddim`` solver at ``eta = 0``
+        with the ``ddim`` variance and the denoising final step."""
+        if self.solver != "ddim" or self.final_step not in (None, "denoise"):
+            raise ValueError(
+                f"{what} encodes with DDIM, so it must decode with DDIM too: solver 'ddim' "
+                f"with final_step 'denoise', not solver {self.solver!r} with final_step "
+                f"{self.final_step!r}"
+            )
+        if self.eta != 0 or self.variance != "ddim":
+            raise ValueError(f"{what} decodes with DDIM: eta must be 0 and variance 'ddim'")
+
     def condition(
         self,
         model: Model,

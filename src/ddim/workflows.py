@@ -169,14 +169,7 @@ def reconstruct(
     """Encode then decode with the same timesteps (paper Section 5.4), under classes
     ``labels`` if given. Encoding is DDIM's (eq. 13), so decoding must be its inverse: the
     ``ddim`` solver with ``eta = 0``, the ``ddim`` variance and the denoising final step."""
-    if options.solver != "ddim" or options.final_step not in (None, "denoise"):
-        raise ValueError(
-            f"reconstruction encodes with DDIM, so it must decode with DDIM too: solver 'ddim' "
-            f"with final_step 'denoise', not solver {options.solver!r} with final_step "
-            f"{options.final_step!r}"
-        )
-    if options.eta != 0 or options.variance != "ddim":
-        raise ValueError("reconstruction decodes with DDIM: eta must be 0 and variance 'ddim'")
+    options.check_inverts_encoding("reconstruction")
     latents = encode(
         model, sched, x0, options=options, labels=labels, batch_size=batch_size,
         callback=callback,

@@ -1,0 +1,181 @@
+"""Editing with exact oracles: SDEdit (strength 1 is sampling; from data it keeps the data's
+law), inpainting (its exact output law against Monte Carlo and against the exact conditional
+law; known pixels kept), and DDIB class translation on two Gaussian classes."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import ddim
+from ddim import workflows
+from ddim.edit import edit, sdedit_timesteps, translate
+from ddim.eval.exact_gaussian import (
+    DiagonalGaussian,
+    gaussian_w2,
+    output_variance,
+    power_law_spectrum,
+)
+from ddim.eval.inpaint_exact import (
+    CorrelatedGaussian,
+    ar1_covariance,
+    conditional_law,
+    inpainting_law,
+    inpainting_w2,
+)
+from ddim.inpaint import inpaint, repaint_moves
+from ddim.models.class_oracle import ClassMixture
+
+F64 = torch.float64
+SCHED = ddim.NoiseSchedule.linear()
+
+
+# ---------------------------------------------------------------- SDEdit
+
+
+def test_strength_one_is_plain_sampling_with_the_same_seeds(eps_model, sched) -> None:
+    x0 = torch.zeros(3, 3, 8, 8)
+    for kwargs in ({"steps": 10}, {"steps": 10, "eta": 0.7}, {"steps": 6, "solver": "dpmpp-2m"}):
+        ours = edit(eps_model, x0, sched, strength=1.0, seed=5, **kwargs)
+        made = workflows.generate(eps_model, sched, 3, (3, 8, 8), seed=5,
+                                  options=ddim.SamplerOptions(**kwargs))  # fmt: skip
+        assert torch.equal(ours, made)
+
+
+def test_the_plan_starts_at_t0_and_costs_strength_times_steps() -> None:
+    options = ddim.SamplerOptions(steps=50)
+    ts = sdedit_timesteps(SCHED, options, 0.6)
+    assert ts[0] == 599 and ts[1:] == list(range(580, -1, -20))
+    assert ddim.model_calls(SCHED, ts) == 31  # about 0.6 x 50
+    assert sdedit_timesteps(SCHED, options, 0.001) == [0]
+    for bad in (0.0, 1.5, -0.1):
+        with pytest.raises(ValueError, match="strength must lie in"):
+            sdedit_timesteps(SCHED, options, bad)
+
+
+def test_sdedit_of_data_keeps_the_data_law() -> None:
+    """x_0 ~ N(0, diag(lam)) noised to t_0 has the exact marginal there, so the ODE from t_0
+    lands on the data law up to its discretisation: the exact W2^2 (eq. 3 of exact_gaussian)
+    falls with the steps, to 1.5e-4 at 1,000 (the error sits near t = 0, so it is that of
+    plain sampling with as many steps, not less)."""
+    lam = power_law_spectrum(64, 1.0)
+    oracle = DiagonalGaussian(lam, SCHED)
+
+    def w2(strength: float, steps: int) -> float:
+        ts = sdedit_timesteps(SCHED, ddim.SamplerOptions(steps=steps), strength)
+        gain = ddim.sample(oracle, torch.ones(1, 64, dtype=F64), SCHED, steps=ts)[0]
+        a = SCHED.alpha_bar_at(ts[0])
+        return gaussian_w2(gain**2 * (a * lam + 1 - a), lam)
+
+    w2_plain = gaussian_w2(output_variance(lam, SCHED, 20), lam)
+    assert w2(0.5, 20) == pytest.approx(0.19520, rel=1e-3) and w2(0.5, 20) < w2_plain
+    assert w2(0.5, 200) < w2(0.5, 20) / 50
+    assert w2(0.5, 1000) < 2e-4
+    # and the real edit() draws that law: the variance of 4,000 edits of exact data draws
+    ts = sdedit_timesteps(SCHED, ddim.SamplerOptions(steps=50), 0.5)
+    gain = ddim.sample(oracle, torch.ones(1, 64, dtype=F64), SCHED, steps=ts)[0]
+    a = SCHED.alpha_bar_at(ts[0])
+    exact = gain**2 * (a * lam + 1 - a)
+    x0 = lam.sqrt() * torch.randn(4000, 64, generator=torch.Generator().manual_seed(1), dtype=F64)
+    out = edit(oracle, x0, SCHED, strength=0.5, steps=50, seed=2)
+    z = (out.var(0) - exact) / (exact * math.sqrt(2 / 3999))
+    assert z.abs().max() < 4.5, z
+
+
+# ---------------------------------------------------------------- inpainting
+
+COV = ar1_covariance(8, 0.9)
+KNOWN = torch.tensor([True] * 4 + [False] * 4)
+X0 = torch.linalg.cholesky(COV) @ torch.randn(8, generator=torch.Generator().manual_seed(0),
+                                              dtype=F64)  # fmt: skip
+
+
+def test_repaint_moves_by_hand() -> None:
+    assert repaint_moves(3) == [("down", 0), ("down", 1), ("down", 2)]
+    assert repaint_moves(3, 1, 2) == [
+        ("down", 0), ("up", 0), ("down", 0), ("down", 1), ("up", 1), ("down", 1), ("down", 2)
+    ]  # fmt: skip
+    two = repaint_moves(5, 2, 2)
+    assert two[:6] == [("down", 0), ("down", 1), ("up", 1), ("up", 0), ("down", 0), ("down", 1)]
+    assert sum(m == "down" for m, _ in repaint_moves(20, 1, 5)) == 20 + 4 * 19
+
+
+@pytest.mark.parametrize(("method", "kwargs"), [("replace", {}), ("repaint", {"resample": 3})])
+def test_the_exact_law_is_what_inpaint_draws(method, kwargs) -> None:
+    """The matrix propagation of eval.inpaint_exact against 2,000 draws of inpaint itself:
+    mean and variance of every unknown coordinate within 4.5 standard errors."""
+    oracle = CorrelatedGaussian(COV, SCHED)
+    n = 2000
+    result = inpaint(oracle, X0.expand(n, 8).clone(), KNOWN, SCHED, steps=12, method=method,
+                     seed=0, **kwargs)  # fmt: skip
+    assert torch.equal(result.images[:, KNOWN], X0[KNOWN].expand(n, 4))  # known pixels kept
+    m, c = inpainting_law(oracle, X0, KNOWN, steps=12, method=method, **kwargs)
+    x = result.images[:, ~KNOWN]
+    assert ((x.mean(0) - m) / (c.diag().sqrt() / math.sqrt(n))).abs().max() < 4.5
+    assert ((x.var(0) - c.diag()) / (c.diag() * math.sqrt(2 / (n - 1)))).abs().max() < 4.5
+
+
+def test_replacement_is_biased_and_resampling_moves_it_closer() -> None:
+    """W2^2 to the exact conditional law (eq. 2): the replacement method keeps a bias that
+    more steps do not remove; RePaint's resampling shrinks it (values pinned to 1e-3)."""
+    oracle = CorrelatedGaussian(COV, SCHED)
+    replace_100 = inpainting_w2(oracle, X0, KNOWN, steps=100, method="replace")
+    repaint_100 = inpainting_w2(oracle, X0, KNOWN, steps=100, method="repaint", resample=5)
+    assert replace_100 == pytest.approx(0.06134, rel=1e-3)
+    assert repaint_100 == pytest.approx(0.01055, rel=1e-3)
+    assert inpainting_w2(oracle, X0, KNOWN, steps=20, method="replace") > 0.04
+    jumps = inpainting_w2(oracle, X0, KNOWN, steps=20, method="repaint", jump_length=5)
+    assert jumps < 0.8 * inpainting_w2(oracle, X0, KNOWN, steps=20, method="replace")
+    m, _ = conditional_law(COV, KNOWN, X0)  # the conditional mean continues the known half
+    assert m[0] == pytest.approx(0.9 * float(X0[3]), rel=1e-9)
+
+
+def test_dps_counts_its_gradient_passes_and_keeps_known_pixels() -> None:
+    oracle = CorrelatedGaussian(COV, SCHED)
+    out = inpaint(oracle, X0.expand(4, 8).clone(), KNOWN, SCHED, steps=10, method="dps")
+    assert (out.model_calls, out.grad_passes) == (10, 10)
+    assert torch.equal(out.images[:, KNOWN], X0[KNOWN].expand(4, 4))
+    plain = inpaint(oracle, X0.expand(4, 8).clone(), KNOWN, SCHED, steps=10, method="replace")
+    assert (plain.model_calls, plain.grad_passes) == (10, 0)
+
+
+@pytest.mark.parametrize(
+    ("mask", "kwargs", "message"),
+    [
+        (torch.full((8,), 0.5), {}, "the mask must be binary"),
+        (torch.ones(5, dtype=torch.bool), {}, r"mask of shape \(5,\) does not fit"),
+        (KNOWN, {"method": "magic"}, "unknown inpainting method 'magic'"),
+        (KNOWN, {"resample": 0, "method": "repaint"}, "jump_length and resample must be >= 1"),
+    ],
+)
+def test_bad_inpainting_input_is_named(mask, kwargs, message) -> None:
+    oracle = CorrelatedGaussian(COV, SCHED)
+    with pytest.raises(ValueError, match=message):
+        inpaint(oracle, X0.expand(2, 8).clone(), mask, SCHED, steps=4, **kwargs)
+
+
+# ---------------------------------------------------------------- translation (DDIB)
+
+TWO = ClassMixture(torch.tensor([[2.0, 0.0], [-1.0, 1.5]], dtype=F64),
+                   torch.tensor([0.3, 0.6], dtype=F64), torch.tensor([0.5, 0.5], dtype=F64),
+                   SCHED)  # fmt: skip
+
+
+def test_translation_maps_class_a_onto_class_b_and_back() -> None:
+    """Between isotropic Gaussians the DDIM encode/decode is, in the limit of many steps,
+    the affine map mu_b + (s_b / s_a)(x - mu_a); back again it is the identity, up to
+    the reconstruction error of Table 2 (which falls with S)."""
+    x_a = TWO.sample(torch.zeros(6, dtype=torch.long), torch.Generator().manual_seed(3))
+    mu, s = TWO.marginal.means, TWO.marginal.stds
+    expected = mu[1] + (s[1] / s[0]) * (x_a - mu[0])
+    errors = []
+    for steps in (50, 1000):
+        x_b = translate(TWO, x_a, SCHED, source=0, target=1, steps=steps)
+        back = translate(TWO, x_b, SCHED, source=1, target=0, steps=steps)
+        errors.append(((x_b - expected).abs().max().item(), (back - x_a).abs().max().item()))
+    assert errors[1][0] < 0.03 < 0.2 < errors[0][0]  # measured 0.023 and 0.233
+    assert errors[1][1] < 0.01 and errors[1][1] < errors[0][1] / 10  # 0.006 and 0.106
+    with pytest.raises(ValueError, match="translation decodes with DDIM: eta must be 0"):
+        translate(TWO, x_a, SCHED, source=0, target=1, steps=10, eta=0.5)
