@@ -186,3 +186,23 @@ def test_ddim_train_init_starts_from_a_bundled_name_or_path(tmp_path):
     assert ckpt.extra["train_config"]["training"]["init"] == str(tmp_path / "u.safetensors")
     for key, value in plain.state_dict().items():  # one step at lr 1e-12 moves nothing visible
         torch.testing.assert_close(ckpt.model_state[key], value, rtol=0, atol=1e-8)
+
+
+def test_the_class_embedding_learns_at_its_own_rate():
+    """label_lr_scale puts label_emb in its own Adam group at that multiple of the rate; an
+    unconditional model keeps one group (so older runs' optimiser states still load)."""
+    from ddim.train.init import param_groups
+
+    cond = UNet(UNetConfig(**{**CONFIG.to_dict(), "num_classes": 3}))
+    groups = param_groups(cond, 20.0)
+    assert [len(g["params"]) for g in groups] == [len(list(cond.parameters())) - 1, 1]
+    assert groups[1]["params"][0] is cond.label_emb.weight and groups[1]["lr_scale"] == 20.0
+    assert len(param_groups(UNet(CONFIG), 20.0)) == 1
+    with pytest.raises(ValueError, match="label_lr_scale must be a finite number > 0"):
+        config_from_dict(conditional_config(label_lr_scale=0.0))
+    raw = conditional_config(label_lr_scale=10.0, total_steps=2, ckpt_every=2, warmup_steps=0)
+    raw["out_dir"] = "run"
+    result = loop.train(config_from_dict(raw), progress=False)
+    state = torch.load(result.weights.with_suffix("").with_suffix(".state.pt"), weights_only=True)
+    lrs = [g["lr"] for g in state["optimizer"]["param_groups"]]
+    assert lrs == [pytest.approx(1e-3), pytest.approx(1e-2)]

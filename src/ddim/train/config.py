@@ -50,7 +50,9 @@ class TrainingConfig:
     ``min_snr_gamma`` weight the loss across ``t`` (:mod:`ddim.train.loss`).
     ``label_dropout`` (class-conditional models) is the share of labels replaced by the
     null label, so one network learns the conditional and the unconditional eps that
-    classifier-free guidance combines (Ho & Salimans 2022; 0.1-0.2 is usual). ``init``
+    classifier-free guidance combines (Ho & Salimans 2022; 0.1-0.2 is usual);
+    ``label_lr_scale`` multiplies the learning rate of its class embedding, which a short
+    fine-tune from unconditional weights must grow from zero. ``init``
     names a checkpoint (a path or a bundled name such as ``mnist``) whose EMA weights start
     the run instead of a random initialisation; a class embedding it lacks starts at zero.
     """
@@ -73,6 +75,7 @@ class TrainingConfig:
     antithetic: bool = True
     seed: int = 0
     label_dropout: float = 0.0
+    label_lr_scale: float = 1.0
     init: str | None = None
     # checkpoints, sample grids and the log
     ckpt_every: int = 5000
@@ -125,6 +128,10 @@ class TrainingConfig:
             )
         if not 0.0 <= self.label_dropout < 1.0:
             raise ValueError(f"training.label_dropout must lie in [0, 1), got {self.label_dropout}")
+        if not math.isfinite(self.label_lr_scale) or self.label_lr_scale <= 0:
+            raise ValueError(
+                f"training.label_lr_scale must be a finite number > 0, got {self.label_lr_scale}"
+            )
         if self.init is not None and (not isinstance(self.init, str) or not self.init):
             raise ValueError(f"training.init must be a checkpoint path or name, got {self.init!r}")
         if self.precision not in PRECISIONS:

@@ -1,7 +1,10 @@
 """Starting a run from the weights of another checkpoint (``training.init``), as a
-fine-tune does: a class-conditional model from the unconditional one, say."""
+fine-tune does: a class-conditional model from the unconditional one, say, whose new class
+embedding gets its own learning rate (``training.label_lr_scale``)."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import nn
@@ -33,3 +36,13 @@ def start_from(init: str, model: nn.Module, ema: AveragedModel, sched: NoiseSche
             f"unexpected {result.unexpected_keys}"
         )
     ema.module.load_state_dict(model.state_dict())
+
+
+def param_groups(model: nn.Module, label_lr_scale: float) -> list[dict[str, Any]]:
+    """The optimiser's parameter groups: a conditional model's class embedding on its own,
+    its learning rate ``label_lr_scale`` times the rest's."""
+    label = [p for name, p in model.named_parameters() if name.startswith("label_emb.")]
+    rest = [p for name, p in model.named_parameters() if not name.startswith("label_emb.")]
+    if not label:
+        return [{"params": rest}]
+    return [{"params": rest}, {"params": label, "lr_scale": label_lr_scale}]

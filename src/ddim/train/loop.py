@@ -46,7 +46,7 @@ from ddim.precision import autocast, choose
 from ddim.sampling import sample
 from ddim.train import batches
 from ddim.train.config import TrainConfig
-from ddim.train.init import start_from
+from ddim.train.init import param_groups, start_from
 from ddim.train.loss import diffusion_loss, loss_weights
 from ddim.train.runtime import Distributed, StopRequest, TrainLog, say
 from ddim.train.state import (
@@ -221,7 +221,7 @@ def _setup(config: TrainConfig, ctx: Distributed) -> _Run:
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(tc.ema_decay), use_buffers=True)
     ema.eval()
     opt = torch.optim.Adam(
-        model.parameters(),
+        param_groups(model, tc.label_lr_scale),
         lr=tc.lr,
         betas=tc.adam_betas,
         eps=tc.adam_eps,
@@ -309,7 +309,7 @@ def _train_step(run: _Run, step: int, stop_requested: bool) -> tuple[float, floa
             raise NonFiniteLossError(f"{name} is {value} at step {step}; the step was not applied")
     lr = learning_rate(step, tc.lr, tc.warmup_steps, tc.cooldown_steps, tc.total_steps)
     for group in run.opt.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
     run.opt.step()
     return loss_value, grad_norm, lr, stop_votes > 0
 
