@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -147,3 +149,33 @@ def write_checkpoint(tiny_config: UNetConfig) -> Callable[..., Path]:
         return path
 
     return write
+
+
+GUIDED_SCHEDULE = ddim.NoiseSchedule.linear(100, 1e-3, 0.05)
+
+
+@pytest.fixture(scope="module")
+def ckpts(
+    tmp_path_factory: pytest.TempPathFactory,
+    tiny_config: UNetConfig,
+    perturbed_unet: Callable[..., UNet],
+    write_checkpoint: Callable[..., Path],
+) -> dict[str, Path]:
+    """A tiny class-conditional checkpoint (3 classes, its label embedding moved away from
+    zero), an unconditional one, and four 8 x 8 images in an .npz, for the CLI tests."""
+    root = tmp_path_factory.mktemp("guided")
+    config = dataclasses.replace(tiny_config, num_classes=3)
+    model = perturbed_unet(config)
+    with torch.no_grad():
+        model.label_emb.weight.normal_(0, 1.0)
+    rng = np.random.default_rng(0)
+    np.savez(root / "x.npz", x=rng.integers(0, 256, (4, 8, 8), dtype=np.uint8))
+    return {
+        "cond": write_checkpoint(
+            root / "c.safetensors", model.state_dict(), GUIDED_SCHEDULE, config=config
+        ),  # fmt: skip
+        "plain": write_checkpoint(
+            root / "p.safetensors", perturbed_unet().state_dict(), GUIDED_SCHEDULE
+        ),
+        "images": root / "x.npz",
+    }

@@ -3,9 +3,6 @@ the same images as the library, one row per class for ``--class all``, one-line 
 
 from __future__ import annotations
 
-import dataclasses
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -17,26 +14,6 @@ from ddim.cli import main
 from ddim.formats import images
 from ddim.formats.checkpoint import load_pretrained
 from ddim.formats.latents import load_latents
-
-SCHEDULE = ddim.NoiseSchedule.linear(100, 1e-3, 0.05)
-
-
-@pytest.fixture(scope="module")
-def ckpts(tmp_path_factory, tiny_config, perturbed_unet, write_checkpoint) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("guided")
-    config = dataclasses.replace(tiny_config, num_classes=3)
-    model = perturbed_unet(config)
-    with torch.no_grad():
-        model.label_emb.weight.normal_(0, 1.0)
-    rng = np.random.default_rng(0)
-    np.savez(root / "x.npz", x=rng.integers(0, 256, (4, 8, 8), dtype=np.uint8))
-    return {
-        "cond": write_checkpoint(
-            root / "c.safetensors", model.state_dict(), SCHEDULE, config=config
-        ),  # fmt: skip
-        "plain": write_checkpoint(root / "p.safetensors", perturbed_unet().state_dict(), SCHEDULE),
-        "images": root / "x.npz",
-    }
 
 
 def run(*args: object) -> Result:

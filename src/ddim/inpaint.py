@@ -29,13 +29,14 @@ import torch
 
 from ddim.checked_model import CheckedModel
 from ddim.guidance import guided
+from ddim.names import INPAINT_METHODS
 from ddim.noise import per_sample_randn, seeded_generators
 from ddim.plan import StepPlan
 from ddim.sampling import Model
 from ddim.schedule import NoiseSchedule
 from ddim.solvers.eq12 import check_eta, ddim_sigma, ddim_step
 
-METHODS = ("replace", "repaint", "dps")
+METHODS = INPAINT_METHODS
 
 
 @dataclass(frozen=True)

@@ -37,3 +37,7 @@ WEIGHTS = ("ema", "model")
 DATA_KINDS = ("folder", "mnist", "cifar10", "npz", "digits")
 LABELLED_KINDS = ("mnist", "npz")
 LOSS_WEIGHTINGS = ("simple", "min-snr")
+#: How the known pixels steer inpainting (``ddim.inpaint``), and the named masks, each after
+#: the region it fills (``ddim.formats.masks``).
+INPAINT_METHODS = ("replace", "repaint", "dps")
+NAMED_MASKS = ("top-half", "bottom-half", "left-half", "right-half", "center")

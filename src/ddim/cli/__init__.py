@@ -1,5 +1,6 @@
 """The ``ddim`` command: ``ddim sample``, ``encode``, ``reconstruct``, ``interpolate``,
-``train``, ``convert``, ``info`` and ``eval`` (``ddim COMMAND --help`` for each)."""
+``edit``, ``inpaint``, ``translate``, ``train``, ``convert``, ``info`` and ``eval``
+(``ddim COMMAND --help`` for each)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import click
 from ddim import __version__
 from ddim.cli.common import DdimGroup
 from ddim.cli.convert import convert_command
+from ddim.cli.edit import edit_command, inpaint_command, translate_command
 from ddim.cli.encode import encode_command, reconstruct_command
 from ddim.cli.eval import eval_group
 from ddim.cli.info import info_command
@@ -34,6 +36,9 @@ for command in (
     encode_command,
     reconstruct_command,
     interpolate_command,
+    edit_command,
+    inpaint_command,
+    translate_command,
     train_command,
     convert_command,
     info_command,

@@ -1,0 +1,172 @@
+"""``ddim edit``, ``ddim inpaint`` and ``ddim translate``: edit given images with a model
+(SDEdit, inpainting, class translation through the DDIM latent; :mod:`ddim.edit`,
+:mod:`ddim.inpaint`)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING
+
+import click
+
+from ddim.cli import common, guide_options, options
+from ddim.cli.options import choice_option, count_option, option, out_option, steps_option
+from ddim.names import INPAINT_METHODS, NAMED_MASKS
+
+if TYPE_CHECKING:
+    import torch
+
+    from ddim.models.unet import UNet
+    from ddim.schedule import NoiseSchedule
+
+images_argument = click.argument(
+    "sources", metavar="IMAGES...", nargs=-1, required=True, type=click.Path(exists=True)
+)
+
+
+def _inputs(
+    run: options.ModelRun,
+    steps: int,
+    sources: tuple[str, ...],
+    class_: str | None = None,
+    conditional: str | None = None,
+) -> tuple[UNet, NoiseSchedule, torch.Tensor, torch.Tensor | None]:
+    """The model (``--class``, or ``conditional`` for a command that needs classes, picks
+    the bundled conditional one by default), its schedule, the images (which must have the
+    model's size: they are not resized) and the labels of ``--class``."""
+    from ddim.formats import images
+
+    if class_ == "all":
+        raise click.BadParameter("editing takes one class K, not all", param_hint="'--class'")
+    run = dataclasses.replace(run, ckpt=guide_options.model_for(run.ckpt, class_ or conditional))
+    model, schedule = run.load([steps])
+    channels, size, _ = options.image_shape(model)
+    x0, _ = images.read_images(sources, channels, size)
+    labels = guide_options.class_labels(model, class_, len(x0))[0]
+    return model, schedule, x0.to(run.device), labels
+
+
+@click.command("edit", short_help="SDEdit: noise images part of the way, then denoise.")
+@images_argument
+@option("--strength", type=click.FloatRange(0.0, 1.0, min_open=True), default=0.6,
+        help="how far to noise, t0 = strength x T: 1 ignores the images")  # fmt: skip
+@out_option("edited.png", "PATH", "a .png grid, a .npz or a folder/ of the edited images")
+@steps_option
+@option("--eta", type=click.FloatRange(min=0.0), default=0.0, help="eta of eq. 16")
+@guide_options.class_option
+@guide_options.guidance_option
+@options.seed_option
+@options.model_options
+@options.force_option
+def edit_command(
+    sources: tuple[str, ...],
+    strength: float,
+    out: str,
+    steps: int,
+    eta: float,
+    class_: str | None,
+    guidance: float | None,
+    seed: int,
+    force: bool,
+    run: options.ModelRun,
+) -> None:
+    """SDEdit (Meng et al. 2022): noise IMAGES to t0 = strength x T with the forward process,
+    then sample down from t0 (about strength x steps model calls); with --class, toward a
+    class. Image i's noise comes from seed + i."""
+    from ddim.edit import edit
+
+    common.check_image_output(out, 1, force)
+    model, schedule, x0, labels = _inputs(run, steps, sources, class_)
+    sampler = run.sampler(steps, eta=eta, guidance=guidance)
+    x = edit(model, x0, schedule, strength=strength, options=sampler, y=labels, seed=seed)
+    click.echo(f"wrote {common.write_images(out, x)}")
+
+
+@click.command("inpaint", short_help="Fill the masked region of images.")
+@images_argument
+@option(
+    "--mask",
+    required=True,
+    metavar="PNG|NAME",
+    help=f"a PNG (white keeps, black fills) or the region to fill: {', '.join(NAMED_MASKS)}",
+)
+@out_option("inpainted.png", "PATH", "a .png grid, a .npz or a folder/ of the completed images")
+@choice_option("--method", INPAINT_METHODS, default="repaint", help="how the known pixels steer")
+@count_option("--resample", default=5, help="RePaint's resamplings per level")
+@count_option("--jump-length", default=1, help="RePaint's jump, in steps")
+@option("--eta", type=click.FloatRange(min=0.0), default=1.0, help="eta of eq. 16")
+@steps_option
+@guide_options.class_option
+@guide_options.guidance_option
+@options.seed_option
+@options.model_options
+@options.force_option
+def inpaint_command(
+    sources: tuple[str, ...],
+    mask: str,
+    out: str,
+    method: str,
+    resample: int,
+    jump_length: int,
+    eta: float,
+    steps: int,
+    class_: str | None,
+    guidance: float | None,
+    seed: int,
+    force: bool,
+    run: options.ModelRun,
+) -> None:
+    """Inpaint IMAGES where --mask is black (or in the named region); known pixels come out
+    unchanged. Prints the model calls and gradient passes each batch cost."""
+    from ddim.formats.masks import read_mask
+    from ddim.inpaint import inpaint
+
+    common.check_image_output(out, 1, force)
+    model, schedule, x0, labels = _inputs(run, steps, sources, class_)
+    keep = read_mask(mask, x0.shape[-1]).to(x0.device)
+    result = inpaint(
+        model, x0, keep, schedule, steps=steps, spacing=run.spacing, method=method, eta=eta,
+        jump_length=jump_length, resample=resample, y=labels, guidance=guidance,
+        precision=run.precision, seed=seed,
+    )  # fmt: skip
+    click.echo(f"{method}: {result.model_calls} model calls, {result.grad_passes} gradient passes")
+    click.echo(f"wrote {common.write_images(out, result.images)}")
+
+
+@click.command("translate", short_help="Translate images from one class to another (DDIB).")
+@images_argument
+@option("--from", "source", type=click.IntRange(min=0), required=True, help="their class")
+@option("--to", "target", type=click.IntRange(min=0), required=True, help="the new class")
+@out_option("translated.png", "PATH", "a .png grid, a .npz or a folder/ of the translations")
+@steps_option
+@guide_options.guidance_option
+@options.model_options
+@options.force_option
+def translate_command(
+    sources: tuple[str, ...],
+    source: int,
+    target: int,
+    out: str,
+    steps: int,
+    guidance: float | None,
+    force: bool,
+    run: options.ModelRun,
+) -> None:
+    """DDIB (Su et al. 2023): encode IMAGES under class --from with the deterministic DDIM
+    inversion, decode under class --to (the bundled mnist-cond unless --ckpt is given)."""
+    from ddim.edit import translate
+
+    common.check_image_output(out, 1, force)
+    from ddim.guidance import num_classes
+
+    model, schedule, x0, _ = _inputs(run, steps, sources, conditional="translate")
+    k = num_classes(model)
+    if not k:
+        raise click.UsageError("translation needs a class-conditional model (--ckpt)")
+    for name, label in (("--from", source), ("--to", target)):
+        if label >= k:
+            raise click.BadParameter(f"{label} is not a class of this model: give 0..{k - 1}",
+                                     param_hint=f"'{name}'")  # fmt: skip
+    x = translate(model, x0, schedule, source=source, target=target,
+                  options=run.sampler(steps, guidance=guidance))  # fmt: skip
+    click.echo(f"wrote {common.write_images(out, x)}")

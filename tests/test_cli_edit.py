@@ -1,0 +1,95 @@
+"""``ddim edit``, ``ddim inpaint`` and ``ddim translate`` end to end on a tiny conditional
+U-Net: the library's images, known pixels kept, masks as PNG or by name, one-line errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from test_cli_guidance import ok, run
+
+import ddim
+from ddim.edit import edit, translate
+from ddim.formats import images
+from ddim.formats.checkpoint import load_pretrained
+from ddim.formats.masks import named_mask, read_mask
+from ddim.inpaint import inpaint
+
+
+def inputs(ckpts) -> torch.Tensor:
+    return images.read_images([str(ckpts["images"])], 1, 8)[0]
+
+
+def test_edit_matches_the_library(ckpts, tmp_path) -> None:
+    ok("edit", ckpts["images"], "--ckpt", ckpts["cond"], "--strength", 0.5, "--steps", 10,
+       "--class", 2, "--guidance", 2, "--seed", 3, "--out", tmp_path / "e.npz")  # fmt: skip
+    model, sched = load_pretrained(ckpts["cond"])
+    x = edit(model, inputs(ckpts), sched, strength=0.5, steps=10, guidance=2.0,
+             y=torch.full((4,), 2), seed=3)  # fmt: skip
+    np.testing.assert_array_equal(np.load(tmp_path / "e.npz")["samples"], images.to_uint8(x))
+
+
+@pytest.mark.parametrize("method", ["replace", "repaint", "dps"])
+def test_inpaint_keeps_the_known_pixels_and_matches_the_library(ckpts, tmp_path, method) -> None:
+    out = ok("inpaint", ckpts["images"], "--ckpt", ckpts["plain"], "--mask", "bottom-half",
+             "--method", method, "--steps", 5, "--resample", 2,
+             "--out", tmp_path / "i.npz")  # fmt: skip
+    calls = {"replace": 5, "repaint": 9, "dps": 5}[method]  # repaint: 5 + 1 x 4 resamplings
+    assert f"{method}: {calls} model calls, {5 if method == 'dps' else 0} gradient" in out.output
+    got = np.load(tmp_path / "i.npz")["samples"]
+    x0 = inputs(ckpts)
+    np.testing.assert_array_equal(got[:, :4], images.to_uint8(x0)[:, :4])  # the top half kept
+    model, sched = load_pretrained(ckpts["plain"])
+    ref = inpaint(model, x0, named_mask("bottom-half", 8), sched, steps=5, method=method,
+                  resample=2)  # fmt: skip
+    np.testing.assert_array_equal(got, images.to_uint8(ref.images))
+
+
+def test_masks_from_png_and_by_name(tmp_path) -> None:
+    pixels = np.full((8, 8), 255, np.uint8)
+    pixels[2:6, 2:6] = 0
+    Image.fromarray(pixels, "L").save(tmp_path / "m.png")
+    assert torch.equal(read_mask(tmp_path / "m.png", 8), named_mask("center", 8))
+    assert named_mask("top-half", 8)[0, :4].sum() == 0 and named_mask("top-half", 8)[0, 4:].all()
+    Image.fromarray((pixels // 2).astype(np.uint8), "L").save(tmp_path / "grey.png")
+    with pytest.raises(ValueError, match="is not binary"):
+        read_mask(tmp_path / "grey.png", 8)
+    Image.fromarray(np.zeros((9, 9), np.uint8), "L").save(tmp_path / "big.png")
+    with pytest.raises(ValueError, match="is 9x9; the images are 8x8"):
+        read_mask(tmp_path / "big.png", 8)
+    with pytest.raises(ValueError, match="unknown mask 'middle'"):
+        named_mask("middle", 8)
+
+
+def test_translate_matches_the_library(ckpts, tmp_path) -> None:
+    ok("translate", ckpts["images"], "--ckpt", ckpts["cond"], "--from", 0, "--to", 2,
+       "--steps", 8, "--out", tmp_path / "t.npz")  # fmt: skip
+    model, sched = load_pretrained(ckpts["cond"])
+    x = translate(model, inputs(ckpts), sched, source=0, target=2,
+                  options=ddim.SamplerOptions(steps=8))  # fmt: skip
+    np.testing.assert_array_equal(np.load(tmp_path / "t.npz")["samples"], images.to_uint8(x))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["edit", "--strength", 0], "0"),
+        (["edit", "--strength", 1.5], "1.5"),
+        (["inpaint", "--mask", "middle"], "neither a file nor one of top-half"),
+        (["inpaint", "--mask", "bottom-half", "--method", "magic"], "'magic' is not one of"),
+        (["translate", "--from", 0, "--to", 3], "3 is not a class of this model: give 0..2"),
+        (["edit", "--class", "all"], "editing takes one class K, not all"),
+    ],
+)
+def test_bad_editing_input_is_one_line(ckpts, tmp_path, args, message) -> None:
+    result = run(args[0], ckpts["images"], *args[1:], "--ckpt", ckpts["cond"], "--steps", 3,
+                 "--out", tmp_path / "x.npz")  # fmt: skip
+    assert result.exit_code == 2
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_translate_refuses_an_unconditional_model(ckpts, tmp_path) -> None:
+    result = run("translate", ckpts["images"], "--ckpt", ckpts["plain"], "--from", 0, "--to", 1,
+                 "--out", tmp_path / "x.npz")  # fmt: skip
+    assert result.exit_code == 2 and "needs a class-conditional model" in result.stderr
