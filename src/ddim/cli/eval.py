@@ -21,6 +21,7 @@ from ddim.cli import common, options
 from ddim.cli.eval_checks import blobs_command, memorization_command
 from ddim.cli.eval_floor import floor_command
 from ddim.cli.eval_guidance import guidance_command
+from ddim.cli.eval_inpaint import inpaint_command
 from ddim.cli.eval_loss import loss_command
 from ddim.cli.eval_options import (
     Run,
@@ -61,6 +62,7 @@ def eval_group() -> None:
 eval_group.add_command(blobs_command)
 eval_group.add_command(floor_command)
 eval_group.add_command(guidance_command)
+eval_group.add_command(inpaint_command)
 eval_group.add_command(memorization_command)
 eval_group.add_command(loss_command)
 eval_group.add_command(solvers_command)
