@@ -93,3 +93,35 @@ def test_translate_refuses_an_unconditional_model(ckpts, tmp_path) -> None:
     result = run("translate", ckpts["images"], "--ckpt", ckpts["plain"], "--from", 0, "--to", 1,
                  "--out", tmp_path / "x.npz")  # fmt: skip
     assert result.exit_code == 2 and "needs a class-conditional model" in result.stderr
+
+
+@pytest.mark.slow
+def test_eval_inpaint_scores_every_method_against_the_nearest_neighbour(tmp_path) -> None:
+    """On the bundled model, four 'held-out' digits made by the model itself (so the test
+    needs no MNIST files): each method's row, the nearest neighbour's, known pixels kept."""
+    import gzip
+    import json
+    import struct
+
+    model, sched = load_pretrained("mnist")
+    from ddim import workflows
+    from ddim.models.classifier import load_classifier
+
+    x = workflows.generate(model, sched, 12, (1, 28, 28), seed=0,
+                           options=ddim.SamplerOptions(steps=10))  # fmt: skip
+    pixels = images.to_uint8(x)[..., 0]
+    labels = load_classifier().predict(x).to(torch.uint8).numpy()
+    with gzip.open(tmp_path / "d-images-idx3-ubyte.gz", "wb") as f:
+        f.write(struct.pack(">IIII", 2051, 12, 28, 28) + pixels.tobytes())
+    with gzip.open(tmp_path / "d-labels-idx1-ubyte.gz", "wb") as f:
+        f.write(struct.pack(">II", 2049, 12) + labels.tobytes())
+    out = ok("eval", "inpaint", "--data", tmp_path / "d-images-idx3-ubyte.gz",
+             "--labels", tmp_path / "d-labels-idx1-ubyte.gz", "--slice", "8:12",
+             "--train-slice", "0:8", "-n", 4, "--steps", 4, "--resamples", "1,2", "--dps",
+             "--precision", "fp32", "--out-dir", tmp_path / "r")  # fmt: skip
+    result = json.loads((tmp_path / "r" / "inpaint.json").read_text())
+    rows = {s["method"]: s for s in result["scores"]}
+    assert list(rows) == ["replace", "repaint, r = 2", "dps", "nearest neighbour"]
+    assert [rows[m]["calls"] for m in rows] == [4, 7, 4, 0]
+    assert all(s["known_kept"] for s in rows.values())
+    assert "| replace | 4 |" in out.output and (tmp_path / "r" / "inpaint.png").is_file()
