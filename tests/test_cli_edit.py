@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_cli_guidance import ok, run
+from test_cli import ok, run
 
 import ddim
 from ddim.edit import edit, translate

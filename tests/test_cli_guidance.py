@@ -6,26 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner, Result
+from test_cli import ok, run
 
 import ddim
 from ddim import workflows
-from ddim.cli import main
 from ddim.formats import images
 from ddim.formats.checkpoint import load_pretrained
 from ddim.formats.latents import load_latents
-
-
-def run(*args: object) -> Result:
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    assert "Traceback" not in result.output + result.stderr
-    return result
-
-
-def ok(*args: object) -> Result:
-    result = run(*args)
-    assert result.exit_code == 0, result.stderr
-    return result
 
 
 def test_sample_a_class_under_guidance_matches_the_library(ckpts, tmp_path) -> None:
