@@ -11,9 +11,8 @@ from ddim.models.noisy_classifier import (
     NoisyClassifier,
     load_noisy_classifier,
     noisy_classifier_info,
-    save_noisy_classifier,
 )
-from ddim.train.noisy_classifier import accuracy_at, train
+from ddim.train.noisy_classifier import accuracy_at, save_noisy_classifier, train
 
 SCHED = ddim.NoiseSchedule.linear(1000, 1e-4, 0.02)
 

@@ -27,7 +27,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ddim import assets
-from ddim.formats.atomic import atomic_write_bytes
 from ddim.models.unet import timestep_embedding
 from ddim.schedule import NoiseSchedule
 
@@ -94,16 +93,6 @@ def load_noisy_classifier(
     model = NoisyClassifier()
     model.load_state_dict(safetensors.torch.load_file(str(file)))
     return model.to(device).eval()
-
-
-def save_noisy_classifier(
-    path: str | os.PathLike[str], model: NoisyClassifier, sched: NoiseSchedule, info: dict[str, Any]
-) -> None:
-    """Write the weights and ``info`` (with the digest of ``sched``'s betas) atomically."""
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    info = {**info, "betas_sha": betas_digest(sched)}
-    metadata = {"format": FORMAT, "info": json.dumps(info, sort_keys=True)}
-    atomic_write_bytes(path, safetensors.torch.save(tensors, metadata=metadata))
 
 
 def betas_digest(sched: NoiseSchedule) -> str:

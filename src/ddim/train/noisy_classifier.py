@@ -12,16 +12,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
+from typing import Any
 
+import safetensors.torch
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ddim.formats.archives import load_mnist, load_mnist_labels
+from ddim.formats.atomic import atomic_write_bytes
 from ddim.models.classifier import NUM_TRAIN
-from ddim.models.noisy_classifier import NoisyClassifier, save_noisy_classifier
+from ddim.models.noisy_classifier import FORMAT, NoisyClassifier, betas_digest
 from ddim.schedule import NoiseSchedule
 from ddim.train.classifier import random_shift
 from ddim.train.loss import q_sample
@@ -72,6 +76,16 @@ def accuracy_at(
     ts = torch.full((images.shape[0],), t)
     x_t = q_sample(images, ts, torch.randn(images.shape, generator=g), sched.alpha_bar)
     return (model(x_t, ts).argmax(1) == labels).double().mean().item()
+
+
+def save_noisy_classifier(
+    path: str | os.PathLike[str], model: NoisyClassifier, sched: NoiseSchedule, info: dict[str, Any]
+) -> None:
+    """Write the weights and ``info`` (with the digest of ``sched``'s betas) atomically."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    info = {**info, "betas_sha": betas_digest(sched)}
+    metadata = {"format": FORMAT, "info": json.dumps(info, sort_keys=True)}
+    atomic_write_bytes(path, safetensors.torch.save(tensors, metadata=metadata))
 
 
 def main(argv: list[str] | None = None) -> None:
