@@ -66,7 +66,7 @@ def test_round_trip_is_exact_and_self_describing(saved, states, tiny_config):
     assert meta["data_shape"] == [1, 8, 8]
     assert meta["weights"] == ["ema", "model"]
     assert meta["num_parameters"] == sum(v.numel() for v in ema.values())
-    assert meta["format_version"] == 1 and meta["ddim_version"] == "0.1.0"
+    assert meta["format_version"] == 2 and meta["ddim_version"] == "0.1.0"
 
 
 def test_load_pretrained_gives_an_eval_model_with_the_chosen_weights(saved, states, tiny_config):

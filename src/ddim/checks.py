@@ -14,7 +14,9 @@ def is_int(value: object) -> bool:
 
 def dataclass_kwargs(cls: type, d: Mapping[str, Any], required: Iterable[str] = ()) -> dict:
     """``d`` as keyword arguments of the dataclass ``cls``; a ValueError naming unknown keys
-    or missing ``required`` ones."""
+    or missing ``required`` ones, or ``d`` that is not a mapping."""
+    if not isinstance(d, Mapping):
+        raise ValueError(f"{cls.__name__} needs a mapping of its fields, got {d!r}")
     unknown = sorted(set(d) - {f.name for f in fields(cls)})
     if unknown:
         raise ValueError(f"unknown {cls.__name__} keys: {', '.join(map(str, unknown))}")

@@ -62,6 +62,8 @@ class DeviceType(click.ParamType):
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         import torch
 
+        from ddim.devices import device_problem
+
         if isinstance(value, torch.device):
             return value
         try:
@@ -72,26 +74,6 @@ class DeviceType(click.ParamType):
         if problem:
             self.fail(problem, param, ctx)
         return device
-
-
-def device_problem(device: torch.device) -> str | None:
-    """Why ``device`` cannot be used here, or ``None`` if it can."""
-    import torch
-
-    if device.type == "cpu":
-        return None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            return "CUDA was requested but is not available (no GPU, or a CPU-only torch build)"
-        count = torch.cuda.device_count()
-        if device.index is not None and device.index >= count:
-            return f"{device} was requested but this machine has {count} CUDA device(s)"
-        return None
-    if device.type == "mps":
-        if not torch.backends.mps.is_available():
-            return "MPS was requested but is not available on this machine"
-        return None
-    return f"device type {device.type!r} is not supported; use cpu, cuda, cuda:N or mps"
 
 
 # ---------------------------------------------------------------- options

@@ -215,8 +215,7 @@ def _sample_to_folder(
         written, kept = sample_folder.sample_to_folder(
             model, schedule, n, options.image_shape(model), out, seed=seed,
             batch_size=batch_size, device=device, options=sampler, labels=labels,
-            classifier=net, manifest={"ckpt": ckpt, "classifier": guide.classifier},
-            overwrite=force, callback=tick,
+            classifier=net, overwrite=force, callback=tick,
         )  # fmt: skip
     if rank != 0:
         return

@@ -10,6 +10,7 @@ from __future__ import annotations
 import codecs
 import gzip
 import io
+import math
 import os
 import pickle
 import zipfile
@@ -17,7 +18,7 @@ import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -177,6 +178,19 @@ def _to_nchw(array: np.ndarray, path: PathLike) -> np.ndarray:
     raise ValueError(f"array in {path} has shape {array.shape}; cannot tell the channel axis")
 
 
+#: What numpy, zipfile and zlib raise for a damaged file (RuntimeError: an encrypted or
+#: exotically compressed member; MemoryError: an array too large to hold).
+_NPZ_ERRORS = (
+    OSError,
+    EOFError,
+    ValueError,
+    RuntimeError,
+    MemoryError,
+    zlib.error,
+    zipfile.BadZipFile,
+)
+
+
 class _NpzContentError(ValueError):
     """A readable npz whose arrays do not fit the request; passed through unchanged."""
 
@@ -187,8 +201,41 @@ def _npz_errors(file: Path) -> Iterator[None]:
         yield
     except _NpzContentError:
         raise
-    except (OSError, EOFError, ValueError, zlib.error, zipfile.BadZipFile) as e:
-        raise ValueError(f"cannot read npz file {file}: {e}") from e
+    except _NPZ_ERRORS as e:
+        raise ValueError(f"cannot read npz file {file}: {e}") from None
+
+
+def _check_claimed_sizes(f: IO[bytes]) -> None:
+    """Refuse, from their headers alone, arrays of an ``.npy`` or ``.npz`` file ``f`` that
+    claim more bytes than the file holds: numpy would allocate the claim before reading."""
+    magic = np.lib.format.MAGIC_PREFIX
+    start = f.read(len(magic))
+    f.seek(0)
+    if start == magic:
+        _check_npy_header(f, os.fstat(f.fileno()).st_size, "the array")
+    elif start.startswith(b"PK"):
+        with zipfile.ZipFile(f) as archive:
+            for info in archive.infolist():
+                with archive.open(info) as member:
+                    if member.read(len(magic)) == magic:
+                        member.seek(0)
+                        _check_npy_header(member, info.file_size, f"array {info.filename}")
+    f.seek(0)
+
+
+def _check_npy_header(f: IO[bytes], size: int, what: str) -> None:
+    """Refuse the ``.npy`` data of ``size`` bytes (header included) in ``f`` if its header
+    claims more data than that."""
+    if np.lib.format.read_magic(f) == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+    else:  # versions 2 and 3 differ in the header's text encoding only
+        shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+    claimed, held = math.prod(shape) * dtype.itemsize, size - f.tell()
+    if claimed > held:
+        raise ValueError(
+            f"{what} claims shape {shape} of {dtype} ({claimed:,} bytes) but holds "
+            f"{max(held, 0):,} bytes; refusing to read it"
+        )
 
 
 def load_npz(path: PathLike, key: str | None = None) -> Tensor:
@@ -203,11 +250,14 @@ def load_npz(path: PathLike, key: str | None = None) -> Tensor:
     if not file.is_file():
         raise ValueError(f"npz file {file} does not exist or is not a file")
     with _npz_errors(file), open(file, "rb") as f:  # our handle: np.load leaks its own
+        _check_claimed_sizes(f)
         loaded = np.load(f, allow_pickle=False)
         if isinstance(loaded, np.ndarray):
             array = loaded
         else:
             names = list(loaded.files)
+            if not names:
+                raise _NpzContentError(f"npz file {file} holds no arrays, so no images")
             if key is None and len(names) != 1:
                 raise _NpzContentError(f"npz file {file} holds arrays {names}; pass key=")
             if key is not None and key not in names:
@@ -215,8 +265,12 @@ def load_npz(path: PathLike, key: str | None = None) -> Tensor:
             array = loaded[names[0] if key is None else key]
     if isinstance(loaded, np.ndarray) and key is not None:
         raise ValueError(f"{file} is a single .npy array; key={key!r} does not apply")
+    if not isinstance(array, np.ndarray):
+        raise ValueError(f"npz file {file} holds a member that is not a .npy array")
 
     array = _to_nchw(array, file)
+    if array.size == 0:
+        raise ValueError(f"npz file {file} holds no images (an array of shape {array.shape})")
     if np.issubdtype(array.dtype, np.integer):
         if array.size and (array.min() < 0 or array.max() > 255):
             raise ValueError(f"integer array in {file} has values outside 0..255")
@@ -232,12 +286,15 @@ def load_npz_labels(path: PathLike, key: str) -> Tensor:
     """The 1-D integer array ``key`` of an ``.npz`` file (class labels) as a LongTensor."""
     file = Path(path)
     with _npz_errors(file), open(file, "rb") as f:
+        _check_claimed_sizes(f)
         loaded = np.load(f, allow_pickle=False)
         if isinstance(loaded, np.ndarray):
             raise _NpzContentError(f"{file} is a single .npy array; it holds no labels {key!r}")
         if key not in loaded.files:
             raise _NpzContentError(f"npz file {file} has no array {key!r}; it holds {loaded.files}")
         array = loaded[key]
+    if not isinstance(array, np.ndarray):
+        raise ValueError(f"labels {key!r} in {file} are not a .npy array")
     if array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
         raise ValueError(
             f"labels {key!r} in {file} must be a 1-D integer array, got {array.dtype} {array.shape}"

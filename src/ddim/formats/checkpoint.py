@@ -10,7 +10,9 @@ A checkpoint is one ``.safetensors`` file (no pickle, so loading never runs code
 and string metadata: ``format`` / ``format_version``, ``ddim_version``, ``model_config``
 (JSON of :class:`~ddim.models.unet.UNetConfig`), ``schedule`` (JSON: ``kind`` and its
 parameters where recognised, for display), ``data_shape``, ``step``, ``extra`` (JSON) and
-``sha256``, a digest of every tensor that makes a corrupted file fail loudly.
+``sha256``, a digest of every tensor (and, from format version 2, of ``model_config``
+and ``data_shape``) that makes a corrupted or edited file fail loudly.
+:mod:`ddim.formats.checkpoint_meta` checks this self-description as a whole.
 
 The official DDIM ``ckpt.pth`` and pesser's ``model-*.ckpt`` files use the same parameter
 names as our U-Net; :mod:`ddim.formats.legacy` reads them.
@@ -18,9 +20,7 @@ names as our U-Net; :mod:`ddim.formats.legacy` reads them.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
-import importlib.resources
 import json
 import math
 import os
@@ -35,19 +35,22 @@ import torch
 
 from ddim import assets
 from ddim.formats.atomic import atomic_write_bytes
+from ddim.formats.checkpoint_meta import (
+    BETAS_KEY,
+    FORMAT,
+    FORMAT_VERSION,
+    CheckpointError,
+    check_shapes,
+    describe,
+    digest,
+    model_description,
+    read_header,
+)
 from ddim.models.unet import UNet, UNetConfig
 from ddim.names import WEIGHTS
 from ddim.schedule import NoiseSchedule
 
-FORMAT = "ddim-checkpoint"
-FORMAT_VERSION = 1
 BUNDLED = {"mnist": "mnist.safetensors", "mnist-cond": "mnist-cond.safetensors"}
-_BETAS_KEY = "schedule.betas"
-_MAX_LISTED = 8
-
-
-class CheckpointError(ValueError):
-    """A weight file is missing pieces, corrupt, or does not fit the model it describes."""
 
 
 @dataclass(frozen=True)
@@ -100,13 +103,16 @@ def save_weights(
         check_state_dict(config, state, f"{which} weights to save to {path}")
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
         raise ValueError(f"step must be a non-negative integer, got {step!r}")
-    shape = tuple(int(d) for d in data_shape)
+    shape = [int(d) for d in data_shape]
+    expected = [config.in_channels, config.image_size, config.image_size]
+    if shape != expected:
+        raise ValueError(f"data_shape {shape} for {path} is not the model's (C, H, W) {expected}")
     tensors = {
         f"{which}.{k}": v.detach().to("cpu", copy=True).contiguous()
         for which, state in states.items()
         for k, v in state.items()
     }
-    tensors[_BETAS_KEY] = schedule.betas.clone()
+    tensors[BETAS_KEY] = schedule.betas.clone()
     try:
         extra = json.dumps(dict(extra_meta or {}), sort_keys=True)
     except TypeError as e:
@@ -117,10 +123,10 @@ def save_weights(
         "ddim_version": _package_version(),
         "model_config": json.dumps(config.to_dict(), sort_keys=True),
         "schedule": json.dumps(describe_schedule(schedule), sort_keys=True),
-        "data_shape": json.dumps(list(shape)),
+        "data_shape": json.dumps(shape),
         "step": str(step),
         "extra": extra,
-        "sha256": _digest(tensors),
+        "sha256": digest(tensors, model_description(config, shape)),
     }
     atomic_write_bytes(path, safetensors.torch.save(tensors, metadata=metadata))
 
@@ -129,28 +135,26 @@ def load_checkpoint(path_or_name: str | os.PathLike[str]) -> Checkpoint:
     """Read and verify a checkpoint file (or a bundled name such as ``"mnist"``)."""
     path = resolve(path_or_name)
     raw = path.read_bytes()
+    meta = describe(path, read_header(path, raw)[0])
     try:
         tensors = safetensors.torch.load(raw)
     except Exception as e:  # safetensors raises its own untyped error on a bad buffer
         raise CheckpointError(f"{path} is truncated or not a safetensors file ({e})") from None
-    meta = _parse_metadata(path, _header(path, raw)[0])
-    if _digest(tensors) != meta["sha256"]:
-        raise CheckpointError(f"{path} is corrupt: its tensors do not match the stored sha256")
-    ema = _with_prefix(tensors, "ema.")
-    model = _with_prefix(tensors, "model.") or None
     config = UNetConfig.from_dict(meta["model_config"])
-    for which, state in (("ema", ema), ("model", model)):
-        if state is not None:
-            check_state_dict(config, state, f"{which} weights in {path}")
-    if _BETAS_KEY not in tensors:
-        raise CheckpointError(f"{path} has no {_BETAS_KEY} tensor")
+    if meta["format_version"] == 1:
+        stored, what = digest(tensors), "its tensors do not"
+    else:
+        stored = digest(tensors, model_description(config, meta["data_shape"]))
+        what = "its tensors, model_config or data_shape do not"
+    if stored != meta["sha256"]:
+        raise CheckpointError(f"{path} is corrupt: {what} match the stored sha256")
     return Checkpoint(
         model_config=config,
-        schedule=NoiseSchedule.from_betas(tensors[_BETAS_KEY]),
+        schedule=NoiseSchedule.from_betas(tensors[BETAS_KEY]),
         data_shape=tuple(meta["data_shape"]),
         step=meta["step"],
-        ema_state=ema,
-        model_state=model,
+        ema_state=_with_prefix(tensors, "ema."),
+        model_state=_with_prefix(tensors, "model.") or None,
         extra=meta["extra"],
         ddim_version=meta["ddim_version"],
         path=path,
@@ -177,8 +181,9 @@ def read_metadata(path_or_name: str | os.PathLike[str]) -> dict[str, Any]:
 
     Keys: ``format_version``, ``ddim_version``, ``model_config`` (dict), ``schedule`` (dict),
     ``data_shape`` (list), ``step`` (int), ``extra`` (dict), ``weights`` (``["ema"]`` or
-    ``["ema", "model"]``), ``num_parameters`` (of one set of weights) and ``path``.
-    The file's length is checked against its header, so a truncated file is an error.
+    ``["ema", "model"]``), ``num_parameters`` (of one set of weights), ``sha256`` and
+    ``path``. The file's length is checked against its header, so a truncated file is an
+    error, and the header is checked as :func:`load_checkpoint` checks it.
     """
     path = resolve(path_or_name)
     with open(path, "rb") as f:
@@ -186,10 +191,10 @@ def read_metadata(path_or_name: str | os.PathLike[str]) -> dict[str, Any]:
         head = f.read(8)
         n = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
         raw = head + f.read(min(n, size))
-    header, data_len = _header(path, raw)
+    header, data_len = read_header(path, raw)
     if 8 + n + data_len != size:
         raise CheckpointError(f"{path} is truncated or has trailing bytes ({size} bytes on disk)")
-    meta = _parse_metadata(path, header)
+    meta = describe(path, header)
     entries = {k: v for k, v in header.items() if k != "__metadata__"}
     meta["weights"] = [w for w in WEIGHTS if any(k.startswith(f"{w}.") for k in entries)]
     meta["num_parameters"] = sum(
@@ -213,27 +218,7 @@ def describe_schedule(schedule: NoiseSchedule) -> dict[str, Any]:
 
 def check_state_dict(config: UNetConfig, state: Mapping[str, torch.Tensor], source: str) -> None:
     """Raise :class:`CheckpointError` listing missing, unexpected and mis-shaped keys."""
-    with torch.device("meta"):
-        expected = {k: tuple(v.shape) for k, v in UNet(config).state_dict().items()}
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    bad_shape = [
-        f"{k} {tuple(state[k].shape)} != {expected[k]}"
-        for k in sorted(set(expected) & set(state))
-        if tuple(state[k].shape) != expected[k]
-    ]
-    problems = [
-        f"{label} ({len(items)}): {', '.join(items[:_MAX_LISTED])}"
-        + (", ..." if len(items) > _MAX_LISTED else "")
-        for label, items in (
-            ("missing keys", missing),
-            ("unexpected keys", unexpected),
-            ("shape mismatches", bad_shape),
-        )
-        if items
-    ]
-    if problems:
-        raise CheckpointError(f"{source} do not fit the U-Net config: " + "; ".join(problems))
+    check_shapes(config, {k: tuple(v.shape) for k, v in state.items()}, source)
 
 
 def resolve(path_or_name: str | os.PathLike[str]) -> Path:
@@ -253,57 +238,8 @@ def resolve(path_or_name: str | os.PathLike[str]) -> Path:
     return path
 
 
-def _header(path: Path, raw: bytes) -> tuple[dict[str, Any], int]:
-    """The parsed JSON header of a safetensors buffer and the length of its data section."""
-    try:
-        (n,) = struct.unpack("<Q", raw[:8])
-        if n > len(raw) - 8:
-            raise ValueError(f"header of {n} bytes is longer than the file")
-        header = json.loads(raw[8 : 8 + n])
-        data_len = max(
-            (v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0
-        )
-    except Exception as e:  # any malformed header is the same problem to the user
-        raise CheckpointError(f"{path} is truncated or not a safetensors file ({e})") from None
-    return header, data_len
-
-
-def _parse_metadata(path: Path, header: Mapping[str, Any]) -> dict[str, Any]:
-    meta = header.get("__metadata__") or {}
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is a safetensors file but not a ddim checkpoint")
-    version = int(meta.get("format_version", "0"))
-    if version > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path} has format version {version}; this ddim reads up to {FORMAT_VERSION}"
-        )
-    try:
-        return {
-            "format_version": version,
-            "ddim_version": meta["ddim_version"],
-            "model_config": json.loads(meta["model_config"]),
-            "schedule": json.loads(meta["schedule"]),
-            "data_shape": json.loads(meta["data_shape"]),
-            "step": int(meta["step"]),
-            "extra": json.loads(meta["extra"]),
-            "sha256": meta["sha256"],
-        }
-    except (KeyError, ValueError) as e:
-        raise CheckpointError(f"{path} has damaged metadata ({type(e).__name__}: {e})") from None
-
-
 def _with_prefix(tensors: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-
-
-def _digest(tensors: Mapping[str, torch.Tensor]) -> str:
-    """SHA-256 over every tensor's name, dtype, shape and raw bytes, in key order."""
-    h = hashlib.sha256()
-    for k in sorted(tensors):
-        t = tensors[k].detach().to("cpu").contiguous()
-        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy())
-    return h.hexdigest()
 
 
 def _package_version() -> str:

@@ -11,7 +11,8 @@ import contextlib
 import io
 import math
 import os
-from collections.abc import Iterator, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -171,25 +172,29 @@ def read_images(
     :func:`ddim.formats.archives.load_npz`) or
     folders of them. Every image must have ``channels`` channels (1: grayscale, 3: RGB) and
     be ``image_size`` pixels square; anything else is an error naming the file. Returns the
-    batch and one label per image (the file, with ``[i]`` for images from an array).
+    batch and one label per image (the file, with ``[i]`` for images from an array). An
+    image file's size is checked from its header, before it is decoded.
     """
     batches, labels = [], []
+    expected = (channels, image_size, image_size)
     for file in image_files(sources):
         if file.suffix.lower() in ARRAY_EXTENSIONS:
             x = load_npz(file)
             names = [f"{file}[{i}]" for i in range(x.shape[0])]
         else:
-            x = _read_one(file)[None]
+            x = _read_one(file, expected)[None]
             names = [str(file)]
-        expected = (channels, image_size, image_size)
-        if tuple(x.shape[1:]) != expected:
-            raise ValueError(
-                f"{file} holds {_describe(x.shape[1:])} images; the model takes "
-                f"{_describe(expected)}"
-            )
+        _check_shape(file, tuple(x.shape[1:]), expected)
         batches.append(x)
         labels.extend(names)
     return torch.cat(batches), labels
+
+
+def _check_shape(file: Path, chw: tuple[int, ...], expected: tuple[int, int, int]) -> None:
+    if chw != expected:
+        raise ValueError(
+            f"{file} holds {_describe(chw)} images; the model takes {_describe(expected)}"
+        )
 
 
 def _describe(chw: Sequence[int]) -> str:
@@ -199,24 +204,42 @@ def _describe(chw: Sequence[int]) -> str:
 
 
 @contextlib.contextmanager
-def opened_image(file: Path) -> Iterator[Image.Image]:
-    """``file`` opened and decoded by Pillow; a ValueError naming it if it cannot be read."""
+def opened_image(
+    file: Path, check: Callable[[Image.Image], None] | None = None
+) -> Iterator[Image.Image]:
+    """``file`` opened and decoded by Pillow; a ValueError naming it if it cannot be read.
+
+    ``check`` sees the image after its header is read and before its pixels are decoded
+    (Pillow opens lazily), so it can refuse a huge image cheaply. Pillow's own limit
+    (:data:`PIL.Image.MAX_IMAGE_PIXELS`, twice it is an error) is not also a warning.
+    """
     try:
-        with Image.open(file) as img:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened = Image.open(file)
+        with opened as img:
+            if check is not None:
+                check(img)
             img.load()
             yield img
     except (OSError, SyntaxError, Image.DecompressionBombError) as e:
         raise ValueError(f"cannot read image {file}: {e}") from None
 
 
-def _read_one(file: Path) -> torch.Tensor:
-    """One image file as ``(C, H, W)`` in ``[-1, 1]``: 8-bit grayscale or RGB only."""
-    with opened_image(file) as img:
+def _read_one(file: Path, expected: tuple[int, int, int]) -> torch.Tensor:
+    """One image file of ``expected`` ``(C, H, W)`` as a tensor in ``[-1, 1]``: 8-bit
+    grayscale or RGB only; its mode and size are checked before it is decoded."""
+
+    def check(img: Image.Image) -> None:
         if img.mode not in _MODE_CHANNELS:
             raise ValueError(
                 f"image {file} has pixel mode {img.mode}; only 8-bit grayscale (L) and RGB "
                 f"images without alpha are read"
             )
+        width, height = img.size
+        _check_shape(file, (_MODE_CHANNELS[img.mode], height, width), expected)
+
+    with opened_image(file, check) as img:
         img = img.convert("L" if _MODE_CHANNELS[img.mode] == 1 else "RGB")
         array = np.asarray(img, dtype=np.uint8)
     if array.ndim == 2:

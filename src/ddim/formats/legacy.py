@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -45,10 +47,13 @@ def convert_legacy(
     if not path.is_file():
         raise FileNotFoundError(f"legacy checkpoint {path} does not exist or is not a file")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols it half-supports
+            warnings.filterwarnings("ignore", category=UserWarning, module="torch")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise CheckpointError(
-            f"{path} holds objects other than tensors; refusing to unpickle it ({e})"
+            f"{path} holds objects other than tensors{_what_else(str(e))}; refusing to unpickle "
+            f"it, since unpickling them could run code"
         ) from None
     except Exception as e:  # torch raises RuntimeError, EOFError, ... for damaged archives
         raise CheckpointError(f"{path} is truncated or not a PyTorch checkpoint ({e})") from None
@@ -56,6 +61,14 @@ def convert_legacy(
     if model_config is not None:
         check_state_dict(UNetConfig.from_dict(dict(model_config)), state, f"weights in {path}")
     return state
+
+
+def _what_else(message: str) -> str:
+    """`` (GLOBAL name)`` for the global that torch's weights-only unpickler refused, from
+    its error ``message``; the rest of that message (which suggests unsafe ways to load the
+    file) is not repeated."""
+    found = re.search(r"GLOBAL ([\w.]+)", message)
+    return f" ({found.group(0)})" if found else ""
 
 
 def _legacy_state(obj: Any, which: str, path: Path) -> dict[str, torch.Tensor]:

@@ -6,17 +6,22 @@ the batches ``[k B, (k + 1) B)`` of a one-process run, and process ``r`` of ``W`
 batches ``r, r + W, ...``; every batch holds the same images whatever ``W`` is, so even a
 model whose rounding depends on the batch composition gives the files of one process.
 
-``ddim-sample.json`` records the settings. A rerun with the same settings skips the
-batches whose files all exist (each PNG is written atomically, so a file that exists is
-complete) and makes the others again, writing only their missing files; a rerun with other
-settings is refused unless ``overwrite``.
+``ddim-sample.json`` records what defines the images: the settings, and digests of the
+model's weights and schedule (and of a guiding classifier's weights), not the paths they
+came from. A rerun with the same record skips the batches whose files all exist (each PNG
+is written atomically, so a file that exists is complete) and makes the others again,
+writing only their missing files; a rerun with another record (other settings, or other
+weights at the same path) is refused unless ``overwrite``, which first removes the
+numbered images and the record of the earlier run: the folder holds exactly one run.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +39,7 @@ from ddim.schedule import NoiseSchedule
 from ddim.workflows import DEFAULTS, SamplerOptions, generate
 
 MANIFEST = "ddim-sample.json"
+_NUMBERED = re.compile(r"\d{6,}\.png")  # the names png_names gives
 
 
 def rank_batches(n: int, batch_size: int, rank: int, world_size: int) -> list[tuple[int, int]]:
@@ -58,16 +64,48 @@ def claim(folder: Path, n: int, manifest: Mapping[str, Any], overwrite: bool) ->
                 k for k in {*manifest, *(old or {})} if (old or {}).get(k) != manifest.get(k)
             )
             raise FileExistsError(
-                f"{folder} holds samples made with other settings ({', '.join(differ)}); "
-                f"pass --force to replace them"
+                f"{folder} holds samples made with other settings or weights "
+                f"({', '.join(differ)}); pass --force to replace them"
             )
         return True
-    if not overwrite:
+    if overwrite:
+        clear(folder)
+    else:
         for name in png_names(n):
             refuse_overwrite(folder / name, overwrite, hint="pass --force to overwrite it")
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(dict(manifest), indent=1) + "\n")
     return False
+
+
+def clear(folder: Path) -> None:
+    """Remove the record and then the numbered images of an earlier run from ``folder``
+    (other files stay); killed halfway, it leaves images without a record, which a rerun
+    refuses to mix with its own."""
+    if (folder / MANIFEST).is_file():
+        (folder / MANIFEST).unlink()
+    if folder.is_dir():
+        for path in folder.iterdir():
+            if _NUMBERED.fullmatch(path.name) and path.is_file():
+                path.unlink()
+
+
+def tensors_sha256(tensors: Iterable[torch.Tensor]) -> str:
+    """SHA-256 of ``tensors`` in order: each one's dtype, shape and values, whatever its
+    device or memory layout."""
+    h = hashlib.sha256()
+    for t in tensors:
+        t = t.detach().to("cpu").contiguous()
+        h.update(f"{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+def weights_sha256(model: object) -> str | None:
+    """:func:`tensors_sha256` of ``model``'s state dict (its values only, so channels-last
+    and ``torch.compile`` wrappers do not change it); ``None`` for a plain callable."""
+    state_dict = getattr(model, "state_dict", None)
+    return None if state_dict is None else tensors_sha256(state_dict().values())
 
 
 def sample_to_folder(
@@ -90,19 +128,25 @@ def sample_to_folder(
     """Write images ``0 .. n-1`` to ``folder`` with this process's share of the work;
     image ``i`` of class ``labels[i]`` if given (guided as ``options`` say).
 
-    ``manifest`` adds settings to record (the checkpoint, say) beside ``n``, ``seed``,
-    ``batch_size``, ``options`` and the labels. Every process of a torchrun job calls this. Returns
-    ``(written, kept)``: the files all processes wrote and those they found finished.
+    The record holds ``n``, ``seed``, ``batch_size``, ``options``, the labels and the
+    digests of the model's weights (:func:`weights_sha256`; ``None`` for a plain callable,
+    whose identity ``manifest`` must then record), its betas and the classifier's weights;
+    ``manifest`` adds settings to record. Every process of a torchrun job calls this.
+    Returns ``(written, kept)``: the files all processes wrote and those they found finished.
     """
     folder = Path(folder)
     rank, world_size = distributed.world()
-    record = {
-        "n": n, "seed": seed, "batch_size": batch_size, "shape": list(shape),
-        **{k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(options).items()},
-        "labels": None if labels is None else labels.tolist(),
-        **dict(manifest or {}),
-    }  # fmt: skip
-    keep = claim(folder, n, record, overwrite) if rank == 0 else False
+    keep = False
+    if rank == 0:
+        record = {
+            "n": n, "seed": seed, "batch_size": batch_size, "shape": list(shape),
+            **{k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(options).items()},
+            "labels": None if labels is None else labels.tolist(),
+            "model": weights_sha256(model), "betas": tensors_sha256([sched.betas]),
+            "classifier": weights_sha256(classifier),
+            **dict(manifest or {}),
+        }  # fmt: skip
+        keep = claim(folder, n, record, overwrite)
     if world_size > 1:
         flag = [keep]
         dist.broadcast_object_list(flag, src=0)

@@ -14,6 +14,7 @@ label's learned embedding is added to the time embedding, as in ADM (Dhariwal & 
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -49,8 +50,11 @@ class UNetConfig:
     num_classes: int = 0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "ch_mult", tuple(self.ch_mult))
-        object.__setattr__(self, "attn_resolutions", tuple(self.attn_resolutions))
+        for name in ("ch_mult", "attn_resolutions"):
+            value = getattr(self, name)
+            if not isinstance(value, (list, tuple)):
+                raise ValueError(f"UNetConfig.{name} must be a list of integers, got {value!r}")
+            object.__setattr__(self, name, tuple(value))
         for name in ("in_channels", "out_channels", "ch", "num_res_blocks", "image_size"):
             value = getattr(self, name)
             if not is_int(value) or value < 1:
@@ -73,7 +77,8 @@ class UNetConfig:
                 f"UNetConfig.attn_resolutions must hold positive integers, "
                 f"got {self.attn_resolutions!r}"
             )
-        if isinstance(self.dropout, bool) or not 0.0 <= float(self.dropout) < 1.0:
+        real = isinstance(self.dropout, numbers.Real) and not isinstance(self.dropout, bool)
+        if not real or not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"UNetConfig.dropout must lie in [0, 1), got {self.dropout!r}")
         if not isinstance(self.resamp_with_conv, bool):
             raise ValueError(

@@ -19,6 +19,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ddim import distributed
+from ddim.devices import device_problem
 from ddim.train.config import TrainingConfig
 
 
@@ -44,6 +45,9 @@ class Distributed:
             dev = torch.device(device)
         except RuntimeError:
             raise ValueError(f"training.device {device!r} is not a torch device") from None
+        problem = device_problem(dev)
+        if problem is not None:
+            raise ValueError(f"training.device {device!r} cannot be used: {problem}")
         dev = distributed.init_from_env(dev)
         return cls(*distributed.world(), dev)
 
