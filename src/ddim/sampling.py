@@ -290,7 +290,9 @@ def model_calls(
 ) -> int:
     """The model evaluations one :func:`sample` run makes with these options (one batch):
     one per step of the plan (zero-length steps are not in it), plus Heun's second call on
-    every step that does not end at ``alpha_bar = 1`` and PLMS's extra call on its first."""
+    every step that does not end at ``alpha_bar = 1`` and PLMS's extra call on its first.
+    Guidance adds no call: CFG's halves share one call of 2B rows (a classifier adds a
+    forward and backward pass of its own per call)."""
     options = SamplerOptions(steps=steps, spacing=spacing, solver=solver, final_step=final_step)
     plan = options.plan(sched)
     if solver == "heun":
