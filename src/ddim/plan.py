@@ -39,8 +39,8 @@ class Prediction:
     x0: torch.Tensor
 
 
-#: ``denoise(i, x)``: the model's prediction at point ``i`` of the plan.
-Denoise = Callable[[int, torch.Tensor], Prediction]
+#: ``predict(i, x)``: the model's prediction at point ``i`` of the plan.
+Predict = Callable[[int, torch.Tensor], Prediction]
 #: ``noise(i, x)``: the standard normal ``z`` of step ``i``, shaped and typed like ``x``.
 Noise = Callable[[int, torch.Tensor], torch.Tensor]
 #: ``report(i, x, x0)``: called after step ``i`` with the new state and the step's ``x0``.

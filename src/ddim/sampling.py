@@ -1,7 +1,7 @@
 """Sampling and deterministic encoding: one options value, one step plan, one solver call.
 
 :func:`sample` builds the :class:`~ddim.plan.StepPlan` of its options once, wraps the model
-into the checked ``denoise(i, x)`` every solver calls, and runs the chosen solver of
+into the checked ``predict(i, x)`` every solver calls, and runs the chosen solver of
 :mod:`ddim.solvers` over the plan: ``ddim`` is the paper's eq. 12 (any η, Table 1's σ̂),
 the others its higher-order successors. :func:`invert` walks the same plan backwards with
 the η = 0 step (eq. 13). :func:`model_calls` is what a run costs.
@@ -258,7 +258,7 @@ def sample(
     traj = Trajectory([], [x_T], []) if return_trajectory else None
     bar = tqdm(total=plan.steps, disable=not progress, desc=f"sampling ({options.solver})")
 
-    def denoise(i: int, x: torch.Tensor) -> Prediction:
+    def predict(i: int, x: torch.Tensor) -> Prediction:
         eps = eps_model(x, i, plan.ts[i])
         x0 = (x - plan.sigma[i] * eps) / plan.alpha[i]
         if clip:
@@ -276,7 +276,7 @@ def sample(
             callback(Step(i, plan.ts[i], x, x0))
 
     with bar:
-        x = options.solver_function()(denoise, x_T, plan, z, report)
+        x = options.solver_function()(predict, x_T, plan, z, report)
     eps_model.raise_if_nonfinite()
     return (x, traj) if traj is not None else x
 

@@ -45,9 +45,9 @@ order 1 and raise their order as calls accumulate; with fewer than
 :data:`ddim.plan.LOWER_ORDER_FINAL_BELOW` steps the step before the last is at most
 second order (diffusers' ``lower_order_final``).
 
-A solver is a plain function ``solver(denoise, x, plan, noise, report) -> x`` over a
+A solver is a plain function ``solver(predict, x, plan, noise, report) -> x`` over a
 :class:`~ddim.plan.StepPlan`, which holds the schedule's scalars as host floats;
-``denoise(i, x)`` calls the model at point ``i``, ``noise(i, x)`` draws the ``z`` of step
+``predict(i, x)`` calls the model at point ``i``, ``noise(i, x)`` draws the ``z`` of step
 ``i`` and ``report(i, x, x0)`` follows each step. Multistep history lives in locals.
 """
 
@@ -57,7 +57,7 @@ from collections.abc import Callable
 
 import torch
 
-from ddim.plan import Denoise, Noise, Report, StepPlan
+from ddim.plan import Noise, Predict, Report, StepPlan
 from ddim.solvers.dpm import dpmpp_2m, dpmpp_2m_sde, dpmpp_3m
 from ddim.solvers.eps import heun, plms
 from ddim.solvers.eq12 import ddim_solver
@@ -66,7 +66,7 @@ from ddim.solvers.unipc import unipc
 __all__ = ["SOLVER_FUNCTIONS", "Solver", "ddim_solver", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m",
            "heun", "plms", "unipc"]  # fmt: skip
 
-Solver = Callable[[Denoise, torch.Tensor, StepPlan, Noise, Report], torch.Tensor]
+Solver = Callable[[Predict, torch.Tensor, StepPlan, Noise, Report], torch.Tensor]
 
 #: Every solver by name (the names are in :mod:`ddim.names`).
 SOLVER_FUNCTIONS: dict[str, Solver] = {

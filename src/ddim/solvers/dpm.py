@@ -7,31 +7,31 @@ import math
 
 import torch
 
-from ddim.plan import Denoise, Noise, Report, StepPlan, first_order, to_data
+from ddim.plan import Noise, Predict, Report, StepPlan, first_order, to_data
 
 
 def dpmpp_2m(
-    denoise: Denoise, x: torch.Tensor, plan: StepPlan, noise: Noise, report: Report
+    predict: Predict, x: torch.Tensor, plan: StepPlan, noise: Noise, report: Report
 ) -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022b, Alg. 2): ``D`` extrapolated linearly in ``lambda``
     from the last two calls."""
-    return _multistep(denoise, x, plan, report, order=2)
+    return _multistep(predict, x, plan, report, order=2)
 
 
 def dpmpp_3m(
-    denoise: Denoise, x: torch.Tensor, plan: StepPlan, noise: Noise, report: Report
+    predict: Predict, x: torch.Tensor, plan: StepPlan, noise: Noise, report: Report
 ) -> torch.Tensor:
     """DPM-Solver++(3M): ``D`` extrapolated quadratically in ``lambda`` from the last three
     calls."""
-    return _multistep(denoise, x, plan, report, order=3)
+    return _multistep(predict, x, plan, report, order=3)
 
 
 def _multistep(
-    denoise: Denoise, x: torch.Tensor, plan: StepPlan, report: Report, order: int
+    predict: Predict, x: torch.Tensor, plan: StepPlan, report: Report, order: int
 ) -> torch.Tensor:
     ds: list[torch.Tensor] = []  # D at points i, i - 1, i - 2 (newest first)
     for i in range(plan.steps):
-        ds = [denoise(i, x).x0, *ds[: order - 1]]
+        ds = [predict(i, x).x0, *ds[: order - 1]]
         k = plan.order(i, order, len(ds))
         x = first_order(plan, i, x, ds[0]) if k == 1 else _update(plan, i, x, ds, k)
         report(i, x, ds[0])
@@ -59,13 +59,13 @@ def _update(
 
 
 def dpmpp_2m_sde(
-    denoise: Denoise, x: torch.Tensor, plan: StepPlan, noise: Noise, report: Report
+    predict: Predict, x: torch.Tensor, plan: StepPlan, noise: Noise, report: Report
 ) -> torch.Tensor:
     """Eq. (3): stochastic DPM-Solver++(2M), midpoint form; first order while warming up,
     and the last step returns ``D``."""
     d_prev: torch.Tensor | None = None
     for i in range(plan.steps):
-        d = denoise(i, x).x0
+        d = predict(i, x).x0
         if plan.ends_at_data(i):
             x = to_data(plan, i, x, d)
         else:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from ddim.plan import Denoise, Noise, Report, StepPlan, to_data
+from ddim.plan import Noise, Predict, Report, StepPlan, to_data
 
 #: PNDM's Adams-Bashforth weights of the newest ``eps`` first, by how many are known.
 PLMS_WEIGHTS = {
@@ -23,7 +23,7 @@ def _eps_step(plan: StepPlan, i: int, x: torch.Tensor, eps: torch.Tensor) -> tor
 
 
 def plms(
-    denoise: Denoise, x: torch.Tensor, plan: StepPlan, noise: Noise, report: Report
+    predict: Predict, x: torch.Tensor, plan: StepPlan, noise: Noise, report: Report
 ) -> torch.Tensor:
     """PNDM's pseudo linear multistep: ``eps' = sum_j w_j eps_{i-j}`` into the DDIM step.
 
@@ -32,11 +32,11 @@ def plms(
     """
     history: list[torch.Tensor] = []
     for i in range(plan.steps):
-        pred = denoise(i, x)
+        pred = predict(i, x)
         history = [pred.eps, *history[:3]]
         if i == 0 and not plan.ends_at_data(0):
             trial = _eps_step(plan, 0, x, pred.eps)
-            eps = 0.5 * (pred.eps + denoise(1, trial).eps)
+            eps = 0.5 * (pred.eps + predict(1, trial).eps)
         else:
             eps = sum(w * e for w, e in zip(PLMS_WEIGHTS[len(history)], history, strict=True))
         d = (x - plan.sigma[i] * eps) / plan.alpha[i]
@@ -47,12 +47,12 @@ def plms(
 
 
 def heun(
-    denoise: Denoise, x: torch.Tensor, plan: StepPlan, noise: Noise, report: Report
+    predict: Predict, x: torch.Tensor, plan: StepPlan, noise: Noise, report: Report
 ) -> torch.Tensor:
     """Heun's method in ``(sigma~, x~)`` (Karras et al. 2022, Alg. 1); the step to
     ``sigma~ = 0`` is Euler's, which is the DDIM step."""
     for i in range(plan.steps):
-        pred = denoise(i, x)
+        pred = predict(i, x)
         if plan.ends_at_data(i):
             x = to_data(plan, i, x, pred.x0)
         else:
@@ -60,7 +60,7 @@ def heun(
             s_next = plan.sigma[i + 1] / plan.alpha[i + 1]
             x_tilde = x / plan.alpha[i]
             trial = (x_tilde + (s_next - s_i) * pred.eps) * plan.alpha[i + 1]
-            eps_next = denoise(i + 1, trial).eps
+            eps_next = predict(i + 1, trial).eps
             x = (x_tilde + (s_next - s_i) * 0.5 * (pred.eps + eps_next)) * plan.alpha[i + 1]
         report(i, x, pred.x0)
     return x

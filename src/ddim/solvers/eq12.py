@@ -20,7 +20,7 @@ import math
 import torch
 
 from ddim.names import SIGMA_HAT, VARIANCES
-from ddim.plan import Denoise, Noise, Report, StepPlan, to_data
+from ddim.plan import Noise, Predict, Report, StepPlan, to_data
 
 
 def predict_x0(x_t: torch.Tensor, eps: torch.Tensor, a_t: float) -> torch.Tensor:
@@ -76,7 +76,7 @@ def check_eta(plan: StepPlan, eta: float, variance: str) -> None:
 
 
 def ddim_solver(
-    denoise: Denoise,
+    predict: Predict,
     x: torch.Tensor,
     plan: StepPlan,
     noise: Noise,
@@ -89,7 +89,7 @@ def ddim_solver(
     ``variance="ddpm-large"``; a ``"trapezoid"`` final step is taken by
     :func:`ddim.plan.to_data`. ``eta`` and ``variance`` are checked by :func:`check_eta`."""
     for i in range(plan.steps):
-        pred = denoise(i, x)
+        pred = predict(i, x)
         a_t, a_prev = plan.a[i], plan.a[i + 1]
         if plan.ends_at_data(i) and plan.final_step == "trapezoid":
             x = to_data(plan, i, x, pred.x0)

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ddim.plan import Denoise, Noise, Report, StepPlan, first_order
+from ddim.plan import Noise, Predict, Report, StepPlan, first_order
 
 
 def _unic_weights(h: float, rks: Sequence[float]) -> list[float]:
@@ -33,7 +33,7 @@ def _unic_weights(h: float, rks: Sequence[float]) -> list[float]:
 
 
 def unipc(
-    denoise: Denoise, x: torch.Tensor, plan: StepPlan, noise: Noise, report: Report
+    predict: Predict, x: torch.Tensor, plan: StepPlan, noise: Noise, report: Report
 ) -> torch.Tensor:
     """UniPC-bh2 of order 2: the UniP predictor, then the UniC corrector at each new point
     using the model call made there anyway (none after the last step)."""
@@ -41,7 +41,7 @@ def unipc(
     x_before: torch.Tensor | None = None  # the state the last predictor started from
     k_prev = 0
     for i in range(plan.steps):
-        d = denoise(i, x).x0
+        d = predict(i, x).x0
         if x_before is not None:
             x = _unic(plan, i - 1, x_before, [d, *ds], k_prev)
         ds = [d, *ds[:1]]
