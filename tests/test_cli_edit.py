@@ -79,7 +79,7 @@ def test_translate_matches_the_library(ckpts, tmp_path) -> None:
         (["inpaint", "--mask", "middle"], "neither a file nor one of top-half"),
         (["inpaint", "--mask", "bottom-half", "--method", "magic"], "'magic' is not one of"),
         (["translate", "--from", 0, "--to", 3], "3 is not a class of this model: give 0..2"),
-        (["edit", "--class", "all"], "editing takes one class K, not all"),
+        (["edit", "--class", "all"], "this command takes one class K, not all"),
     ],
 )
 def test_bad_editing_input_is_one_line(ckpts, tmp_path, args, message) -> None:

@@ -60,7 +60,7 @@ def test_encode_and_reconstruct_under_a_class(ckpts, tmp_path) -> None:
         (["sample", "--class", "seven"], "'seven' is not a class of this model"),
         (["sample", "--guidance", 2], "classifier-free guidance needs labels y"),
         (["sample", "--guidance", -1], "-1"),
-        (["encode", "IMAGES", "--class", "all"], "encoding takes one class K, not all"),
+        (["encode", "IMAGES", "--class", "all"], "this command takes one class K, not all"),
         (["sample", "--classifier", "c.safetensors"], "--classifier needs --classifier-scale"),
     ],
 )

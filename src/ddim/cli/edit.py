@@ -4,46 +4,21 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import TYPE_CHECKING
 
 import click
 
 from ddim.cli import common, guide_options, options
+from ddim.cli.encode import load_inputs
 from ddim.cli.options import choice_option, count_option, option, out_option, steps_option
 from ddim.names import INPAINT_METHODS, NAMED_MASKS
 
 if TYPE_CHECKING:
-    import torch
-
-    from ddim.models.unet import UNet
-    from ddim.schedule import NoiseSchedule
+    pass
 
 images_argument = click.argument(
     "sources", metavar="IMAGES...", nargs=-1, required=True, type=click.Path(exists=True)
 )
-
-
-def _inputs(
-    run: options.ModelRun,
-    steps: int,
-    sources: tuple[str, ...],
-    class_: str | None = None,
-    conditional: str | None = None,
-) -> tuple[UNet, NoiseSchedule, torch.Tensor, torch.Tensor | None]:
-    """The model (``--class``, or ``conditional`` for a command that needs classes, picks
-    the bundled conditional one by default), its schedule, the images (which must have the
-    model's size: they are not resized) and the labels of ``--class``."""
-    from ddim.formats import images
-
-    if class_ == "all":
-        raise click.BadParameter("editing takes one class K, not all", param_hint="'--class'")
-    run = dataclasses.replace(run, ckpt=guide_options.model_for(run.ckpt, class_ or conditional))
-    model, schedule = run.load([steps])
-    channels, size, _ = options.image_shape(model)
-    x0, _ = images.read_images(sources, channels, size)
-    labels = guide_options.class_labels(model, class_, len(x0))[0]
-    return model, schedule, x0.to(run.device), labels
 
 
 @click.command("edit", short_help="SDEdit: noise images part of the way, then denoise.")
@@ -53,8 +28,7 @@ def _inputs(
 @out_option("edited.png", "PATH", "a .png grid, a .npz or a folder/ of the edited images")
 @steps_option
 @option("--eta", type=click.FloatRange(min=0.0), default=0.0, help="eta of eq. 16")
-@guide_options.class_option
-@guide_options.guidance_option
+@guide_options.class_guidance
 @options.seed_option
 @options.model_options
 @options.force_option
@@ -64,8 +38,7 @@ def edit_command(
     out: str,
     steps: int,
     eta: float,
-    class_: str | None,
-    guidance: float | None,
+    guide: guide_options.ClassChoice,
     seed: int,
     force: bool,
     run: options.ModelRun,
@@ -76,8 +49,8 @@ def edit_command(
     from ddim.edit import edit
 
     common.check_image_output(out, 1, force)
-    model, schedule, x0, labels = _inputs(run, steps, sources, class_)
-    sampler = run.sampler(steps, eta=eta, guidance=guidance)
+    model, schedule, x0, _, labels = load_inputs(run, steps, sources, guide.class_)
+    sampler = run.sampler(steps, eta=eta, guidance=guide.guidance)
     x = edit(model, x0, schedule, strength=strength, options=sampler, y=labels, seed=seed)
     click.echo(f"wrote {common.write_images(out, x)}")
 
@@ -96,8 +69,7 @@ def edit_command(
 @count_option("--jump-length", default=1, help="RePaint's jump, in steps")
 @option("--eta", type=click.FloatRange(min=0.0), default=1.0, help="eta of eq. 16")
 @steps_option
-@guide_options.class_option
-@guide_options.guidance_option
+@guide_options.class_guidance
 @options.seed_option
 @options.model_options
 @options.force_option
@@ -110,8 +82,7 @@ def inpaint_command(
     jump_length: int,
     eta: float,
     steps: int,
-    class_: str | None,
-    guidance: float | None,
+    guide: guide_options.ClassChoice,
     seed: int,
     force: bool,
     run: options.ModelRun,
@@ -122,11 +93,11 @@ def inpaint_command(
     from ddim.inpaint import inpaint
 
     common.check_image_output(out, 1, force)
-    model, schedule, x0, labels = _inputs(run, steps, sources, class_)
+    model, schedule, x0, _, labels = load_inputs(run, steps, sources, guide.class_)
     keep = read_mask(mask, x0.shape[-1]).to(x0.device)
     result = inpaint(
         model, x0, keep, schedule, steps=steps, spacing=run.spacing, method=method, eta=eta,
-        jump_length=jump_length, resample=resample, y=labels, guidance=guidance,
+        jump_length=jump_length, resample=resample, y=labels, guidance=guide.guidance,
         precision=run.precision, seed=seed,
     )  # fmt: skip
     click.echo(f"{method}: {result.model_calls} model calls, {result.grad_passes} gradient passes")
@@ -159,7 +130,7 @@ def translate_command(
     common.check_image_output(out, 1, force)
     from ddim.guidance import num_classes
 
-    model, schedule, x0, _ = _inputs(run, steps, sources, conditional="translate")
+    model, schedule, x0, _, _ = load_inputs(run, steps, sources, None, conditional="translate")
     k = num_classes(model)
     if not k:
         raise click.UsageError("translation needs a class-conditional model (--ckpt)")

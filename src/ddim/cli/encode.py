@@ -21,16 +21,22 @@ images_argument = click.argument(
 )
 
 
-def _load_inputs(
-    run: options.ModelRun, steps: int, sources: tuple[str, ...], class_: str | None
+def load_inputs(
+    run: options.ModelRun,
+    steps: int,
+    sources: tuple[str, ...],
+    class_: str | None,
+    conditional: str | None = None,
 ) -> tuple[UNet, NoiseSchedule, torch.Tensor, list[str], torch.Tensor | None]:
-    """The model, its schedule, the images (which must match the model's size), their
-    names, and the class of ``--class`` for each (``None`` without it)."""
+    """The model (``--class``, or ``conditional`` for a command that needs classes, picks
+    the bundled conditional one by default), its schedule, the images (which must have the
+    model's size: they are not resized), their names, and the class of ``--class`` for
+    each (``None`` without it)."""
     from ddim.formats import images
 
     if class_ == "all":
-        raise click.BadParameter("encoding takes one class K, not all", param_hint="'--class'")
-    run = dataclasses.replace(run, ckpt=guide_options.model_for(run.ckpt, class_))
+        raise click.BadParameter("this command takes one class K, not all", param_hint="'--class'")
+    run = dataclasses.replace(run, ckpt=guide_options.model_for(run.ckpt, class_ or conditional))
     model, schedule = run.load([steps])
     channels, size, _ = options.image_shape(model)
     x0, names = images.read_images(sources, channels, size)
@@ -42,16 +48,14 @@ def _load_inputs(
 @images_argument
 @out_option("latents.npz", "PATH", "latents file: .npz (arrays latents, sources) or .pt")
 @steps_option
-@guide_options.class_option
-@guide_options.guidance_option
+@guide_options.class_guidance
 @options.model_options
 @options.force_option
 def encode_command(
     sources: tuple[str, ...],
     out: str,
     steps: int,
-    class_: str | None,
-    guidance: float | None,
+    guide: guide_options.ClassChoice,
     force: bool,
     run: options.ModelRun,
 ) -> None:
@@ -64,8 +68,8 @@ def encode_command(
     from ddim.formats.latents import SUFFIXES, save_latents
 
     common.check_output(out, SUFFIXES, "--out", force)
-    model, schedule, x0, names, classes = _load_inputs(run, steps, sources, class_)
-    sampler = run.sampler(steps, guidance=guidance)
+    model, schedule, x0, names, classes = load_inputs(run, steps, sources, guide.class_)
+    sampler = run.sampler(steps, guidance=guide.guidance)
     total = options.progress_ticks(schedule, sampler, len(x0), run.batch_size)
     with common.progress(total, "encoding") as tick:
         latents = workflows.encode(
@@ -84,8 +88,7 @@ def encode_command(
 @count_option("--ncols", default=8, help="images per row of the picture")
 @click.option("--per-image", is_flag=True, help="also print the error of every image")
 @steps_option
-@guide_options.class_option
-@guide_options.guidance_option
+@guide_options.class_guidance
 @options.model_options
 @options.force_option
 def reconstruct_command(
@@ -94,8 +97,7 @@ def reconstruct_command(
     ncols: int,
     per_image: bool,
     steps: int,
-    class_: str | None,
-    guidance: float | None,
+    guide: guide_options.ClassChoice,
     force: bool,
     run: options.ModelRun,
 ) -> None:
@@ -108,8 +110,8 @@ def reconstruct_command(
     from ddim.formats import images
 
     common.check_output(out, (".png",), "--out", force)
-    model, schedule, x0, names, classes = _load_inputs(run, steps, sources, class_)
-    sampler = run.sampler(steps, guidance=guidance)
+    model, schedule, x0, names, classes = load_inputs(run, steps, sources, guide.class_)
+    sampler = run.sampler(steps, guidance=guide.guidance)
     total = 2 * options.progress_ticks(schedule, sampler, len(x0), run.batch_size)
     with common.progress(total, "reconstructing") as tick:
         result = workflows.reconstruct(

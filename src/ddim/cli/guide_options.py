@@ -4,12 +4,13 @@ and the classifier. Nothing here imports torch until a command runs."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import click
 from click.core import ParameterSource
 
-from ddim.cli.options import option
+from ddim.cli.options import option, options_as
 
 if TYPE_CHECKING:
     import torch
@@ -47,6 +48,18 @@ classifier_option = option(
     show_default="the bundled MNIST noisy classifier",
     help="the noise-aware classifier of --classifier-scale",
 )
+
+
+@dataclass(frozen=True)
+class ClassChoice:
+    """The values of :data:`class_guidance`: ``--class`` and ``--guidance``."""
+
+    class_: str | None
+    guidance: float | None
+
+
+#: ``--class --guidance``, handed to a command as ``guide: ClassChoice``.
+class_guidance = options_as(ClassChoice, [class_option, guidance_option], name="guide")
 
 
 def model_for(ckpt: str, class_: str | None, classifier_scale: float | None = None) -> str:

@@ -136,17 +136,17 @@ seed_option = option(
 force_option = click.option("--force", is_flag=True, help="overwrite existing output files")
 
 
-def options_as(cls: type, options: Sequence[Decorator]) -> Decorator:
+def options_as(cls: type, options: Sequence[Decorator], name: str = "run") -> Decorator:
     """A decorator that adds ``options`` to a command (in this order in its help) and hands
-    their values to it as one keyword argument ``run``, an instance of the dataclass ``cls``
-    whose fields are named like the options' parameters."""
+    their values to it as one keyword argument ``name``, an instance of the dataclass
+    ``cls`` whose fields are named like the options' parameters."""
     names = [field.name for field in dataclasses.fields(cls)]
 
     def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(f)
         def command(**kwargs: Any) -> Any:
-            run = cls(**{name: kwargs.pop(name) for name in names})
-            return f(run=run, **kwargs)
+            value = cls(**{key: kwargs.pop(key) for key in names})
+            return f(**{name: value}, **kwargs)
 
         for each in reversed(options):
             command = each(command)

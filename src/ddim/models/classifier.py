@@ -71,10 +71,16 @@ class MnistClassifier(nn.Module):
 
 def classifier_info(path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """The metadata stored with a classifier (the bundled one by default)."""
-    with safetensors.safe_open(str(_resolve(path)), framework="pt") as f:
+    return read_info(_resolve(path), FORMAT, "MNIST classifier")
+
+
+def read_info(file: Path, fmt: str, what: str) -> dict[str, Any]:
+    """The JSON ``info`` of a classifier weights file whose ``format`` metadata is ``fmt``;
+    a ValueError naming the file and ``what`` it should be otherwise."""
+    with safetensors.safe_open(str(file), framework="pt") as f:
         meta = f.metadata() or {}
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{_resolve(path)} is not a ddim MNIST classifier file")
+    if meta.get("format") != fmt:
+        raise ValueError(f"{file} is not a ddim {what} file")
     return json.loads(meta["info"])
 
 

@@ -16,7 +16,6 @@ The bundled weights (``ddim/assets/mnist_noisy_classifier.safetensors``) come fr
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ddim import assets
+from ddim.models.classifier import read_info
 from ddim.models.unet import timestep_embedding
 from ddim.schedule import NoiseSchedule
 
@@ -72,11 +72,7 @@ class NoisyClassifier(nn.Module):
 
 def noisy_classifier_info(path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """The metadata stored with a noisy classifier (the bundled one by default)."""
-    with safetensors.safe_open(str(_resolve(path)), framework="pt") as f:
-        meta = f.metadata() or {}
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{_resolve(path)} is not a ddim noisy-classifier file")
-    return json.loads(meta["info"])
+    return read_info(_resolve(path), FORMAT, "noisy-classifier")
 
 
 def load_noisy_classifier(
