@@ -125,3 +125,22 @@ def test_eval_inpaint_scores_every_method_against_the_nearest_neighbour(tmp_path
     assert [rows[m]["calls"] for m in rows] == [4, 7, 4, 0]
     assert all(s["known_kept"] for s in rows.values())
     assert "| replace | 4 |" in out.output and (tmp_path / "r" / "inpaint.png").is_file()
+
+
+@pytest.mark.slow
+def test_the_translation_table_runs_on_idx_files(tmp_path, capsys) -> None:
+    """python -m ddim.eval.translation on a tiny MNIST-like folder: one row per pair."""
+    import gzip
+    import struct
+
+    from ddim.eval.translation import main
+
+    x = torch.rand(9004, 28, 28).mul(255).to(torch.uint8).numpy()
+    y = np.array([0] * 9000 + [3, 3, 8, 8], dtype=np.uint8)
+    with gzip.open(tmp_path / "t10k-images-idx3-ubyte.gz", "wb") as f:
+        f.write(struct.pack(">IIII", 2051, 9004, 28, 28) + x.tobytes())
+    with gzip.open(tmp_path / "t10k-labels-idx1-ubyte.gz", "wb") as f:
+        f.write(struct.pack(">II", 2049, 9004) + y.tobytes())
+    main([str(tmp_path), "--pairs", "3:8", "-n", "2", "--steps", "2"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 3")]
+    assert len(rows) == 1 and rows[0].startswith("| 3 → 8 | 2 |")
