@@ -133,7 +133,7 @@ def _classifier_guided(
     model: Model, classifier: Classifier, y: torch.Tensor, scale: float, sched: NoiseSchedule
 ) -> Model:
     """Eq. (2): ``model``'s eps moved along the classifier's ``grad_x log p(y | x_t)``."""
-    sigma = (1 - sched.alpha_bar).sqrt()
+    sigma = {torch.device("cpu"): (1 - sched.alpha_bar).sqrt()}  # by device, moved once
     top = int(y.max()) if y.numel() else 0
 
     def eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -152,7 +152,9 @@ def _classifier_guided(
             y_dev = y.to(logits.device)
             log_p = F.log_softmax(logits.to(torch.float64), dim=1).gather(1, y_dev[:, None]).sum()
             (grad,) = torch.autograd.grad(log_p, x_in)
-        s_t = sigma.to(x.device)[t].view(-1, *([1] * (x.ndim - 1)))
+        if x.device not in sigma:
+            sigma[x.device] = sigma[torch.device("cpu")].to(x.device)
+        s_t = sigma[x.device][t].view(-1, *([1] * (x.ndim - 1)))
         return e - (scale * s_t).to(e.dtype) * grad.to(e.dtype)
 
     return eps
