@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ddim.checked_model import CheckedModel
+from ddim.checked_model import Callback, CheckedModel, Step
 from ddim.guidance import guided
 from ddim.names import INPAINT_METHODS
 from ddim.noise import per_sample_randn, seeded_generators
@@ -85,12 +85,14 @@ def inpaint(
     precision: str = "fp32",
     seed: int = 0,
     generators: list[torch.Generator] | None = None,
+    callback: Callback | None = None,
 ) -> Inpainting:
     """Complete ``x0`` ``(B, C, H, W)`` where ``mask`` (broadcastable, 0 or 1) is 0.
 
     ``method``, ``jump_length``, ``resample`` and ``dps_scale`` are those of the module
     docstring; ``steps``, ``spacing``, ``eta``, ``y``, ``guidance`` and ``precision`` those of
-    :func:`ddim.sample`.
+    :func:`ddim.sample`. ``callback`` sees every step down (RePaint's repeated ones too) as
+    a :class:`ddim.Step`, before the known pixels are put back.
     """
     if method not in METHODS:
         raise ValueError(
@@ -122,32 +124,37 @@ def inpaint(
             ratio = plan.a[i] / plan.a[i + 1]
             x = math.sqrt(ratio) * x + math.sqrt(1 - ratio) * z()
             continue
-        x, grad = step(i, x, ddim_sigma(plan.a[i], plan.a[i + 1], eta), z)
+        x, x0_pred, grad = step(i, x, ddim_sigma(plan.a[i], plan.a[i + 1], eta), z)
         calls, grads = calls + 1, grads + grad
+        if callback is not None:
+            callback(Step(i, plan.ts[i], x, x0_pred))
         if method != "dps" or plan.a[i + 1] == 1:
             x = known(i + 1, x)
     net.raise_if_nonfinite()
     return Inpainting(x, calls, grads)
 
 
-Step = Callable[[int, torch.Tensor, float, Callable[[], torch.Tensor]], tuple[torch.Tensor, int]]
+#: One step down from point ``i``: ``(x, z) -> (x_next, x0_pred, gradient passes)``.
+StepDown = Callable[
+    [int, torch.Tensor, float, Callable[[], torch.Tensor]], tuple[torch.Tensor, torch.Tensor, int]
+]
 
 
-def _step(net: CheckedModel, plan: StepPlan) -> Step:
+def _step(net: CheckedModel, plan: StepPlan) -> StepDown:
     """Eq. 12 from point ``i`` with noise std ``sigma``."""
 
     def step(i: int, x: torch.Tensor, sigma: float, z: Callable[[], torch.Tensor]):
         eps = net(x, i, plan.ts[i])
         x0_pred = (x - plan.sigma[i] * eps) / plan.alpha[i]
         x = ddim_step(x0_pred, eps, plan.a[i + 1], sigma)
-        return (x + sigma * z() if sigma > 0 else x), 0
+        return (x + sigma * z() if sigma > 0 else x), x0_pred, 0
 
     return step
 
 
 def _dps_step(
     net: CheckedModel, plan: StepPlan, x0: torch.Tensor, mask: torch.Tensor, scale: float
-) -> Step:
+) -> StepDown:
     """Eq. 12 moved along the normalised gradient of the known pixels' error (DPS)."""
 
     def step(i: int, x: torch.Tensor, sigma: float, z: Callable[[], torch.Tensor]):
@@ -159,7 +166,7 @@ def _dps_step(
             (grad,) = torch.autograd.grad(err.sum(), x_in)
         nxt = ddim_step(x0_pred.detach(), eps.detach(), plan.a[i + 1], sigma)
         nxt = nxt - scale * grad  # d|r|/dx = grad(|r|^2) / (2 |r|): DPS's normalised step
-        return (nxt + sigma * z() if sigma > 0 else nxt), 1
+        return (nxt + sigma * z() if sigma > 0 else nxt), x0_pred.detach(), 1
 
     return step
 

@@ -1,5 +1,5 @@
 """The ``ddim`` command: ``ddim sample``, ``encode``, ``reconstruct``, ``interpolate``,
-``edit``, ``inpaint``, ``translate``, ``train``, ``convert``, ``info`` and ``eval``
+``edit``, ``inpaint``, ``translate``, ``train``, ``convert``, ``info``, ``serve`` and ``eval``
 (``ddim COMMAND --help`` for each)."""
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from ddim.cli.eval import eval_group
 from ddim.cli.info import info_command
 from ddim.cli.interpolate import interpolate_command
 from ddim.cli.sample import sample_command
+from ddim.cli.serve import serve_command
 from ddim.cli.train import train_command
 
 
@@ -42,6 +43,7 @@ for command in (
     train_command,
     convert_command,
     info_command,
+    serve_command,
     eval_group,
 ):
     main.add_command(command)

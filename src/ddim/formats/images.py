@@ -69,15 +69,16 @@ def _picture(x: torch.Tensor, nrow: int | None) -> Image.Image:
     return Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
 
 
-def _png_bytes(image: Image.Image) -> bytes:
+def png_bytes(x: torch.Tensor, nrow: int | None = None) -> bytes:
+    """A batch as the bytes of one PNG grid (a single image when the batch holds one)."""
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
+    _picture(x, nrow).save(buffer, format="PNG")
     return buffer.getvalue()
 
 
 def save_png(path: str | os.PathLike[str], x: torch.Tensor, nrow: int | None = None) -> None:
     """Write a batch as one PNG grid (a single image when the batch holds one), atomically."""
-    atomic_write_bytes(path, _png_bytes(_picture(x, nrow)))
+    atomic_write_bytes(path, png_bytes(x, nrow))
 
 
 def png_names(n: int, start: int = 0) -> list[str]:
@@ -88,9 +89,8 @@ def png_names(n: int, start: int = 0) -> list[str]:
 def save_png_folder(folder: str | os.PathLike[str], x: torch.Tensor, start: int = 0) -> list[Path]:
     """Write every image of a batch to ``folder/{index:06d}.png``, numbered from ``start``."""
     paths = [Path(folder) / name for name in png_names(x.shape[0], start)]
-    for path, image in zip(paths, to_uint8(x), strict=True):
-        array = image[..., 0] if image.shape[-1] == 1 else image
-        atomic_write_bytes(path, _png_bytes(Image.fromarray(array)))
+    for i, path in enumerate(paths):
+        atomic_write_bytes(path, png_bytes(x[i : i + 1]))
     return paths
 
 

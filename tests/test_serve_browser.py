@@ -1,0 +1,165 @@
+"""``ddim serve`` end to end in a real headless browser: Debian's Chromium driven by
+Playwright (no browser download). The page, served by uvicorn over the bundled conditional
+model, samples a grid, walks an interpolation, takes a drawing and edits it (SDEdit, then
+inpainting of a marked region), and encodes and decodes it; every image it shows decodes.
+
+Without Chromium the test is skipped, unless ``DDIM_REQUIRE_BROWSER=1`` (as ``.ci/run``
+sets after installing it) makes that a failure. ``DDIM_SCREENSHOT=PATH.png`` keeps the
+screenshot of the sampled page (the README's picture).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+CHROMIUM = os.environ.get("DDIM_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+
+if not Path(CHROMIUM).exists():
+    if os.environ.get("DDIM_REQUIRE_BROWSER") == "1":
+        raise RuntimeError(f"DDIM_REQUIRE_BROWSER=1 but there is no Chromium at {CHROMIUM}")
+    pytest.skip("no Chromium (Debian package chromium) to drive", allow_module_level=True)
+
+uvicorn = pytest.importorskip("uvicorn")
+playwright = pytest.importorskip("playwright.sync_api")
+
+
+@pytest.fixture(scope="module")
+def url() -> Iterator[str]:
+    """The page of ``ddim serve`` over the bundled mnist-cond, on a free local port."""
+    import torch
+
+    from ddim.formats.checkpoint import load_pretrained
+    from ddim.serve.app import create_app
+    from ddim.serve.work import Served
+
+    model, schedule = load_pretrained("mnist-cond")
+    app = create_app(Served("mnist-cond", model, schedule, torch.device("cpu"), "fp32"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.05)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    yield f"http://127.0.0.1:{port}/"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def page(url: str) -> Iterator[object]:
+    with playwright.sync_playwright() as p:
+        args = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=args)
+        page = browser.new_page(viewport={"width": 1100, "height": 900})
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(url)
+        yield page
+        browser.close()
+        assert not errors, f"the page raised: {errors}"
+
+
+def shown_png(page: object, selector: str) -> Image.Image:
+    """The PNG that the ``<img>`` at ``selector`` shows, decoded (it is a data URL)."""
+    src = page.get_attribute(selector, "src")
+    assert src.startswith("data:image/png;base64,")
+    image = Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1])))
+    image.load()
+    natural = page.eval_on_selector(selector, "img => [img.naturalWidth, img.naturalHeight]")
+    assert list(image.size) == natural  # the browser decoded it too
+    return image
+
+
+def run_and_wait(page: object, button: str, image: str, timeout_ms: int = 60_000) -> None:
+    before = page.get_attribute(image, "src")
+    page.click(button)
+    page.wait_for_function(
+        "([sel, before]) => { const s = document.querySelector(sel).getAttribute('src');"
+        " return s && s !== before; }",
+        arg=[image, before],
+        timeout=timeout_ms,
+    )
+
+
+def test_sample_with_a_class_and_guidance(page: object, tmp_path: Path) -> None:
+    page.wait_for_function("document.getElementById('model-info').textContent.includes('classes')")
+    assert "mnist-cond: 10 classes, 28×28" in page.inner_text("#model-info")
+    page.select_option("#sample-form select[name=class]", "all")
+    page.fill("#sample-form input[name=guidance]", "2")
+    page.fill("#sample-form input[name=n]", "40")
+    page.fill("#sample-form input[name=steps]", "10")
+    run_and_wait(page, "#sample-run", "#sample-grid")
+    grid = shown_png(page, "#sample-grid")
+    assert grid.size == (4 * 30 + 2, 10 * 30 + 2)  # 4 of each class, a row per class
+    assert page.inner_text("#sample-status").startswith("40 images: 10 model calls")
+    assert page.get_attribute("#sample-progress", "value") == "10"
+    page.screenshot(path=os.environ.get("DDIM_SCREENSHOT") or str(tmp_path / "page.png"))
+
+
+def test_interpolate_and_walk_the_slider(page: object) -> None:
+    page.click("button[data-tab=interpolate]")
+    page.fill("#interpolate-form input[name=frames]", "5")
+    page.fill("#interpolate-form input[name=steps]", "5")
+    run_and_wait(page, "#interpolate-run", "#interpolate-strip")
+    assert shown_png(page, "#interpolate-strip").size == (5 * 30 + 2, 32)
+    first = page.get_attribute("#interpolate-frame", "src")
+    page.eval_on_selector(
+        "#interpolate-slider", "s => { s.value = 4; s.dispatchEvent(new Event('input')); }"
+    )
+    assert page.get_attribute("#interpolate-frame", "src") != first
+    assert shown_png(page, "#interpolate-frame").size == (28, 28)
+
+
+def draw(page: object, points: list[tuple[float, float]]) -> None:
+    """A stroke through ``points`` given as fractions of the canvas."""
+    box = page.locator("#draw").bounding_box()
+    at = [(box["x"] + fx * box["width"], box["y"] + fy * box["height"]) for fx, fy in points]
+    page.mouse.move(*at[0])
+    page.mouse.down()
+    for x, y in at[1:]:
+        page.mouse.move(x, y, steps=8)
+    page.mouse.up()
+
+
+def test_draw_then_sdedit_and_inpaint(page: object) -> None:
+    page.click("button[data-tab=edit]")
+    draw(page, [(0.3, 0.25), (0.7, 0.25), (0.45, 0.8)])  # a 7
+    assert page.evaluate("ink.filter(v => v > 0.5).length") > 20
+    page.fill("#edit-form input[name=steps]", "20")
+    run_and_wait(page, "#edit-run", "#edit-result")
+    assert shown_png(page, "#edit-result").size == (28, 28)
+    assert "SDEdit: 11 model calls" in page.inner_text("#edit-status")
+
+    page.check("input[name=brush][value=region]")
+    draw(page, [(0.1, 0.6), (0.9, 0.6), (0.9, 0.9), (0.1, 0.9)])
+    assert page.evaluate("region.reduce((a, b) => a + b, 0)") > 50
+    page.select_option("#method-select", "replace")
+    page.fill("#inpaint-form input[name=steps]", "10")
+    run_and_wait(page, "#inpaint-run", "#edit-result")
+    out = np.asarray(shown_png(page, "#edit-result").convert("L")).ravel()
+    drawn = np.array(page.evaluate("Array.from(ink, v => Math.round(v * 255))"))
+    kept = np.array(page.evaluate("Array.from(region, v => v === 0)"))
+    assert kept.sum() < 28 * 28 and np.array_equal(out[kept], drawn[kept])  # known pixels
+    assert "replace: 10 model calls" in page.inner_text("#edit-status")
+
+
+def test_encode_and_decode_the_drawing(page: object) -> None:
+    page.click("button[data-tab=encode]")
+    page.fill("#encode-form input[name=steps]", "10")
+    run_and_wait(page, "#encode-run", "#encode-output")
+    assert shown_png(page, "#encode-latent").size == (28, 28)
+    assert shown_png(page, "#encode-output").size == (28, 28)
+    assert page.inner_text("#encode-status").startswith("per-dim MSE")
