@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The README's Quick start: `./quickstart.sh sample [ddim sample options]` or `./quickstart.sh test`.
+# The README's Quick start: `./quickstart.sh sample [ddim sample options]` or `./quickstart.sh test`
+# (and `./quickstart.sh serve [ddim serve options]`: the web page).
 # Either one creates (or reuses) the virtual environment .venv and installs the package into it.
 # Set DDIM_CONSTRAINTS to a pip constraints file to pin versions (CI pins torch this way).
 set -euo pipefail
@@ -10,7 +11,7 @@ python=${PYTHON:-python3}
 
 die() { echo "quickstart: $*" >&2; exit 2; }
 
-setup() {  # $1: the pip extra to install ("" or "test")
+setup() {  # $1: the pip extra to install ("", "test" or "serve")
     local spec=. stamp="$venv/.ddim-installed"
     [ -n "$1" ] && spec=".[$1]" && stamp="$stamp-$1"
     if [ ! -x "$venv/bin/python" ]; then
@@ -32,6 +33,11 @@ case "${1:-}" in
         setup ""
         exec "$venv/bin/ddim" sample "$@"
         ;;
+    serve)
+        shift
+        setup serve
+        exec "$venv/bin/ddim" serve "$@"
+        ;;
     test)
         shift
         setup test
@@ -39,6 +45,6 @@ case "${1:-}" in
         exec "$venv/bin/python" -m pytest -q "$@"
         ;;
     *)
-        die "usage: ./quickstart.sh sample [OPTIONS] | ./quickstart.sh test [PYTEST ARGS]"
+        die "usage: ./quickstart.sh sample [OPTIONS] | test [PYTEST ARGS] | serve [OPTIONS]"
         ;;
 esac

@@ -4,8 +4,9 @@ model, samples a grid, walks an interpolation, takes a drawing and edits it (SDE
 inpainting of a marked region), and encodes and decodes it; every image it shows decodes.
 
 Without Chromium the test is skipped, unless ``DDIM_REQUIRE_BROWSER=1`` (as ``.ci/run``
-sets after installing it) makes that a failure. ``DDIM_SCREENSHOT=PATH.png`` keeps the
-screenshot of the sampled page (the README's picture).
+sets after installing it) makes that a failure. ``DDIM_SCREENSHOT=/abs/PATH.png`` keeps the
+screenshots of the Sample and Edit tabs as ``PATH-sample.png`` and ``PATH-edit.png`` (the
+README's pictures).
 """
 
 from __future__ import annotations
@@ -63,13 +64,21 @@ def page(url: str) -> Iterator[object]:
     with playwright.sync_playwright() as p:
         args = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
         browser = p.chromium.launch(executable_path=CHROMIUM, args=args)
-        page = browser.new_page(viewport={"width": 1100, "height": 900})
+        page = browser.new_page(viewport={"width": 1000, "height": 700})
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
         page.goto(url)
         yield page
         browser.close()
         assert not errors, f"the page raised: {errors}"
+
+
+def screenshot(tab: str, tmp_path: Path) -> str:
+    """Where to keep the screenshot of ``tab``: ``$DDIM_SCREENSHOT`` with ``-tab`` before its
+    suffix, else a temporary file."""
+    wanted = os.environ.get("DDIM_SCREENSHOT")
+    path = Path(wanted) if wanted else tmp_path / "page.png"
+    return str(path.with_name(f"{path.stem}-{tab}{path.suffix}"))
 
 
 def shown_png(page: object, selector: str) -> Image.Image:
@@ -106,7 +115,7 @@ def test_sample_with_a_class_and_guidance(page: object, tmp_path: Path) -> None:
     assert grid.size == (4 * 30 + 2, 10 * 30 + 2)  # 4 of each class, a row per class
     assert page.inner_text("#sample-status").startswith("40 images: 10 model calls")
     assert page.get_attribute("#sample-progress", "value") == "10"
-    page.screenshot(path=os.environ.get("DDIM_SCREENSHOT") or str(tmp_path / "page.png"))
+    page.screenshot(path=screenshot("sample", tmp_path), full_page=True)
 
 
 def test_interpolate_and_walk_the_slider(page: object) -> None:
@@ -134,7 +143,7 @@ def draw(page: object, points: list[tuple[float, float]]) -> None:
     page.mouse.up()
 
 
-def test_draw_then_sdedit_and_inpaint(page: object) -> None:
+def test_draw_then_sdedit_and_inpaint(page: object, tmp_path: Path) -> None:
     page.click("button[data-tab=edit]")
     draw(page, [(0.3, 0.25), (0.7, 0.25), (0.45, 0.8)])  # a 7
     assert page.evaluate("ink.filter(v => v > 0.5).length") > 20
@@ -154,6 +163,7 @@ def test_draw_then_sdedit_and_inpaint(page: object) -> None:
     kept = np.array(page.evaluate("Array.from(region, v => v === 0)"))
     assert kept.sum() < 28 * 28 and np.array_equal(out[kept], drawn[kept])  # known pixels
     assert "replace: 10 model calls" in page.inner_text("#edit-status")
+    page.screenshot(path=screenshot("edit", tmp_path), full_page=True)
 
 
 def test_encode_and_decode_the_drawing(page: object) -> None:

@@ -110,7 +110,7 @@ onSubmit($("sample-form"), "sample", async (data) => {
     n: int(data, "n"), steps: int(data, "steps"), eta: num(data, "eta"),
     solver: data.get("solver"), seed: int(data, "seed"), ...guide(data, true),
   }, "sample");
-  show($("sample-grid"), result.image, 3);
+  show($("sample-grid"), result.image, 2);
   $("sample-status").textContent = `${result.n} images: ${cost(result)}`;
 });
 
