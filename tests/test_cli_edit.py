@@ -30,12 +30,13 @@ def test_edit_matches_the_library(ckpts, tmp_path) -> None:
     np.testing.assert_array_equal(np.load(tmp_path / "e.npz")["samples"], images.to_uint8(x))
 
 
-@pytest.mark.parametrize("method", ["replace", "repaint", "dps"])
+@pytest.mark.parametrize("method", ["replace", "repaint", "dps", "ddnm"])
 def test_inpaint_keeps_the_known_pixels_and_matches_the_library(ckpts, tmp_path, method) -> None:
     out = ok("inpaint", ckpts["images"], "--ckpt", ckpts["plain"], "--mask", "bottom-half",
              "--method", method, "--steps", 5, "--resample", 2,
              "--out", tmp_path / "i.npz")  # fmt: skip
-    calls = {"replace": 5, "repaint": 9, "dps": 5}[method]  # repaint: 5 + 1 x 4 resamplings
+    # resampling (repaint, ddnm) after arriving at points 2 and 4, 2 steps back up: 5 + 2 x 2
+    calls = {"replace": 5, "repaint": 9, "dps": 5, "ddnm": 9}[method]
     assert f"{method}: {calls} model calls, {5 if method == 'dps' else 0} gradient" in out.output
     got = np.load(tmp_path / "i.npz")["samples"]
     x0 = inputs(ckpts)
@@ -117,12 +118,14 @@ def test_eval_inpaint_scores_every_method_against_the_nearest_neighbour(tmp_path
         f.write(struct.pack(">II", 2049, 12) + labels.tobytes())
     out = ok("eval", "inpaint", "--data", tmp_path / "d-images-idx3-ubyte.gz",
              "--labels", tmp_path / "d-labels-idx1-ubyte.gz", "--slice", "8:12",
-             "--train-slice", "0:8", "-n", 4, "--steps", 4, "--resamples", "1,2", "--dps",
+             "--train-slice", "0:8", "-n", 4, "--steps", 4,
+             "--methods", "replace,repaint:2,dps,ddnm:2:2",
              "--precision", "fp32", "--out-dir", tmp_path / "r")  # fmt: skip
     result = json.loads((tmp_path / "r" / "inpaint.json").read_text())
     rows = {s["method"]: s for s in result["scores"]}
-    assert list(rows) == ["replace", "repaint, r = 2", "dps", "nearest neighbour"]
-    assert [rows[m]["calls"] for m in rows] == [4, 7, 4, 0]
+    assert list(rows) == ["replace", "repaint, r = 2", "dps", "ddnm, r = 2, jump 2",
+                          "nearest neighbour"]  # fmt: skip
+    assert [rows[m]["calls"] for m in rows] == [4, 7, 4, 6, 0]  # ddnm: back 2 once, at 2
     assert all(s["known_kept"] for s in rows.values())
     assert "| replace | 4 |" in out.output and (tmp_path / "r" / "inpaint.png").is_file()
 

@@ -102,7 +102,15 @@ def test_repaint_moves_by_hand() -> None:
     assert sum(m == "down" for m, _ in repaint_moves(20, 1, 5)) == 20 + 4 * 19
 
 
-@pytest.mark.parametrize(("method", "kwargs"), [("replace", {}), ("repaint", {"resample": 3})])
+@pytest.mark.parametrize(
+    ("method", "kwargs"),
+    [
+        ("replace", {}),
+        ("repaint", {"resample": 3, "jump_length": 1}),
+        ("ddnm", {"resample": 1}),
+        ("ddnm", {"resample": 3, "jump_length": 2}),
+    ],
+)
 def test_the_exact_law_is_what_inpaint_draws(method, kwargs) -> None:
     """The matrix propagation of eval.inpaint_exact against 2,000 draws of inpaint itself:
     mean and variance of every unknown coordinate within 4.5 standard errors."""

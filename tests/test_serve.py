@@ -128,7 +128,7 @@ def test_sdedit_gives_the_cli_image(client, ckpts, drawing, tmp_path) -> None:
     assert got["model_calls"] == 7  # t0 = 599 and the six of 0, 100, ..., 500 below it
 
 
-@pytest.mark.parametrize("method", ["replace", "repaint", "dps"])
+@pytest.mark.parametrize("method", ["replace", "repaint", "dps", "ddnm"])
 def test_inpainting_gives_the_cli_image_and_keeps_the_known_pixels(
     client, ckpts, drawing, tmp_path, method
 ) -> None:
@@ -141,7 +141,8 @@ def test_inpainting_gives_the_cli_image_and_keeps_the_known_pixels(
     assert png_of(got["image"]) == out.read_bytes()
     image, original = np.asarray(Image.open(out)), np.asarray(Image.open(path))
     assert np.array_equal(image[:4], original[:4])
-    assert got["model_calls"] == (4 + 3 * 4 if method == "repaint" else 4)
+    # 4 steps; repaint and ddnm go 2 steps back up and down 4 more times after point 2
+    assert got["model_calls"] == (4 + 4 * 2 if method in ("repaint", "ddnm") else 4)
     assert got["grad_passes"] == (4 if method == "dps" else 0)
 
 

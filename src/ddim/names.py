@@ -39,5 +39,5 @@ LABELLED_KINDS = ("mnist", "npz")
 LOSS_WEIGHTINGS = ("simple", "min-snr")
 #: How the known pixels steer inpainting (``ddim.inpaint``), and the named masks, each after
 #: the region it fills (``ddim.formats.masks``).
-INPAINT_METHODS = ("replace", "repaint", "dps")
+INPAINT_METHODS = ("replace", "repaint", "dps", "ddnm")
 NAMED_MASKS = ("top-half", "bottom-half", "left-half", "right-half", "center")

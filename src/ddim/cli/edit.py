@@ -64,9 +64,9 @@ def edit_command(
     help=f"a PNG (white keeps, black fills) or the region to fill: {', '.join(NAMED_MASKS)}",
 )
 @out_option("inpainted.png", "PATH", "a .png grid, a .npz or a folder/ of the completed images")
-@choice_option("--method", INPAINT_METHODS, default="repaint", help="how the known pixels steer")
-@count_option("--resample", default=5, help="RePaint's resamplings per level")
-@count_option("--jump-length", default=1, help="RePaint's jump, in steps")
+@choice_option("--method", INPAINT_METHODS, default="ddnm", help="how the known pixels steer")
+@count_option("--resample", default=5, help="resamplings per level (repaint, ddnm)")
+@count_option("--jump-length", default=2, help="how far a resampling goes back up, in steps")
 @option("--eta", type=click.FloatRange(min=0.0), default=1.0, help="eta of eq. 16")
 @steps_option
 @guide_options.class_guidance

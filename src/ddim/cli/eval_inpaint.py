@@ -5,12 +5,41 @@ against its cost in model calls and the nearest-neighbour completion
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
-from ddim.cli.eval_options import NumberList, Run, Slice, load_images, run_options
+from ddim.cli.eval_options import Run, Slice, load_images, run_options
 from ddim.cli.options import option
-from ddim.names import NAMED_MASKS
+from ddim.names import INPAINT_METHODS, NAMED_MASKS
+
+
+class MethodList(click.ParamType):
+    """Comma-separated ``METHOD[:RESAMPLE[:JUMP]]``: ``(method, resample, jump_length)``
+    each, resampling 1 and jumps of 1 step unless given."""
+
+    name = "method list"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, list):
+            return value
+        out = []
+        for item in str(value).split(","):
+            method, *numbers = item.strip().split(":")
+            if method not in INPAINT_METHODS or len(numbers) > 2:
+                self.fail(f"{item!r} is not METHOD[:RESAMPLE[:JUMP]] with METHOD one of "
+                          f"{', '.join(INPAINT_METHODS)}", param, ctx)  # fmt: skip
+            if not all(n.isdigit() and int(n) >= 1 for n in numbers):
+                self.fail(f"{item!r}: RESAMPLE and JUMP are whole numbers >= 1", param, ctx)
+            r, j = ([int(n) for n in numbers] + [1, 1])[:2]
+            out.append((method, r, j))
+        return out
+
+    @staticmethod
+    def name_of(method: str, resample: int, jump: int) -> str:
+        """``ddnm, r = 5, jump 2``: how a table names a method."""
+        return method + (f", r = {resample}" if resample > 1 else "") + (
+            f", jump {jump}" if jump > 1 else "")  # fmt: skip
 
 
 @click.command("inpaint")
@@ -21,9 +50,9 @@ from ddim.names import NAMED_MASKS
 @option("--train-slice", type=Slice(), default="0:9000", help="the nearest neighbour's pool")
 @option("--mask", type=click.Choice(NAMED_MASKS), default="bottom-half", help="what to fill")
 @option("--steps", type=click.IntRange(min=1), default=20, help="sampling steps S")
-@option("--resamples", type=NumberList(int, 1), default="1,5,9",
-        help="RePaint resamplings to score (1 is the replacement method)")  # fmt: skip
-@option("--dps/--no-dps", default=False, help="also score DPS (a gradient pass a step)")
+@option("--methods", type=MethodList(), default="replace,repaint:5:1,ddnm:5:2",
+        help="the methods to score, each METHOD[:RESAMPLE[:JUMP]] (dps: a gradient pass a "
+        "step)")  # fmt: skip
 def inpaint_command(
     run: Run,
     data: str,
@@ -32,8 +61,7 @@ def inpaint_command(
     train_slice: slice,
     mask: str,
     steps: int,
-    resamples: list[int],
-    dps: bool,
+    methods: list[tuple[str, int, int]],
 ) -> None:
     """Erase --mask of -n held-out digits, inpaint them with each method, and report the
     share the bundled classifier labels as the original digit (inpaint.{md,json,png})."""
@@ -53,17 +81,14 @@ def inpaint_command(
     train = load_images(data, train_slice, shape).to(run.device)
     keep = named_mask(mask, shape[-1]).to(run.device)
     judge = load_classifier(device=run.device).predict
-    methods = {
-        ("replace" if r == 1 else f"repaint, r = {r}"): {
-            "steps": steps, "spacing": run.spacing, "method": "replace" if r == 1 else "repaint",
-            "resample": r, "precision": run.precision,
+    walks = {
+        MethodList.name_of(method, r, j): {
+            "steps": steps, "spacing": run.spacing, "method": method, "resample": r,
+            "jump_length": j, "precision": run.precision,
         }
-        for r in resamples
+        for method, r, j in methods
     }  # fmt: skip
-    if dps:
-        methods["dps"] = {"steps": steps, "spacing": run.spacing, "method": "dps",
-                          "precision": run.precision}  # fmt: skip
-    scores, done = score_methods(model, sched, x, labels, keep, judge, methods, train=train,
+    scores, done = score_methods(model, sched, x, labels, keep, judge, walks, train=train,
                                  batch_size=run.batch_size, seed=run.seed)  # fmt: skip
     clean = (judge(x).cpu() == labels).double().mean().item()
     out = Path(run.out_dir)

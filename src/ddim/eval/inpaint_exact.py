@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ddim.eval.metrics import frechet_distance
-from ddim.inpaint import repaint_moves
+from ddim.inpaint import RESAMPLED, repaint_moves
 from ddim.plan import StepPlan
 from ddim.schedule import NoiseSchedule
 from ddim.solvers.eq12 import ddim_sigma
@@ -80,7 +80,8 @@ def inpainting_law(
     spacing: str = "uniform",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The exact mean and covariance of :func:`ddim.inpaint`'s output for one image ``x0``
-    ``(D,)`` with known coordinates ``known`` (bool ``(D,)``), ``replace`` or ``repaint``."""
+    ``(D,)`` with known coordinates ``known`` (bool ``(D,)``), by ``replace``, ``repaint``
+    or ``ddnm`` (whose projection of the prediction of ``x_0`` is linear too)."""
     sched = oracle.sched
     plan = StepPlan.build(sched, steps, spacing, "denoise")
     dim = x0.numel()
@@ -88,7 +89,7 @@ def inpainting_law(
     keep = torch.diag(known.to(F64))
     free = eye - keep
     m, c = torch.zeros(dim, dtype=F64), eye.clone()
-    moves = repaint_moves(plan.steps, jump_length, resample if method == "repaint" else 1)
+    moves = repaint_moves(plan.steps, jump_length, resample if method in RESAMPLED else 1)
     for move, i in moves:
         if move == "up":
             r = plan.a[i] / plan.a[i + 1]
@@ -98,7 +99,13 @@ def inpainting_law(
         s = ddim_sigma(a_t, a_next, eta)
         eps = oracle.eps_matrix(plan.ts[i])
         to_x0 = (eye - plan.sigma[i] * eps) / plan.alpha[i]
-        step = math.sqrt(a_next) * to_x0 + math.sqrt(max(1 - a_next - s**2, 0.0)) * eps
+        direction = math.sqrt(max(1 - a_next - s**2, 0.0)) * eps
+        if method == "ddnm":  # x0_pred <- free x0_pred + keep x0, then eq. 12
+            step = math.sqrt(a_next) * free @ to_x0 + direction
+            m = step @ m + math.sqrt(a_next) * (keep @ x0)
+            c = step @ c @ step.T + s**2 * eye
+            continue
+        step = math.sqrt(a_next) * to_x0 + direction
         m, c = step @ m, step @ c @ step.T + s**2 * eye
         m = free @ m + math.sqrt(a_next) * (keep @ x0)
         c = free @ c @ free + (1 - a_next) * keep
@@ -131,17 +138,18 @@ def bias_table(dim: int = 16, rho: float = 0.9, draws: int = 20) -> str:
     data = [chol @ torch.randn(dim, generator=g, dtype=F64) for g in gen]
     runs = [(20, "replace", 1, 1), (100, "replace", 1, 1), (20, "repaint", 5, 1),
             (20, "repaint", 5, 5), (20, "repaint", 10, 1), (100, "repaint", 5, 1),
-            (100, "repaint", 10, 1)]  # fmt: skip
+            (100, "repaint", 10, 1), (20, "ddnm", 1, 1), (20, "ddnm", 5, 1), (20, "ddnm", 5, 2),
+            (100, "ddnm", 1, 1)]  # fmt: skip
     lines = ["| method | steps | model calls | W2² to the exact conditional law |",
              "|---|---:|---:|---:|"]  # fmt: skip
     for steps, method, r, j in runs:
         walk = {"steps": steps, "method": method, "resample": r, "jump_length": j}
         w2 = sum(inpainting_w2(oracle, x, known, **walk) for x in data) / draws
         calls = sum(
-            m == "down" for m, _ in repaint_moves(steps, j, r if method == "repaint" else 1)
+            m == "down" for m, _ in repaint_moves(steps, j, r if method in RESAMPLED else 1)
         )
-        name = "replacement" if method == "replace" else f"RePaint, r = {r}" + (
-            f", jump {j}" if j > 1 else "")  # fmt: skip
+        names = {"replace": "replacement", "repaint": "RePaint", "ddnm": "DDNM"}
+        name = names[method] + (f", r = {r}" if r > 1 else "") + (f", jump {j}" if j > 1 else "")
         lines.append(f"| {name} | {steps} | {calls} | {w2:.3f} |")
     return "\n".join(lines)
 

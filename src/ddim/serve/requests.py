@@ -268,7 +268,7 @@ def inpaint_request(body: dict[str, Any], facts: ModelFacts, limits: Limits) -> 
     return InpaintRequest(
         image=p.image(),
         keep=p.mask(),
-        method=p.choice("method", "repaint", INPAINT_METHODS),
+        method=p.choice("method", "ddnm", INPAINT_METHODS),
         steps=p.steps(),
         seed=p.seed(),
         guide=p.guide(),

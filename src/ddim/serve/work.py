@@ -19,7 +19,7 @@ import torch
 from ddim import workflows
 from ddim.edit import edit, sdedit_timesteps
 from ddim.formats.images import png_bytes
-from ddim.inpaint import inpaint, repaint_moves
+from ddim.inpaint import RESAMPLED, inpaint, repaint_moves
 from ddim.noise import seeded_latents
 from ddim.sampling import Callback, SamplerOptions, model_calls
 from ddim.schedule import NoiseSchedule
@@ -32,8 +32,10 @@ from ddim.serve.requests import (
     SampleRequest,
 )
 
-#: Images per model call, as the CLI's default ``--batch-size``.
+#: Images per model call, and the resampling of inpainting: the CLI's defaults.
 BATCH_SIZE = 64
+RESAMPLE = 5
+JUMP_LENGTH = 2
 
 
 @dataclass(frozen=True)
@@ -131,14 +133,15 @@ def edit_job(served: Served, req: EditRequest) -> tuple[int, Job]:
 
 def inpaint_job(served: Served, req: InpaintRequest) -> tuple[int, Job]:
     """``ddim inpaint IN --mask M --method X --steps S --seed K``: known pixels kept."""
-    resample = 5 if req.method == "repaint" else 1
+    resample = RESAMPLE if req.method in RESAMPLED else 1
     points = served.sampler(req.steps).plan(served.schedule).steps
-    total = sum(move == "down" for move, _ in repaint_moves(points, 1, resample))
+    total = sum(move == "down" for move, _ in repaint_moves(points, JUMP_LENGTH, resample))
 
     def run(tick: Tick) -> dict[str, Any]:
         result = inpaint(
             served.model, req.image.to(served.device), req.keep.to(served.device),
-            served.schedule, steps=req.steps, method=req.method, resample=5,
+            served.schedule, steps=req.steps, method=req.method, resample=RESAMPLE,
+            jump_length=JUMP_LENGTH,
             y=served.labels(req.guide, 1), guidance=req.guide.guidance,
             precision=served.precision, seed=req.seed, callback=_each(tick),
         )  # fmt: skip
