@@ -33,7 +33,28 @@ NUM_TRAIN = 9000
 FEATURE_DIM = 128
 
 
-class MnistClassifier(nn.Module):
+class Judge(nn.Module):
+    """A digit classifier with a 128-D feature layer: ``features(x)``, logits, ``predict``."""
+
+    def features(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def predict(self, x: Tensor, batch_size: int = 1000) -> Tensor:
+        """Predicted labels ``(B,)`` (LongTensor on ``x``'s device), in eval mode."""
+        was_training = self.training
+        self.eval()
+        labels = torch.cat([self(chunk).argmax(dim=1) for chunk in x.split(batch_size)])
+        self.train(was_training)
+        return labels
+
+
+def _check_input(x: Tensor) -> None:
+    if x.ndim != 4 or tuple(x.shape[1:]) != (1, 28, 28):
+        raise ValueError(f"the MNIST classifier needs (B, 1, 28, 28), got {tuple(x.shape)}")
+
+
+class MnistClassifier(Judge):
     """Three conv stages (28 -> 14 -> 7 -> 3 pixels), a 128-unit feature layer, 10 logits."""
 
     def __init__(self) -> None:
@@ -48,8 +69,7 @@ class MnistClassifier(nn.Module):
 
     def features(self, x: Tensor) -> Tensor:
         """The penultimate activations ``(B, 128)``: the FD-MNIST feature space."""
-        if x.ndim != 4 or tuple(x.shape[1:]) != (1, 28, 28):
-            raise ValueError(f"the MNIST classifier needs (B, 1, 28, 28), got {tuple(x.shape)}")
+        _check_input(x)
         h = F.max_pool2d(F.relu(self.conv1(x)), 2)
         h = F.max_pool2d(F.relu(self.conv3(F.relu(self.conv2(h)))), 2)
         h = F.max_pool2d(F.relu(self.conv4(h)), 2)
@@ -59,14 +79,33 @@ class MnistClassifier(nn.Module):
         """Class logits ``(B, 10)``."""
         return self.head(self.dropout(self.features(x)))
 
-    @torch.no_grad()
-    def predict(self, x: Tensor, batch_size: int = 1000) -> Tensor:
-        """Predicted labels ``(B,)`` (LongTensor on ``x``'s device), in eval mode."""
-        was_training = self.training
-        self.eval()
-        labels = torch.cat([self(chunk).argmax(dim=1) for chunk in x.split(batch_size)])
-        self.train(was_training)
-        return labels
+
+
+class MnistMLP(Judge):
+    """A second judge of another architecture: fully connected on the 784 pixels, no
+    convolutions (784 -> 256 -> 128 features -> 10 logits), trained apart from the first."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(28 * 28, 256)
+        self.fc2 = nn.Linear(256, FEATURE_DIM)
+        self.dropout = nn.Dropout(0.3)
+        self.head = nn.Linear(FEATURE_DIM, 10)
+
+    def features(self, x: Tensor) -> Tensor:
+        """The penultimate activations ``(B, 128)``: the FD-MLP feature space."""
+        _check_input(x)
+        return F.relu(self.fc2(self.dropout(F.relu(self.fc1(x.flatten(1))))))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Class logits ``(B, 10)``."""
+        return self.head(self.dropout(self.features(x)))
+
+
+#: The classifier architectures by name (``info["arch"]`` of a weights file).
+ARCHS: dict[str, type[Judge]] = {"cnn": MnistClassifier, "mlp": MnistMLP}
+#: The bundled second judge (``python -m ddim.train.classifier --arch mlp``).
+MLP_ASSET = "mnist_mlp.safetensors"
 
 
 def classifier_info(path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
@@ -86,11 +125,12 @@ def read_info(file: Path, fmt: str, what: str) -> dict[str, Any]:
 
 def load_classifier(
     path: str | os.PathLike[str] | None = None, device: str | torch.device = "cpu"
-) -> MnistClassifier:
-    """An eval-mode classifier from ``path`` (the bundled weights by default)."""
-    file = _resolve(path)
-    classifier_info(file)
-    model = MnistClassifier()
+) -> Judge:
+    """An eval-mode classifier from ``path`` (the bundled CNN by default; ``"mlp"``: the
+    bundled second judge), of the architecture its metadata names."""
+    file = _resolve(assets.path(MLP_ASSET) if path == "mlp" else path)
+    arch = classifier_info(file).get("arch", "cnn")
+    model = ARCHS[arch]()
     model.load_state_dict(safetensors.torch.load_file(str(file)))
     return model.to(device).eval()
 

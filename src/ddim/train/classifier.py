@@ -1,8 +1,9 @@
-"""``python -m ddim.train.classifier MNIST_DIR --out FILE``: train the FD-MNIST classifier.
+"""``python -m ddim.train.classifier MNIST_DIR --out FILE [--arch cnn|mlp]``: train a judge.
 
-Trains :class:`~ddim.models.classifier.MnistClassifier` on the first 9,000 images of the
-MNIST test split, with random shifts of up to two pixels, and records the accuracy on the
-last 1,000 (held out) in the weights file's metadata.
+Trains :class:`~ddim.models.classifier.MnistClassifier` (``cnn``, the FD-MNIST classifier)
+or :class:`~ddim.models.classifier.MnistMLP` (``mlp``, the second judge) on the first 9,000
+images of the MNIST test split, with random shifts of up to two pixels, and records the
+accuracy on the last 1,000 (held out) in the weights file's metadata.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from torch import Tensor
 
 from ddim.formats.archives import load_mnist, load_mnist_labels
 from ddim.formats.atomic import atomic_write_bytes
-from ddim.models.classifier import FORMAT, NUM_TRAIN, MnistClassifier
+from ddim.models.classifier import ARCHS, FORMAT, NUM_TRAIN, Judge
 
 
 def random_shift(x: Tensor, max_shift: int, generator: torch.Generator) -> Tensor:
@@ -37,7 +38,7 @@ def random_shift(x: Tensor, max_shift: int, generator: torch.Generator) -> Tenso
     return padded[torch.arange(b)[:, None, None], 0, rows, cols].unsqueeze(1)
 
 
-def accuracy(model: MnistClassifier, images: Tensor, labels: Tensor) -> float:
+def accuracy(model: Judge, images: Tensor, labels: Tensor) -> float:
     """The fraction of ``images`` whose predicted label equals ``labels``."""
     return (model.predict(images) == labels).double().mean().item()
 
@@ -51,11 +52,12 @@ def train(
     max_shift: int = 2,
     seed: int = 0,
     log: bool = True,
-) -> MnistClassifier:
+    arch: str = "cnn",
+) -> Judge:
     """Adam with a cosine learning-rate decay, cross-entropy, random shifts each epoch."""
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
-    model = MnistClassifier()
+    model = ARCHS[arch]()
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     steps = epochs * -(-images.shape[0] // batch_size)
     decay = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
@@ -76,7 +78,7 @@ def train(
 
 
 def save_classifier(
-    path: str | os.PathLike[str], model: MnistClassifier, info: dict[str, Any]
+    path: str | os.PathLike[str], model: Judge, info: dict[str, Any]
 ) -> None:
     """Write the weights and ``info`` (JSON metadata, e.g. held-out accuracy) atomically."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -92,12 +94,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--arch", choices=sorted(ARCHS), default="cnn")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     images = load_mnist(args.data_dir / "t10k-images-idx3-ubyte.gz")
     labels = load_mnist_labels(args.data_dir / "t10k-labels-idx1-ubyte.gz")
     start = time.perf_counter()
-    model = train(images[:NUM_TRAIN], labels[:NUM_TRAIN], epochs=args.epochs, seed=args.seed)
+    model = train(images[:NUM_TRAIN], labels[:NUM_TRAIN], epochs=args.epochs, seed=args.seed,
+                  arch=args.arch)  # fmt: skip
     seconds = time.perf_counter() - start
     held_out = accuracy(model, images[NUM_TRAIN:], labels[NUM_TRAIN:])
     info = {
@@ -105,6 +109,7 @@ def main(argv: list[str] | None = None) -> None:
         "heldout": f"t10k images {NUM_TRAIN}..{images.shape[0] - 1}",
         "train": f"t10k images 0..{NUM_TRAIN - 1}",
         "train_accuracy": accuracy(model, images[:NUM_TRAIN], labels[:NUM_TRAIN]),
+        "arch": args.arch,
         "epochs": args.epochs,
         "seed": args.seed,
         "train_seconds": round(seconds, 1),
