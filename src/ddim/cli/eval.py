@@ -22,6 +22,7 @@ from ddim.cli.eval_checks import blobs_command, memorization_command
 from ddim.cli.eval_floor import floor_command
 from ddim.cli.eval_guidance import guidance_command
 from ddim.cli.eval_inpaint import inpaint_command
+from ddim.cli.eval_judge import judge_command
 from ddim.cli.eval_loss import loss_command
 from ddim.cli.eval_options import (
     Run,
@@ -63,6 +64,7 @@ eval_group.add_command(blobs_command)
 eval_group.add_command(floor_command)
 eval_group.add_command(guidance_command)
 eval_group.add_command(inpaint_command)
+eval_group.add_command(judge_command)
 eval_group.add_command(memorization_command)
 eval_group.add_command(loss_command)
 eval_group.add_command(solvers_command)
