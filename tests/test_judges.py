@@ -125,3 +125,16 @@ def test_ddim_eval_judge_prints_every_judge_with_intervals_and_the_floor(digits,
     assert list(rows) == ["real images (200, 2 draws: mean [min, max])", "cell (200)"]
     for scores in rows.values():
         assert all(s["low"] <= s["value"] <= s["high"] for s in scores.values())
+
+
+def test_the_second_judge_is_a_feature_space_of_every_fd_command(digits) -> None:
+    from ddim.eval.metrics import feature_extractor
+    from ddim.models.classifier import MnistMLP, load_classifier
+
+    mlp = load_classifier("mlp")
+    assert isinstance(mlp, MnistMLP) and not any(
+        isinstance(m, torch.nn.Conv2d) for m in mlp.modules()
+    )  # another architecture than the CNN
+    first, second = feature_extractor("mnist")(digits[:50]), feature_extractor("mlp")(digits[:50])
+    assert first.shape == second.shape == (50, 128)
+    assert torch.equal(second, mlp.features(digits[:50]))

@@ -10,7 +10,8 @@ float64 (no general matrix square root, so no complex round-off), clamping the t
 eigenvalues that rank-deficient covariances produce.
 
 Features: ``"mnist"`` (the penultimate layer of the bundled
-:class:`~ddim.models.classifier.MnistClassifier`: FD-MNIST), ``"inception"`` (Inception-v3's
+:class:`~ddim.models.classifier.MnistClassifier`: FD-MNIST), ``"mlp"`` (that of the bundled
+:class:`~ddim.models.classifier.MnistMLP`, the second judge), ``"inception"`` (Inception-v3's
 pool layer via the optional ``ddim[fid]`` extra: FID) and ``"pixels"`` (raw values).
 """
 
@@ -182,14 +183,15 @@ def pixel_features(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(x.shape[0], -1)
 
 
-def mnist_features(device: str | torch.device = "cpu") -> FeatureFn:
-    """FD-MNIST features: the bundled classifier's 128-D penultimate layer.
+def mnist_features(device: str | torch.device = "cpu", which: str | None = None) -> FeatureFn:
+    """FD-MNIST features: the bundled classifier's 128-D penultimate layer (``which="mlp"``:
+    the bundled second judge's, a network of another architecture).
 
     Images are clipped to ``[-1, 1]`` first, as they are when saved.
     """
     from ddim.models.classifier import load_classifier
 
-    model = load_classifier(device=device)
+    model = load_classifier(which, device=device)
 
     @torch.no_grad()
     def features(x: torch.Tensor) -> torch.Tensor:
@@ -231,6 +233,8 @@ def feature_extractor(name: str, device: str | torch.device = "cpu") -> FeatureF
     """The feature function called ``name`` (one of :data:`FEATURES`)."""
     if name == "mnist":
         return mnist_features(device)
+    if name == "mlp":
+        return mnist_features(device, "mlp")
     if name == "inception":
         return inception_features(device)
     if name == "pixels":
