@@ -3,6 +3,8 @@ U-Net: the library's images, known pixels kept, masks as PNG or by name, one-lin
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -147,3 +149,46 @@ def test_the_translation_table_runs_on_idx_files(tmp_path, capsys) -> None:
     main([str(tmp_path), "--pairs", "3:8", "-n", "2", "--steps", "2"])
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 3")]
     assert len(rows) == 1 and rows[0].startswith("| 3 → 8 | 2 |")
+
+
+def test_degradations_by_hand() -> None:
+    from ddim.eval.sdedit import degrade
+
+    small = torch.arange(49.0).reshape(1, 1, 7, 7) / 49 * 2 - 1
+    x = small.repeat_interleave(4, 2).repeat_interleave(4, 3)  # constant on 4x4 blocks
+    pooled = torch.nn.functional.avg_pool2d(degrade(x, "downsample"), 4)
+    # bilinear weights are symmetric, so an inner block of the upscaled image averages to
+    # the 7x7 value it came from; a constant image passes unchanged
+    assert torch.allclose(pooled[..., 1:-1, 1:-1], small[..., 1:-1, 1:-1], atol=1e-6)
+    flat = torch.full((1, 1, 28, 28), 0.3)
+    assert torch.equal(degrade(flat, "downsample"), flat)
+    erased = degrade(x, "erase")
+    assert (erased[..., 8:20, 8:20] == -1).all() and torch.equal(erased[..., :8, :], x[..., :8, :])
+    with pytest.raises(ValueError, match="unknown degradation 'blur'"):
+        degrade(x, "blur")
+
+
+@pytest.mark.slow
+def test_the_sdedit_curve_runs_on_idx_files(tmp_path) -> None:
+    """python -m ddim.eval.sdedit on a tiny MNIST-like folder: the two ends, one row a
+    strength, and the files it promises."""
+    import gzip
+    import struct
+
+    from ddim.eval.sdedit import main
+
+    x = torch.rand(9004, 28, 28).mul(255).to(torch.uint8).numpy()
+    y = np.array([0] * 9000 + [3, 3, 8, 8], dtype=np.uint8)
+    with gzip.open(tmp_path / "t10k-images-idx3-ubyte.gz", "wb") as f:
+        f.write(struct.pack(">IIII", 2051, 9004, 28, 28) + x.tobytes())
+    with gzip.open(tmp_path / "t10k-labels-idx1-ubyte.gz", "wb") as f:
+        f.write(struct.pack(">II", 2049, 9004) + y.tobytes())
+    main([str(tmp_path), "-n", "4", "--steps", "4", "--strengths", "0.5,1", "--degrade", "erase",
+          "--out-dir", str(tmp_path / "out"), "--precision", "fp32"])  # fmt: skip
+    result = json.loads((tmp_path / "out" / "sdedit-erase.json").read_text())
+    assert [r["strength"] for r in result["rows"]] == [None, 0.0, 0.5, 1.0]
+    # the plan of 4 uniform steps is 0, 250, 500, 750: t0 = 499 adds to 0 and 250, t0 = 999 to all
+    assert [r["calls"] for r in result["rows"]] == [0, 0, 3, 5]
+    assert result["rows"][0]["mse_to_clean"] == 0 and result["rows"][1]["mse_to_input"] == 0
+    strip = Image.open(tmp_path / "out" / "sdedit-erase-strip.png")
+    assert strip.size == (4 * 30 + 2, 4 * 30 + 2)  # clean, degraded, two strengths; 4 digits
