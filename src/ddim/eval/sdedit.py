@@ -9,7 +9,8 @@ takes the first ``n`` held-out digits (9,000 on), degrades them (``downsample``:
 edits them with the bundled ``mnist`` at each strength (:func:`ddim.edit.edit`, DDIM,
 η = 0, image i's noise from seed i). For each strength it reports
 
-- **realism**: FD-MNIST of the edits against 1,000 training digits (0-999) and the bundled
+- **realism**: FD-MNIST of the edits against 1,000 training digits drawn at random from
+  0-8,999 (a block of consecutive ones is a narrower mix of writers) and the bundled
   classifier's mean confidence (its largest softmax probability);
 - **faithfulness**: the share the classifier labels as the original digit, and the
   per-dim MSE (pixels on [0, 1]) to the degraded input and to the clean original;
@@ -153,8 +154,9 @@ def main(argv: list[str] | None = None) -> None:
     degraded = degrade(clean, args.degrade)
     model, sched = ddim.load_pretrained("mnist")
     judge = load_classifier().eval()
+    drawn = torch.randperm(NUM_TRAIN, generator=torch.Generator().manual_seed(0))[:1000]
     with torch.no_grad():
-        reference = FeatureStats.from_features(judge.features(images[:1000]))
+        reference = FeatureStats.from_features(judge.features(images[drawn]))
     common = (degraded, clean, labels, judge, reference)
     rows = [score(None, 0, clean, *common), score(0.0, 0, degraded, *common)]
     options = ddim.SamplerOptions(steps=args.steps, precision=args.precision)
