@@ -135,17 +135,9 @@ def test_eval_inpaint_scores_every_method_against_the_nearest_neighbour(tmp_path
 @pytest.mark.slow
 def test_the_translation_table_runs_on_idx_files(tmp_path, capsys) -> None:
     """python -m ddim.eval.translation on a tiny MNIST-like folder: one row per pair."""
-    import gzip
-    import struct
-
     from ddim.eval.translation import main
 
-    x = torch.rand(9004, 28, 28).mul(255).to(torch.uint8).numpy()
-    y = np.array([0] * 9000 + [3, 3, 8, 8], dtype=np.uint8)
-    with gzip.open(tmp_path / "t10k-images-idx3-ubyte.gz", "wb") as f:
-        f.write(struct.pack(">IIII", 2051, 9004, 28, 28) + x.tobytes())
-    with gzip.open(tmp_path / "t10k-labels-idx1-ubyte.gz", "wb") as f:
-        f.write(struct.pack(">II", 2049, 9004) + y.tobytes())
+    fake_mnist_folder(tmp_path)
     main([str(tmp_path), "--pairs", "3:8", "-n", "2", "--steps", "2"])
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 3")]
     assert len(rows) == 1 and rows[0].startswith("| 3 → 8 | 2 |")
@@ -172,17 +164,9 @@ def test_degradations_by_hand() -> None:
 def test_the_sdedit_curve_runs_on_idx_files(tmp_path) -> None:
     """python -m ddim.eval.sdedit on a tiny MNIST-like folder: the two ends, one row a
     strength, and the files it promises."""
-    import gzip
-    import struct
-
     from ddim.eval.sdedit import main
 
-    x = torch.rand(9004, 28, 28).mul(255).to(torch.uint8).numpy()
-    y = np.array([0] * 9000 + [3, 3, 8, 8], dtype=np.uint8)
-    with gzip.open(tmp_path / "t10k-images-idx3-ubyte.gz", "wb") as f:
-        f.write(struct.pack(">IIII", 2051, 9004, 28, 28) + x.tobytes())
-    with gzip.open(tmp_path / "t10k-labels-idx1-ubyte.gz", "wb") as f:
-        f.write(struct.pack(">II", 2049, 9004) + y.tobytes())
+    fake_mnist_folder(tmp_path)
     main([str(tmp_path), "-n", "4", "--steps", "4", "--strengths", "0.5,1", "--degrade", "erase",
           "--out-dir", str(tmp_path / "out"), "--precision", "fp32"])  # fmt: skip
     result = json.loads((tmp_path / "out" / "sdedit-erase.json").read_text())
@@ -192,3 +176,17 @@ def test_the_sdedit_curve_runs_on_idx_files(tmp_path) -> None:
     assert result["rows"][0]["mse_to_clean"] == 0 and result["rows"][1]["mse_to_input"] == 0
     strip = Image.open(tmp_path / "out" / "sdedit-erase-strip.png")
     assert strip.size == (4 * 30 + 2, 4 * 30 + 2)  # clean, degraded, two strengths; 4 digits
+
+
+def fake_mnist_folder(root) -> None:
+    """``t10k-{images,labels}`` idx files of 9,004 random digits: 9,000 "training" ones
+    (label 0) and four held out, labelled 3, 3, 8, 8."""
+    import gzip
+    import struct
+
+    x = torch.rand(9004, 28, 28).mul(255).to(torch.uint8).numpy()
+    y = np.array([0] * 9000 + [3, 3, 8, 8], dtype=np.uint8)
+    with gzip.open(root / "t10k-images-idx3-ubyte.gz", "wb") as f:
+        f.write(struct.pack(">IIII", 2051, 9004, 28, 28) + x.tobytes())
+    with gzip.open(root / "t10k-labels-idx1-ubyte.gz", "wb") as f:
+        f.write(struct.pack(">II", 2049, 9004) + y.tobytes())
