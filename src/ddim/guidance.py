@@ -45,6 +45,12 @@ def num_classes(model: object) -> int:
     return int(k or 0)
 
 
+def balanced_labels(k: int, n: int) -> torch.Tensor:
+    """``n // k`` labels of each of ``k`` classes (at least one each), class by class: the
+    labels of ``--class all``, one grid row per class."""
+    return torch.arange(k).repeat_interleave(max(1, n // k))
+
+
 def check_labels(y: torch.Tensor, batch: int, classes: int | None, what: str) -> torch.Tensor:
     """``y`` as a LongTensor ``(batch,)`` with labels in ``0 .. classes - 1`` (``>= 0`` when
     ``classes`` is unknown), else a ValueError that names the problem; one host read of

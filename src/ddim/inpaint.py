@@ -126,8 +126,10 @@ def inpaint(
     points = [t for t in plan.ts if t >= 0]
     net = CheckedModel(guided(model, sched, b, y=y, guidance=guidance), points, b, x0.device,
                        precision)  # fmt: skip
-    steps = {"dps": _dps_step(net, plan, x0, mask, dps_scale), "ddnm": _step(net, plan, x0, mask)}
-    step = steps.get(method, _step(net, plan))
+    if method == "dps":
+        step = _dps_step(net, plan, x0, mask, dps_scale)
+    else:
+        step = _step(net, plan, *((x0, mask) if method == "ddnm" else ()))
     moves = repaint_moves(plan.steps, jump_length, resample if method in RESAMPLED else 1)
     x = z()
     calls = grads = 0

@@ -81,7 +81,7 @@ def class_labels(
     usage error."""
     import torch
 
-    from ddim.guidance import num_classes
+    from ddim.guidance import balanced_labels, num_classes
 
     if class_ is None:
         return None, n, None
@@ -93,8 +93,8 @@ def class_labels(
             param_hint="'--class'",
         )
     if class_ == "all":
-        per_class = max(1, n // k)
-        return torch.arange(k).repeat_interleave(per_class), k * per_class, per_class
+        labels = balanced_labels(k, n)
+        return labels, len(labels), len(labels) // k
     if not class_.isdigit() or int(class_) >= k:
         raise click.BadParameter(
             f"{class_!r} is not a class of this model: give 0..{k - 1} or all",

@@ -26,6 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from ddim.guidance import num_classes
 from ddim.names import INPAINT_METHODS, NAMED_MASKS, SOLVER_MIN_STEPS
 from ddim.precision import choose
 from ddim.serve import requests, work
@@ -60,8 +61,7 @@ JOBS: dict[str, tuple[Parse, MakeJob]] = {
 
 def facts_of(served: Served) -> ModelFacts:
     c, size, _ = served.shape
-    k = served.model.config.num_classes or 0
-    return ModelFacts(k, served.schedule.num_timesteps, c, size)
+    return ModelFacts(num_classes(served.model), served.schedule.num_timesteps, c, size)
 
 
 def create_app(served: Served, limits: Limits | None = None, max_waiting: int = 32) -> Starlette:

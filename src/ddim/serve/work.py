@@ -19,6 +19,7 @@ import torch
 from ddim import workflows
 from ddim.edit import edit, sdedit_timesteps
 from ddim.formats.images import png_bytes
+from ddim.guidance import balanced_labels, num_classes
 from ddim.inpaint import RESAMPLED, inpaint, repaint_moves
 from ddim.noise import seeded_latents
 from ddim.sampling import Callback, SamplerOptions, model_calls
@@ -77,11 +78,12 @@ def sample_job(served: Served, req: SampleRequest) -> tuple[int, Job]:
     """``ddim sample -n N --steps S --eta E --solver X --seed K [--class C --guidance W]``:
     the grid PNG that command writes, byte for byte."""
     sampler = served.sampler(req.steps, req.guide.guidance, eta=req.eta, solver=req.solver)
-    n, nrow, labels = req.n, None, served.labels(req.guide, req.n)
     if req.guide.label == -1:  # --class all: n // K of each class, one row per class
-        k = served.model.config.num_classes
-        nrow = max(1, n // k)
-        n, labels = k * nrow, torch.arange(k, device=served.device).repeat_interleave(nrow)
+        k = num_classes(served.model)
+        labels = balanced_labels(k, req.n).to(served.device)
+        n, nrow = len(labels), len(labels) // k
+    else:
+        n, nrow, labels = req.n, None, served.labels(req.guide, req.n)
     batches = -(-n // BATCH_SIZE)
     total = sampler.plan(served.schedule).steps * batches
 
