@@ -116,6 +116,7 @@ def test_sample_writes_grids_and_folders_and_respects_force(files, tmp_path) -> 
     result = ok(*args, "--out", tmp_path / "grid.png")
     assert result.stdout == (
         "ddim: 5 model calls a batch, 1 batch(es) of <= 64\n"
+        "speed: eager (5 model calls are too few to repay compiling)\n"
         f"wrote a grid of 6 images to {tmp_path / 'grid.png'}\n"
     )
     assert result.stderr == ""

@@ -7,19 +7,28 @@ batches without changing results: image ``i`` of :func:`generate` comes from see
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
-from ddim.guidance import Classifier
+from ddim import precision
+from ddim.formats import speed_record
+from ddim.guidance import Classifier, num_classes
 from ddim.interpolate import slerp, slerp_grid
+from ddim.models import speed as autospeed
+from ddim.models.fast import Setting, compile_cache_dir, prepare
 from ddim.noise import seeded_latents
-from ddim.sampling import Callback, Model, SamplerOptions, Trajectory
+from ddim.sampling import Callback, Model, SamplerOptions, Trajectory, model_calls
 from ddim.schedule import NoiseSchedule
 
 #: Today's sampler at its defaults: 50 uniform DDIM steps, eta = 0, the model in fp32.
 DEFAULTS = SamplerOptions()
+#: ``generate``'s ``speed``: the model as given, or the fastest measured setting for the job.
+SPEEDS = ("eager", "auto")
 
 
 def _batches(n: int, batch_size: int) -> list[tuple[int, int]]:
@@ -56,6 +65,64 @@ def _merge(parts: list[Trajectory]) -> Trajectory:
     )
 
 
+@dataclass
+class Fastest:
+    """A model prepared for a job by :func:`fastest`: the ``setting`` picked, ``why``, and
+    what to measure; :meth:`learn` stores the finished job's figures for the next choice."""
+
+    model: Model
+    setting: Setting
+    why: str
+    key: str | None = None
+    measured: autospeed.Measured | None = None
+    calls: int = 0
+
+    def learn(self, seconds: float) -> None:
+        """Record that the job's ``calls`` model calls took ``seconds`` in all."""
+        if self.key is None or self.measured is None:
+            return
+        learned = autospeed.learn(
+            self.measured, self.setting, getattr(self.model, "seconds", None), seconds, self.calls
+        )
+        if learned != self.measured:
+            speed_record.save(self.key, learned)
+
+
+def fastest(
+    model: Model,
+    sched: NoiseSchedule,
+    n: int,
+    shape: Sequence[int],
+    *,
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
+    options: SamplerOptions = DEFAULTS,
+) -> Fastest:
+    """``model`` prepared the fastest measured way (:mod:`ddim.models.speed`) to sample
+    ``n`` images of ``shape`` in batches of ``batch_size`` with ``options``. A model that is
+    not a plain module with a ``config`` (already prepared, or a function) runs as given."""
+    if not isinstance(model, nn.Module) or getattr(model, "config", None) is None:
+        return Fastest(model, Setting(), "the model is not a plain U-Net module; run as given")
+    rows = min(n, batch_size)
+    two_halves = num_classes(model) and options.guidance not in (None, 0.0, 1.0)
+    o = options
+    per_batch = model_calls(sched, o.steps, o.spacing, o.solver, o.final_step)
+    job = autospeed.Job(rows=2 * rows if two_halves else rows, batch=rows,
+                    calls=per_batch * -(-n // batch_size))  # fmt: skip
+    chosen = precision.choose(options.precision, device)[0]
+    key = autospeed.key(model, torch.device(device), chosen, job)
+    measured = speed_record.load(key)
+    if measured.compile_first is not None and not compile_cache_dir().is_dir():
+        measured = dataclasses.replace(measured, compile_first=None, compile_again=None)
+    if job.calls >= autospeed.MIN_CALLS and measured.eager is None:
+        fresh = autospeed.measure(model, job, torch.device(device), chosen, tuple(shape))
+        measured = autospeed.Measured(**{**measured.to_dict(), **{
+            k: v for k, v in fresh.to_dict().items() if v is not None}})  # fmt: skip
+        speed_record.save(key, measured)
+    setting, why = autospeed.choose(job, measured)
+    return Fastest(prepare(model, setting), setting, why, key, measured, job.calls)
+
+
 def generate(
     model: Model,
     sched: NoiseSchedule,
@@ -70,6 +137,7 @@ def generate(
     classifier: Classifier | None = None,
     return_trajectory: bool = False,
     callback: Callback | None = None,
+    speed: str = "eager",
 ) -> torch.Tensor | tuple[torch.Tensor, Trajectory]:
     """Draw ``n`` samples of ``shape`` ``(C, H, W)`` with :func:`ddim.sample`, in batches.
 
@@ -77,10 +145,26 @@ def generate(
     on ``device``, so it does not depend on ``batch_size``; with ``labels`` ``(n,)`` it is
     of class ``labels[i]`` (guided as ``options`` say, with ``classifier`` if given). With
     ``return_trajectory`` the per-batch trajectories are joined into one of the whole set.
+    ``speed="auto"`` runs the model the fastest way measured for this job (:func:`fastest`;
+    the same images to rounding).
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
+    if speed not in SPEEDS:
+        raise ValueError(f"unknown speed {speed!r}; choose one of {', '.join(SPEEDS)}")
     _check_labels(labels, n)
+    if speed == "auto":
+        prepared = fastest(
+            model, sched, n, shape, batch_size=batch_size, device=device, options=options
+        )
+        start = time.perf_counter()
+        result = generate(
+            prepared.model, sched, n, shape, seed=seed, batch_size=batch_size, device=device,
+            options=options, labels=labels, classifier=classifier,
+            return_trajectory=return_trajectory, callback=callback,
+        )  # fmt: skip
+        prepared.learn(time.perf_counter() - start)
+        return result
     outputs, trajectories = [], []
     for start, stop in _batches(n, batch_size):
         x_T, gens = seeded_latents(range(seed + start, seed + stop), shape, device=device)

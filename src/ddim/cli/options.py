@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from ddim.models.unet import UNet
     from ddim.sampling import SamplerOptions
     from ddim.schedule import NoiseSchedule
+    from ddim.workflows import Fastest
 
 DEFAULT_MODEL = "mnist"
 MAX_SEED = 2**63 - 1  # seeds are int64
@@ -116,13 +117,15 @@ precision_option = choice_option(
 )
 channels_last_option = option(
     "--channels-last/--no-channels-last",
-    default=False,
+    default=None,
+    show_default="off; ddim sample picks by measurement",
     help="run the model in channels-last memory layout",
 )
 compile_option = option(
     "--compile/--no-compile",
-    default=False,
-    help="torch.compile the model (its cost, paid once per process, is printed)",
+    default=None,
+    show_default="off; ddim sample picks by measurement",
+    help="torch.compile the model (its cost, paid once per process and cached, is printed)",
 )
 batch_size_option = count_option(
     "--batch-size", default=64, help="images per model call (results do not depend on it)"
@@ -165,8 +168,8 @@ class ModelRun:
     batch_size: int
     device: torch.device
     precision: str
-    channels_last: bool
-    compile: bool
+    channels_last: bool | None
+    compile: bool | None
 
     def load(self, steps: Iterable[int] = ()) -> tuple[UNet, NoiseSchedule]:
         """The model on ``device`` and its schedule, each of ``steps`` checked against it."""
@@ -201,8 +204,8 @@ def load_model(
     device: torch.device,
     steps: Iterable[int] = (),
     *,
-    channels_last: bool = False,
-    compile: bool = False,
+    channels_last: bool | None = False,
+    compile: bool | None = False,
 ) -> tuple[UNet, NoiseSchedule]:
     """An eval-mode U-Net on ``device`` and its schedule, from a checkpoint file, a
     diffusers folder or a bundled model name; each of ``steps`` is checked against it.
@@ -224,6 +227,35 @@ def load_model(
 
         model = for_inference(model, channels_last=channels_last, compile=compile)
     return model, schedule
+
+
+def auto_speed(
+    model: UNet,
+    schedule: NoiseSchedule,
+    sampler: SamplerOptions,
+    n: int,
+    batch_size: int,
+    device: torch.device,
+    flags: tuple[bool | None, bool | None],
+) -> Fastest | None:
+    """With neither ``--channels-last`` nor ``--compile`` given (``flags``), ``model``
+    prepared the fastest measured way for sampling ``n`` images (:func:`report_speed` says
+    which); else None."""
+    if flags != (None, None):
+        return None
+    from ddim.workflows import fastest
+
+    auto = fastest(
+        model, schedule, n, image_shape(model), batch_size=batch_size, device=device,
+        options=sampler,
+    )  # fmt: skip
+    return auto
+
+
+def report_speed(auto: Fastest | None) -> None:
+    """Say which setting :func:`auto_speed` picked, and why."""
+    if auto is not None:
+        click.echo(f"speed: {auto.setting.describe()} ({auto.why})")
 
 
 def report_compilation(model: object) -> None:

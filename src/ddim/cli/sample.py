@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -136,7 +137,12 @@ def sample_command(
         ckpt, device, [steps], channels_last=channels_last, compile=compile
     )
     labels, net, n, rows = guide.resolve(model, schedule, sampler, device, n)
+    auto = options.auto_speed(
+        model, schedule, sampler, n, batch_size, device, (channels_last, compile)
+    )
+    model = auto.model if auto else model
     total = options.progress_ticks(schedule, sampler, n, batch_size)
+    start = time.perf_counter()
     with common.progress(total, "sampling") as tick:
         result = workflows.generate(
             model,
@@ -152,9 +158,12 @@ def sample_command(
             return_trajectory=trajectory is not None,
             callback=tick,
         )
+    if auto:
+        auto.learn(time.perf_counter() - start)
     x0 = result[0] if trajectory is not None else result
     options.report_compilation(model)
     options.report_calls(schedule, sampler, n, batch_size)
+    options.report_speed(auto)
     click.echo(f"wrote {common.write_images(out, x0, nrow or rows)}")
     if trajectory is not None:
         traj = result[1]
@@ -198,7 +207,7 @@ def _sample_to_folder(
     out: str,
     npz: str | None,
     force: bool,
-    fast: dict[str, bool],
+    fast: dict[str, bool | None],
 ) -> None:
     """``ddim sample`` into a folder: this process's share, then (rank 0) the summary."""
     from ddim import distributed
@@ -210,17 +219,24 @@ def _sample_to_folder(
     model, schedule = options.load_model(ckpt, device, [sampler.steps], **fast)
     labels, net, n, _ = guide.resolve(model, schedule, sampler, device, n)
     mine = sum(b - a for a, b in sample_folder.rank_batches(n, batch_size, rank, world_size))
+    flags = (fast["channels_last"], fast["compile"])
+    auto = options.auto_speed(model, schedule, sampler, mine, batch_size, device, flags)
+    model = auto.model if auto else model
     total = options.progress_ticks(schedule, sampler, mine, batch_size)
+    start = time.perf_counter()
     with common.progress(total, "sampling", shown=rank == 0) as tick:
         written, kept = sample_folder.sample_to_folder(
             model, schedule, n, options.image_shape(model), out, seed=seed,
             batch_size=batch_size, device=device, options=sampler, labels=labels,
             classifier=net, overwrite=force, callback=tick,
         )  # fmt: skip
+    if auto:
+        auto.learn(time.perf_counter() - start)
     if rank != 0:
         return
     options.report_compilation(model)
     options.report_calls(schedule, sampler, n, batch_size)
+    options.report_speed(auto)
     note = f" (kept {kept} already there)" if kept else ""
     click.echo(f"wrote {written} PNGs in {out}{note} with {world_size} process(es)")
     if npz is not None:

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from ddim import cache
 from ddim.distributed import world
 from ddim.formats.atomic import atomic_write_bytes
 from ddim.names import FEATURES
@@ -161,21 +162,13 @@ def cached_stats(
     count), e.g. ``"mnist-t10k-0:9000-mnist-features"``. The default directory is
     ``$DDIM_CACHE`` or ``~/.cache/ddim``, under ``stats/``.
     """
-    root = Path(cache_dir) if cache_dir is not None else default_cache_dir() / "stats"
+    root = Path(cache_dir) if cache_dir is not None else cache.cache_dir() / "stats"
     path = root / (re.sub(r"[^A-Za-z0-9._-]+", "_", key) + ".npz")
     if path.is_file():
         return FeatureStats.load(path, key)
     stats = compute()
     stats.save(path, key)
     return stats
-
-
-def default_cache_dir() -> Path:
-    """``$DDIM_CACHE``, else ``$XDG_CACHE_HOME/ddim``, else ``~/.cache/ddim``."""
-    if os.environ.get("DDIM_CACHE"):
-        return Path(os.environ["DDIM_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "ddim"
 
 
 def pixel_features(x: torch.Tensor) -> torch.Tensor:

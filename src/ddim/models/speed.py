@@ -1,0 +1,189 @@
+"""The fastest way to run a model for a job on this machine, chosen from measurements
+(``speed="auto"``, ``ddim sample`` without speed flags).
+
+A :class:`~ddim.models.fast.Setting` trades one-off costs against per-call savings:
+
+- eager, in the layout that measured faster here (channels-last wins on some CPUs and GPUs
+  and loses badly on others: 2.3x slower in bf16 on an AVX512-BF16 EPYC);
+- classifier-free guidance's ``2B`` rows in one forward pass, or in two of ``B`` rows,
+  whichever measured faster (large activations can cost more per row);
+- ``torch.compile`` (channels-last, pieces of ``B`` rows), chosen only when the job's calls
+  save more than compiling costs: ``calls * (t_eager - t_compiled) > t_compile``, with
+  ``t_compile`` a later process's start from the warm kernel cache once one compilation
+  of this job's shape is on record. A first, cold compilation is shared among the jobs of
+  the same shape on record (the same work tends to come again): the second such job
+  compiles if ``calls * (t_eager - t_compiled) > t_cold / 2``.
+
+Eager times are measured on the spot (a few forward passes) the first time a model, job
+shape and precision meet on a machine; compiled times and compilation costs are learned from
+the compiled runs themselves. Until then :data:`PRIOR_COMPILE_SECONDS` and
+:data:`PRIOR_COMPILED_RATIO` stand in (both from ``benchmarks/sampling_vs_diffusers.py``).
+All of it is stored by the caller (``ddim.formats.speed_record``) under one :func:`key`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ddim import precision as precisions
+from ddim.models.fast import Model, Setting, for_inference
+
+#: Seconds of a first torch.compile of the bundled U-Net on 2 EPYC cores: 25-36 s measured.
+PRIOR_COMPILE_SECONDS = 30.0
+#: Seconds of a later process's start from inductor's warm cache: 3.0 s measured there.
+PRIOR_WARM_SECONDS = 5.0
+#: A compiled call's time over an eager one's: 0.81-0.86 measured (fp32 and bf16, 2 cores).
+PRIOR_COMPILED_RATIO = 0.85
+#: Fewer model calls than this never repay a compilation here, and are not worth measuring.
+MIN_CALLS = 200
+REPEATS = 3
+
+
+@dataclass(frozen=True)
+class Job:
+    """The work to be done: ``calls`` model calls in all, each of ``rows`` rows (``2B`` under
+    classifier-free guidance, else ``B = batch``)."""
+
+    rows: int
+    batch: int
+    calls: int
+
+
+@dataclass
+class Measured:
+    """Seconds per model call of ``Job.rows`` rows, as measured on this machine (``None``:
+    not yet): eager in each layout, eager in pieces of ``batch`` rows, compiled, and the
+    compilation's cost in the first process and in a later one (warm cache)."""
+
+    eager: float | None = None
+    eager_channels_last: float | None = None
+    pieces: float | None = None
+    compiled: float | None = None
+    compile_first: float | None = None
+    compile_again: float | None = None
+    jobs: int = 0
+
+    def to_dict(self) -> dict[str, float | None]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Measured:
+        names = {f.name for f in dataclasses.fields(cls)} - {"jobs"}
+        values = {k: float(v) for k, v in d.items() if k in names and v is not None}
+        return cls(**values, jobs=int(d.get("jobs", 0)))
+
+
+def key(model: nn.Module, device: torch.device, precision: str, job: Job) -> str:
+    """What a measurement depends on: CPU or GPU, torch, threads, the model's architecture,
+    the precision and the shape of a call."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        hardware = torch.cuda.get_device_name(device)
+    else:
+        hardware = f"{_cpu_name()} {torch.backends.cpu.get_cpu_capability()}"
+    config = getattr(model, "config", None)
+    arch = json.dumps(config.to_dict(), sort_keys=True) if config is not None else "?"
+    threads = torch.get_num_threads()
+    return (
+        f"{hardware}|{device.type}|torch {torch.__version__}|threads {threads}|{precision}|"
+        f"{job.rows}/{job.batch} rows|{arch}"
+    )
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def choose(job: Job, measured: Measured) -> tuple[Setting, str]:
+    """The setting that finishes ``job`` soonest by ``measured`` (priors where a figure is
+    missing), and why, in one line."""
+    whole = [t for t in (measured.eager, measured.eager_channels_last) if t is not None]
+    if job.calls < MIN_CALLS or not whole:
+        pieces = measured.pieces is not None and measured.pieces < min(whole, default=0.0)
+        rows = job.batch if pieces else None
+        return Setting(rows=rows), f"{job.calls} model calls are too few to repay compiling"
+    channels_last = measured.eager_channels_last is not None and measured.eager_channels_last < (
+        measured.eager or float("inf")
+    )
+    eager = Setting(channels_last=channels_last)
+    best = min(whole)
+    if measured.pieces is not None and measured.pieces < best:
+        eager, best = Setting(rows=job.batch), measured.pieces
+    compiled = measured.compiled or PRIOR_COMPILED_RATIO * best
+    if measured.compile_first is not None:
+        cost = measured.compile_again or PRIOR_WARM_SECONDS
+    else:
+        cost = PRIOR_COMPILE_SECONDS / (measured.jobs + 1)
+    saved = job.calls * (best - compiled)
+    source = "measured here" if measured.compiled and measured.compile_first else "partly prior"
+    sums = (f"{job.calls} calls x ({best:.3f} - {compiled:.3f}) s = {saved:.1f} s saved "
+            f"{'>' if saved > cost else '<='} {cost:.1f} s to compile ({source})")  # fmt: skip
+    if saved > cost:
+        return Setting(channels_last=True, compile=True, rows=job.batch), sums
+    return eager, sums
+
+
+def measure(
+    model: nn.Module, job: Job, device: torch.device, precision: str, shape: tuple[int, ...]
+) -> Measured:
+    """Eager seconds per call of ``job.rows`` rows of ``shape`` in each layout (and, for
+    ``2B``-row calls, in pieces of ``B``): the median of :data:`REPEATS` after a warm-up,
+    the settings taking turns."""
+    x = torch.randn(job.rows, *shape, generator=torch.Generator().manual_seed(0)).to(device)
+    t = torch.full((job.rows,), 500, device=device)
+    runs: dict[str, Model] = {
+        "eager": model,
+        "eager_channels_last": for_inference(model, channels_last=True),
+    }
+    if job.rows > job.batch:
+        runs["pieces"] = for_inference(model, rows=job.batch)
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for attempt in range(REPEATS + 1):
+        for name, run in runs.items():
+            seconds = _timed(lambda run=run: run(x, t), device, precision)
+            if attempt:
+                times[name].append(seconds)
+    return Measured(**{name: statistics.median(ts) for name, ts in times.items()})
+
+
+def _timed(call: Callable[[], torch.Tensor], device: torch.device, precision: str) -> float:
+    start = time.perf_counter()
+    with torch.no_grad(), precisions.autocast(precision, device):
+        call()
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+def learn(
+    measured: Measured, setting: Setting, compile_seconds: float | None, seconds: float, calls: int
+) -> Measured:
+    """``measured`` updated with a finished job's figures: ``seconds`` for ``calls`` model
+    calls in ``setting``, of which ``compile_seconds`` went to compiling."""
+    measured = dataclasses.replace(measured, jobs=measured.jobs + 1)
+    if not setting.compile or compile_seconds is None or calls < 2:
+        return measured
+    per_call = max(seconds - compile_seconds, 0.0) / (calls - 1)
+    again = measured.compile_first is not None
+    return dataclasses.replace(
+        measured,
+        compiled=per_call,
+        compile_first=measured.compile_first if again else compile_seconds,
+        compile_again=compile_seconds if again else measured.compile_again,
+    )

@@ -1,0 +1,135 @@
+"""The fastest measured setting (``speed="auto"``): the choice against figures worked out by
+hand, what it learns from a finished job, its record on disk, and that every setting it can
+pick computes the same eps (rows split or padded, compiled) to rounding."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from ddim import workflows
+from ddim.formats import speed_record
+from ddim.models import speed
+from ddim.models.fast import Rows, Setting, prepare
+
+JOB = speed.Job(rows=64, batch=64, calls=800)
+
+
+def test_too_few_calls_run_eager_without_measuring() -> None:
+    setting, why = speed.choose(speed.Job(64, 64, 50), speed.Measured())
+    assert setting == Setting() and why == "50 model calls are too few to repay compiling"
+
+
+def test_a_first_job_compiles_only_if_it_repays_a_cold_compilation() -> None:
+    # 800 x (0.15 - 0.85 * 0.15) = 18 s saved < 30 s (the prior cold compile): eager.
+    measured = speed.Measured(eager=0.15, eager_channels_last=0.34)
+    setting, why = speed.choose(JOB, measured)
+    assert setting == Setting()
+    assert "800 calls x (0.150 - 0.128) s = 18.0 s saved <= 30.0 s" in why
+    # A job three times longer saves 54 s > 30 s.
+    setting, _ = speed.choose(speed.Job(64, 64, 2400), measured)
+    assert setting == Setting(channels_last=True, compile=True, rows=64)
+
+
+def test_the_second_job_of_a_shape_shares_the_cold_compilation() -> None:
+    measured = speed.Measured(eager=0.15, eager_channels_last=0.34, jobs=1)  # 18 > 30 / 2
+    assert speed.choose(JOB, measured)[0].compile
+
+
+def test_a_warm_cache_costs_its_measured_start() -> None:
+    warm = speed.Measured(eager=0.15, compiled=0.14, compile_first=30.0, compile_again=3.0)
+    setting, why = speed.choose(JOB, warm)  # 800 x 0.01 = 8 s > 3 s
+    assert setting.compile and "8.0 s saved > 3.0 s to compile (measured here)" in why
+    slow = speed.Measured(eager=0.15, compiled=0.149, compile_first=30.0, compile_again=3.0)
+    assert not speed.choose(JOB, slow)[0].compile  # 0.8 s < 3 s
+    unknown = speed.Measured(eager=0.15, compiled=0.14, compile_first=30.0)  # prior warm: 5 s
+    assert "8.0 s saved > 5.0 s" in speed.choose(JOB, unknown)[1]
+
+
+def test_eager_takes_the_faster_layout_and_the_faster_row_count() -> None:
+    few = speed.Job(rows=128, batch=64, calls=10)
+    cl = speed.Measured(eager=0.30, eager_channels_last=0.25, compile_first=1.0, compile_again=99)
+    assert speed.choose(speed.Job(64, 64, 300), cl)[0] == Setting(channels_last=True)
+    pieces = speed.Measured(eager=0.62, eager_channels_last=0.62, pieces=0.51)
+    assert speed.choose(few, pieces)[0] == Setting(rows=64)
+    assert speed.choose(few, speed.Measured(eager=0.5, pieces=0.6))[0] == Setting()
+
+
+def test_learning_from_a_compiled_job() -> None:
+    setting = Setting(channels_last=True, compile=True, rows=64)
+    first = speed.learn(speed.Measured(eager=0.15), setting, 31.0, 31.0 + 99 * 0.12, 100)
+    assert first.jobs == 1 and first.compile_first == 31.0 and first.compile_again is None
+    assert first.compiled == pytest.approx(0.12)
+    again = speed.learn(first, setting, 2.5, 2.5 + 99 * 0.11, 100)
+    assert again.jobs == 2 and (again.compile_first, again.compile_again) == (31.0, 2.5)
+    assert again.compiled == pytest.approx(0.11)
+    eager = speed.learn(first, Setting(), None, 15.0, 100)
+    assert eager == speed.Measured(**{**first.to_dict(), "jobs": 2})
+
+
+def test_the_record_round_trips_and_survives_damage() -> None:
+    m = speed.Measured(eager=0.1, pieces=0.2, compile_first=30.0, jobs=3)
+    speed_record.save("a", m)
+    speed_record.save("b", speed.Measured(eager=0.5))
+    assert speed_record.load("a") == m and speed_record.load("b").eager == 0.5
+    assert speed_record.load("c") == speed.Measured()
+    assert json.loads(speed_record.path().read_text())["a"]["jobs"] == 3
+    speed_record.path().write_text("{not json")
+    assert speed_record.load("a") == speed.Measured()
+
+
+def test_rows_split_and_pad_without_changing_eps(perturbed_unet) -> None:
+    model = perturbed_unet().double()
+    seen: list[int] = []
+
+    def counted(x, t, *y):
+        seen.append(x.shape[0])
+        return model(x, t, *y)
+
+    x = torch.randn(7, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([0, 5, 99, 400, 999, 3, 750])
+    with torch.no_grad():
+        want = model(x, t)
+        split = Rows(counted, 3)(x, t)
+        assert seen == [3, 3, 1]
+        padded = Rows(counted, 3, pad=True)(x, t)
+        assert seen[3:] == [3, 3, 3]
+    torch.testing.assert_close(split, want, rtol=0, atol=1e-12)
+    torch.testing.assert_close(padded, want, rtol=0, atol=1e-12)
+
+
+def test_the_compiled_setting_computes_the_same_eps(perturbed_unet) -> None:
+    model = perturbed_unet()
+    fast = prepare(model, Setting(channels_last=True, compile=True, rows=4))
+    x = torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    t = torch.tensor([0, 5, 99, 400, 999, 3])
+    with torch.no_grad():
+        want, got = model(x, t), fast(x, t)
+    assert got.shape == want.shape and fast.seconds > 0 and fast.config == model.config
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5 * want.abs().max().item())
+
+
+def test_auto_measures_once_then_samples_like_eager(perturbed_unet, sched, monkeypatch) -> None:
+    monkeypatch.setattr(speed, "MIN_CALLS", 1)
+    model = perturbed_unet()
+    options = workflows.SamplerOptions(steps=4)
+    kwargs = {"options": options, "batch_size": 2, "seed": 3}
+    want = workflows.generate(model, sched, 3, (1, 8, 8), **kwargs)
+    got = workflows.generate(model, sched, 3, (1, 8, 8), speed="auto", **kwargs)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-4)  # either layout, to rounding
+    (entry,) = json.loads(speed_record.path().read_text()).values()
+    assert entry["jobs"] == 1 and entry["eager"] > 0 and entry["eager_channels_last"] > 0
+    again = workflows.fastest(model, sched, 3, (1, 8, 8), batch_size=2, options=options)
+    assert again.measured.jobs == 1 and "8 calls x" in again.why  # priors: never compile
+    assert not again.setting.compile
+
+
+def test_auto_runs_a_plain_function_as_given(sched, eps_model) -> None:
+    def fn(x, t):
+        return eps_model(x, t)
+
+    assert workflows.fastest(fn, sched, 1000, (3, 4, 4)).model is fn
+    with pytest.raises(ValueError, match="unknown speed 'fast'"):
+        workflows.generate(fn, sched, 1, (3, 4, 4), speed="fast")
