@@ -54,7 +54,8 @@ def main() -> None:
         "classifier-free guidance w = 3 (one call of 2B rows)": (model, {"y": y, "guidance": 3.0}),
         "classifier-free guidance w = 3 (two calls of B rows)": (two_calls, {}),
         "classifier guidance s = 1 (+ classifier grad)": (
-            model, {"y": y, "classifier": classifier}
+            model,
+            {"y": y, "classifier": classifier},
         ),
     }
     times: dict[str, list[float]] = {name: [] for name in runs}

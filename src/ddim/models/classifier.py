@@ -80,7 +80,6 @@ class MnistClassifier(Judge):
         return self.head(self.dropout(self.features(x)))
 
 
-
 class MnistMLP(Judge):
     """A second judge of another architecture: fully connected on the 784 pixels, no
     convolutions (784 -> 256 -> 128 features -> 10 logits), trained apart from the first."""

@@ -77,9 +77,7 @@ def train(
     return model.eval()
 
 
-def save_classifier(
-    path: str | os.PathLike[str], model: Judge, info: dict[str, Any]
-) -> None:
+def save_classifier(path: str | os.PathLike[str], model: Judge, info: dict[str, Any]) -> None:
     """Write the weights and ``info`` (JSON metadata, e.g. held-out accuracy) atomically."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     metadata = {"format": FORMAT, "info": json.dumps(info, sort_keys=True)}
