@@ -494,6 +494,24 @@ def test_info_text_and_json(files, perturbed_unet) -> None:
     assert (meta["step"], meta["num_parameters"], meta["weights"]) == (7, n, ["ema"])
 
 
+def test_info_speed_measures_once_and_sample_uses_the_record(files, tmp_path) -> None:
+    from ddim.formats import speed_record
+
+    text = ok("info", files["tiny.safetensors"], "--speed").stdout
+    line = text.splitlines()[-1]
+    assert line.startswith("ddim sample -n 1000 (50 steps, batches of 64) on cpu runs eager")
+    assert "800 calls x (" in line and "30.0 s to compile - " in line  # 16 batches x 50
+    (probed,) = json.loads(speed_record.path().read_text()).values()
+    assert probed["eager"] > 0 and probed["compiled"] is None
+    args = ["sample", "--ckpt", files["tiny.safetensors"], "-n", 200, "--steps", 50]
+    said = ok(*args, "--out", tmp_path / "a.npz").stdout  # the same shape: 64 rows a call
+    assert "speed: eager" in said and "(200 calls x (" in said
+    (entry,) = json.loads(speed_record.path().read_text()).values()
+    assert entry["eager"] != probed["eager"]  # the job's own time per call replaced the probe
+    fixed = ok(*args, "--no-compile", "--out", tmp_path / "b.npz").stdout
+    assert "speed:" not in fixed
+
+
 def test_info_shows_the_training_config_as_indented_lines(
     tmp_path, perturbed_unet, write_checkpoint
 ) -> None:

@@ -67,8 +67,9 @@ def _merge(parts: list[Trajectory]) -> Trajectory:
 
 @dataclass
 class Fastest:
-    """A model prepared for a job by :func:`fastest`: the ``setting`` picked, ``why``, and
-    what to measure; :meth:`learn` stores the finished job's figures for the next choice."""
+    """A model prepared for a job by :func:`fastest` (``picked``) or by its caller
+    (:func:`as_given`): its ``setting``, ``why``, and what to measure; :meth:`learn` stores
+    the finished job's figures for the next choice."""
 
     model: Model
     setting: Setting
@@ -76,6 +77,7 @@ class Fastest:
     key: str | None = None
     measured: autospeed.Measured | None = None
     calls: int = 0
+    picked: bool = True
 
     def learn(self, seconds: float) -> None:
         """Record that the job's ``calls`` model calls took ``seconds`` in all."""
@@ -86,6 +88,29 @@ class Fastest:
         )
         if learned != self.measured:
             speed_record.save(self.key, learned)
+
+
+def _job(
+    model: Model,
+    sched: NoiseSchedule,
+    n: int,
+    batch_size: int,
+    device: torch.device | str,
+    options: SamplerOptions,
+) -> tuple[autospeed.Job, str, autospeed.Measured]:
+    """The job of sampling ``n`` images with ``options``, its record key, and its record."""
+    rows = min(n, batch_size)
+    two_halves = num_classes(model) and options.guidance not in (None, 0.0, 1.0)
+    o = options
+    per_batch = model_calls(sched, o.steps, o.spacing, o.solver, o.final_step)
+    job = autospeed.Job(rows=2 * rows if two_halves else rows, batch=rows,
+                        calls=per_batch * -(-n // batch_size))  # fmt: skip
+    chosen = precision.choose(options.precision, device)[0]
+    key = autospeed.key(model, torch.device(device), chosen, job)
+    measured = speed_record.load(key)
+    if measured.compile_first is not None and not compile_cache_dir().is_dir():
+        measured = dataclasses.replace(measured, compile_first=None, compile_again=None)
+    return job, key, measured
 
 
 def fastest(
@@ -103,24 +128,33 @@ def fastest(
     not a plain module with a ``config`` (already prepared, or a function) runs as given."""
     if not isinstance(model, nn.Module) or getattr(model, "config", None) is None:
         return Fastest(model, Setting(), "the model is not a plain U-Net module; run as given")
-    rows = min(n, batch_size)
-    two_halves = num_classes(model) and options.guidance not in (None, 0.0, 1.0)
-    o = options
-    per_batch = model_calls(sched, o.steps, o.spacing, o.solver, o.final_step)
-    job = autospeed.Job(rows=2 * rows if two_halves else rows, batch=rows,
-                    calls=per_batch * -(-n // batch_size))  # fmt: skip
-    chosen = precision.choose(options.precision, device)[0]
-    key = autospeed.key(model, torch.device(device), chosen, job)
-    measured = speed_record.load(key)
-    if measured.compile_first is not None and not compile_cache_dir().is_dir():
-        measured = dataclasses.replace(measured, compile_first=None, compile_again=None)
-    if job.calls >= autospeed.MIN_CALLS and measured.eager is None:
+    job, key, measured = _job(model, sched, n, batch_size, device, options)
+    guided = job.rows > job.batch  # whether to split guidance's 2B rows pays at any size
+    if (job.calls >= autospeed.MIN_CALLS or guided) and measured.eager is None:
+        chosen = precision.choose(options.precision, device)[0]
         fresh = autospeed.measure(model, job, torch.device(device), chosen, tuple(shape))
         measured = autospeed.Measured(**{**measured.to_dict(), **{
             k: v for k, v in fresh.to_dict().items() if v is not None}})  # fmt: skip
         speed_record.save(key, measured)
     setting, why = autospeed.choose(job, measured)
     return Fastest(prepare(model, setting), setting, why, key, measured, job.calls)
+
+
+def as_given(
+    model: Model,
+    setting: Setting,
+    sched: NoiseSchedule,
+    n: int,
+    *,
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
+    options: SamplerOptions = DEFAULTS,
+) -> Fastest:
+    """``model``, already prepared in ``setting`` by the caller, wrapped so that the job's
+    figures go into the same record :func:`fastest` reads (a ``--compile`` run teaches
+    ``speed="auto"`` what compiling costs and saves here)."""
+    job, key, measured = _job(model, sched, n, batch_size, device, options)
+    return Fastest(model, setting, "asked for", key, measured, job.calls, picked=False)
 
 
 def generate(

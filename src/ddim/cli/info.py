@@ -10,6 +10,9 @@ import click
 
 from ddim.cli import options
 
+#: The job ``ddim info --speed`` describes: ``ddim sample -n 1000`` at its defaults.
+SPEED_JOB = 1000
+
 if TYPE_CHECKING:
     import torch
 
@@ -39,7 +42,13 @@ def _nested_lines(section: Mapping[str, Any], indent: int) -> Iterator[str]:
 @click.argument("ckpt", default=options.DEFAULT_MODEL, metavar="[CKPT]")
 @click.option("--json", "as_json", is_flag=True, help="print the metadata as JSON")
 @options.device_option
-def info_command(ckpt: str, as_json: bool, device: torch.device) -> None:
+@click.option(
+    "--speed",
+    is_flag=True,
+    help=f"also say how `ddim sample -n {SPEED_JOB}` runs the model here, and why "
+    "(loads it, and measures it once per machine)",
+)
+def info_command(ckpt: str, as_json: bool, device: torch.device, speed: bool) -> None:
     """Show a checkpoint's model config, parameter count, schedule and training step
     (the bundled MNIST model by default), and what --precision auto picks on --device."""
     from ddim.formats.checkpoint import read_metadata
@@ -69,3 +78,14 @@ def info_command(ckpt: str, as_json: bool, device: torch.device) -> None:
         for line in _nested_lines(meta["extra"], 2):
             click.echo(line)
     click.echo(f"--precision auto on {device} runs {chosen}: {why}")
+    if speed:
+        from ddim.sampling import SamplerOptions
+
+        model, schedule = options.load_model(ckpt, device)
+        auto = options.auto_speed(
+            model, schedule, SamplerOptions(precision="auto"), SPEED_JOB, 64, device, (None, None)
+        )
+        click.echo(
+            f"ddim sample -n {SPEED_JOB} (50 steps, batches of 64) on {device} runs "
+            f"{auto.setting.describe()}: {auto.why}"
+        )

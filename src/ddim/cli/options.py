@@ -174,8 +174,9 @@ class ModelRun:
     def load(self, steps: Iterable[int] = ()) -> tuple[UNet, NoiseSchedule]:
         """The model on ``device`` and its schedule, each of ``steps`` checked against it."""
         return load_model(
-            self.ckpt, self.device, steps, channels_last=self.channels_last, compile=self.compile
-        )
+            self.ckpt, self.device, steps, channels_last=self.channels_last,
+            compile=self.compile, rows=self.batch_size,
+        )  # fmt: skip
 
     def sampler(self, steps: int, **more: Any) -> SamplerOptions:
         """The :class:`~ddim.sampling.SamplerOptions` of ``steps`` steps with this
@@ -206,10 +207,13 @@ def load_model(
     *,
     channels_last: bool | None = False,
     compile: bool | None = False,
+    rows: int | None = None,
 ) -> tuple[UNet, NoiseSchedule]:
     """An eval-mode U-Net on ``device`` and its schedule, from a checkpoint file, a
     diffusers folder or a bundled model name; each of ``steps`` is checked against it.
-    ``channels_last`` and ``compile`` prepare it (:func:`ddim.models.fast.for_inference`)."""
+    ``channels_last`` and ``compile`` prepare it (:func:`ddim.models.fast.for_inference`);
+    compiled, it always runs ``rows`` rows a pass (the batch size), so a short last batch
+    or guidance's ``2B`` rows compile nothing new."""
     from ddim.formats.checkpoint import BUNDLED, load_pretrained
     from ddim.formats.diffusers_folder import is_diffusers_folder, load_diffusers
 
@@ -225,7 +229,10 @@ def load_model(
     if channels_last or compile:
         from ddim.models.fast import for_inference
 
-        model = for_inference(model, channels_last=channels_last, compile=compile)
+        model = for_inference(
+            model, channels_last=bool(channels_last), compile=bool(compile),
+            rows=rows if compile else None,
+        )  # fmt: skip
     return model, schedule
 
 
@@ -237,24 +244,29 @@ def auto_speed(
     batch_size: int,
     device: torch.device,
     flags: tuple[bool | None, bool | None],
-) -> Fastest | None:
+) -> Fastest:
     """With neither ``--channels-last`` nor ``--compile`` given (``flags``), ``model``
     prepared the fastest measured way for sampling ``n`` images (:func:`report_speed` says
-    which); else None."""
-    if flags != (None, None):
-        return None
-    from ddim.workflows import fastest
+    which); else ``model`` as the flags prepared it. Either way the job's figures are
+    learned for the next choice (``Fastest.learn``)."""
+    from ddim import workflows
+    from ddim.models.fast import Setting
 
-    auto = fastest(
+    if flags != (None, None):
+        given = Setting(channels_last=bool(flags[0]), compile=bool(flags[1]),
+                        rows=min(n, batch_size) if flags[1] else None)  # fmt: skip
+        return workflows.as_given(
+            model, given, schedule, n, batch_size=batch_size, device=device, options=sampler
+        )
+    return workflows.fastest(
         model, schedule, n, image_shape(model), batch_size=batch_size, device=device,
         options=sampler,
     )  # fmt: skip
-    return auto
 
 
-def report_speed(auto: Fastest | None) -> None:
-    """Say which setting :func:`auto_speed` picked, and why."""
-    if auto is not None:
+def report_speed(auto: Fastest) -> None:
+    """Say which setting :func:`auto_speed` picked, and why (nothing when flags chose)."""
+    if auto.picked:
         click.echo(f"speed: {auto.setting.describe()} ({auto.why})")
 
 

@@ -134,13 +134,13 @@ def sample_command(
     common.check_image_output(out, n, force)
     common.check_output(trajectory, (".gif",), "--trajectory", force)
     model, schedule = options.load_model(
-        ckpt, device, [steps], channels_last=channels_last, compile=compile
+        ckpt, device, [steps], channels_last=channels_last, compile=compile, rows=min(n, batch_size)
     )
     labels, net, n, rows = guide.resolve(model, schedule, sampler, device, n)
     auto = options.auto_speed(
         model, schedule, sampler, n, batch_size, device, (channels_last, compile)
     )
-    model = auto.model if auto else model
+    model = auto.model
     total = options.progress_ticks(schedule, sampler, n, batch_size)
     start = time.perf_counter()
     with common.progress(total, "sampling") as tick:
@@ -158,8 +158,7 @@ def sample_command(
             return_trajectory=trajectory is not None,
             callback=tick,
         )
-    if auto:
-        auto.learn(time.perf_counter() - start)
+    auto.learn(time.perf_counter() - start)
     x0 = result[0] if trajectory is not None else result
     options.report_compilation(model)
     options.report_calls(schedule, sampler, n, batch_size)
@@ -216,12 +215,14 @@ def _sample_to_folder(
     common.check_output(npz, (".npz",), "--npz", force)
     device = distributed.init_from_env(device)
     rank, world_size = distributed.world()
-    model, schedule = options.load_model(ckpt, device, [sampler.steps], **fast)
+    model, schedule = options.load_model(
+        ckpt, device, [sampler.steps], **fast, rows=min(n, batch_size)
+    )
     labels, net, n, _ = guide.resolve(model, schedule, sampler, device, n)
     mine = sum(b - a for a, b in sample_folder.rank_batches(n, batch_size, rank, world_size))
     flags = (fast["channels_last"], fast["compile"])
     auto = options.auto_speed(model, schedule, sampler, mine, batch_size, device, flags)
-    model = auto.model if auto else model
+    model = auto.model
     total = options.progress_ticks(schedule, sampler, mine, batch_size)
     start = time.perf_counter()
     with common.progress(total, "sampling", shown=rank == 0) as tick:
@@ -230,8 +231,7 @@ def _sample_to_folder(
             batch_size=batch_size, device=device, options=sampler, labels=labels,
             classifier=net, overwrite=force, callback=tick,
         )  # fmt: skip
-    if auto:
-        auto.learn(time.perf_counter() - start)
+    auto.learn(time.perf_counter() - start)
     if rank != 0:
         return
     options.report_compilation(model)

@@ -48,10 +48,13 @@ class Setting:
 
 
 def compile_cache_dir() -> Path:
-    """Where torch.compile keeps its kernels: ``$TORCHINDUCTOR_CACHE_DIR`` if set, else
-    ``inductor/`` under :func:`ddim.cache.cache_dir` (set for this process), which outlives
-    the ``/tmp`` folder inductor uses by default."""
-    if not os.environ.get(INDUCTOR_CACHE):
+    """Where torch.compile keeps its kernels: ``$TORCHINDUCTOR_CACHE_DIR`` if the user set
+    it, else ``inductor/`` under :func:`ddim.cache.cache_dir` (set for this process), which
+    outlives the ``/tmp`` folder inductor uses by default (inductor writes that default into
+    the variable the first time it looks, so it counts as unset)."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    if os.environ.get(INDUCTOR_CACHE, default_cache_dir()) == default_cache_dir():
         os.environ[INDUCTOR_CACHE] = str(cache.cache_dir() / "inductor")
     return Path(os.environ[INDUCTOR_CACHE])
 
