@@ -18,7 +18,7 @@ from ddim.formats.latents import load_latents
 def test_sample_a_class_under_guidance_matches_the_library(ckpts, tmp_path) -> None:
     out = ok("sample", "--ckpt", ckpts["cond"], "--class", 2, "--guidance", 3, "-n", 3,
              "--steps", 6, "--out", tmp_path / "g.npz")  # fmt: skip
-    assert "classifier-free guidance: each call on 2 x 64 rows" in out.output
+    assert "classifier-free guidance: each call on 2 x 3 rows" in out.output
     model, sched = load_pretrained(ckpts["cond"])
     options = ddim.SamplerOptions(steps=6, guidance=3.0)
     x = workflows.generate(model, sched, 3, (1, 8, 8), options=options, labels=torch.full((3,), 2))

@@ -301,7 +301,7 @@ def report_calls(schedule: NoiseSchedule, sampler: SamplerOptions, n: int, batch
     batches = -(-n // batch_size)
     notes = []
     if o.guidance not in (None, 0.0, 1.0):
-        notes.append(f"classifier-free guidance: each call on 2 x {batch_size} rows")
+        notes.append(f"classifier-free guidance: each call on 2 x {min(n, batch_size)} rows")
     if o.classifier_scale is not None:
         notes.append(f"and {calls} classifier gradient passes")
     extra = f" ({'; '.join(notes)})" if notes else ""
