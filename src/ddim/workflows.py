@@ -97,8 +97,9 @@ def _job(
     batch_size: int,
     device: torch.device | str,
     options: SamplerOptions,
-) -> tuple[autospeed.Job, str, autospeed.Measured]:
-    """The job of sampling ``n`` images with ``options``, its record key, and its record."""
+) -> tuple[autospeed.Job, str, str, autospeed.Measured]:
+    """The job of sampling ``n`` images with ``options``, the precision it runs in, its
+    record key, and its record."""
     rows = min(n, batch_size)
     two_halves = num_classes(model) and options.guidance not in (None, 0.0, 1.0)
     o = options
@@ -110,7 +111,7 @@ def _job(
     measured = speed_record.load(key)
     if measured.compile_first is not None and not compile_cache_dir().is_dir():
         measured = dataclasses.replace(measured, compile_first=None, compile_again=None)
-    return job, key, measured
+    return job, chosen, key, measured
 
 
 def fastest(
@@ -128,13 +129,12 @@ def fastest(
     not a plain module with a ``config`` (already prepared, or a function) runs as given."""
     if not isinstance(model, nn.Module) or getattr(model, "config", None) is None:
         return Fastest(model, Setting(), "the model is not a plain U-Net module; run as given")
-    job, key, measured = _job(model, sched, n, batch_size, device, options)
+    job, chosen, key, measured = _job(model, sched, n, batch_size, device, options)
     guided = job.rows > job.batch  # whether to split guidance's 2B rows pays at any size
     if (job.calls >= autospeed.MIN_CALLS or guided) and measured.eager is None:
-        chosen = precision.choose(options.precision, device)[0]
         fresh = autospeed.measure(model, job, torch.device(device), chosen, tuple(shape))
-        measured = autospeed.Measured(**{**measured.to_dict(), **{
-            k: v for k, v in fresh.to_dict().items() if v is not None}})  # fmt: skip
+        found = {k: v for k, v in fresh.to_dict().items() if v is not None}
+        measured = dataclasses.replace(measured, **found)
         speed_record.save(key, measured)
     setting, why = autospeed.choose(job, measured)
     return Fastest(prepare(model, setting), setting, why, key, measured, job.calls)
@@ -153,7 +153,7 @@ def as_given(
     """``model``, already prepared in ``setting`` by the caller, wrapped so that the job's
     figures go into the same record :func:`fastest` reads (a ``--compile`` run teaches
     ``speed="auto"`` what compiling costs and saves here)."""
-    job, key, measured = _job(model, sched, n, batch_size, device, options)
+    job, _, key, measured = _job(model, sched, n, batch_size, device, options)
     return Fastest(model, setting, "asked for", key, measured, job.calls, picked=False)
 
 

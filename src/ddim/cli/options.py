@@ -20,6 +20,7 @@ from ddim.names import DEFAULT_FINAL_STEP, FINAL_STEPS, PRECISIONS, SOLVERS, SPA
 if TYPE_CHECKING:
     import torch
 
+    from ddim.models.fast import Setting
     from ddim.models.unet import UNet
     from ddim.sampling import SamplerOptions
     from ddim.schedule import NoiseSchedule
@@ -227,13 +228,20 @@ def load_model(
     for s in steps:
         check_steps(schedule, s)
     if channels_last or compile:
-        from ddim.models.fast import for_inference
+        from ddim.models.fast import prepare
 
-        model = for_inference(
-            model, channels_last=bool(channels_last), compile=bool(compile),
-            rows=rows if compile else None,
-        )  # fmt: skip
+        model = prepare(model, flag_setting(channels_last, compile, rows))
     return model, schedule
+
+
+def flag_setting(channels_last: bool | None, compile: bool | None, rows: int | None) -> Setting:
+    """The :class:`~ddim.models.fast.Setting` of ``--channels-last`` and ``--compile``: a
+    compiled model runs ``rows`` rows a pass."""
+    from ddim.models.fast import Setting
+
+    return Setting(
+        channels_last=bool(channels_last), compile=bool(compile), rows=rows if compile else None
+    )
 
 
 def auto_speed(
@@ -250,11 +258,9 @@ def auto_speed(
     which); else ``model`` as the flags prepared it. Either way the job's figures are
     learned for the next choice (``Fastest.learn``)."""
     from ddim import workflows
-    from ddim.models.fast import Setting
 
     if flags != (None, None):
-        given = Setting(channels_last=bool(flags[0]), compile=bool(flags[1]),
-                        rows=min(n, batch_size) if flags[1] else None)  # fmt: skip
+        given = flag_setting(*flags, min(n, batch_size))
         return workflows.as_given(
             model, given, schedule, n, batch_size=batch_size, device=device, options=sampler
         )
