@@ -24,6 +24,10 @@ DEFAULT_FINAL_STEP = "trapezoid"
 CONVERT_SOURCES = ("official", "pesser", "ours", "diffusers")
 CONVERT_TARGETS = ("ours", "diffusers")
 FEATURES = ("mnist", "mlp", "inception", "pixels")
+#: The judges of sample quality (``ddim.eval.judges``), in the order tables show them.
+JUDGES = (
+    "fd-mnist", "fd-mlp", "fd-pca", "kid-mnist", "precision", "recall", "recognizable",
+)  # fmt: skip
 #: The t's of the held-out loss (``ddim eval loss``), spread over a T = 1000 schedule.
 HELDOUT_TIMESTEPS = (50, 150, 300, 500, 700, 900)
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")

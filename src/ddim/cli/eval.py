@@ -25,9 +25,11 @@ from ddim.cli.eval_inpaint import inpaint_command
 from ddim.cli.eval_judge import judge_command
 from ddim.cli.eval_loss import loss_command
 from ddim.cli.eval_options import (
+    Judging,
     Run,
     Slice,
     grid_rows,
+    judge_options,
     load_images,
     reference_options,
     reference_stats,
@@ -122,6 +124,7 @@ def oracle_command(
     "--progress", type=click.Path(file_okay=False), default=None,
     help="keep each finished batch's statistics in this folder; a rerun resumes from them",
 )  # fmt: skip
+@judge_options
 def table1_command(
     run: Run,
     steps_list: list[int],
@@ -132,12 +135,15 @@ def table1_command(
     ref_slice: slice,
     ref_stats: str | None,
     progress: str | None,
+    judging: Judging,
 ) -> None:
     """Table 1: Fréchet distance of n samples to reference statistics, per eta and S.
 
     Reference statistics come from --ref-stats, or from --ref-data (cached under
     $DDIM_CACHE/stats). With --progress, a killed run, rerun with the same options, samples
     only the batches it had not finished, and gives the same numbers as an unbroken run.
+    With --judges, each cell is also scored by those judges, with intervals
+    (table1-judges.{md,json}).
     """
     from ddim.distributed import init_from_env, world
     from ddim.eval import experiments, metrics
@@ -146,8 +152,11 @@ def table1_command(
 
     if (ref_data is None) == (ref_stats is None):
         raise click.UsageError("give exactly one of --ref-data and --ref-stats")
+    if judging.judges and progress is not None:
+        raise click.UsageError("--judges needs every sample; it cannot resume from --progress")
     run = dataclasses.replace(run, device=init_from_env(run.device))
     model, schedule, shape = run.prepare(steps_list)
+    panel = judging.panel(ref_data, ref_slice, shape, run.device)
     feature_fn = metrics.feature_extractor(features, run.device)
     ref = reference_stats(feature_fn, features, ref_data, ref_slice, ref_stats, shape, run)
     precision = choose(run.precision, run.device)[0]
@@ -161,6 +170,7 @@ def table1_command(
     rows = experiments.table1(
         model, schedule, steps_list, etas, sigma_hat, run.n, run.batch_size, feature_fn, ref,
         run.seed, shape=shape, options=run.sampler(50), device=run.device, store=store,
+        tap=panel and panel.tap,
     )  # fmt: skip
     meta = {
         "title": f"Table 1 ({features} features, {run.spacing} spacing, n = {run.n})",
@@ -170,6 +180,9 @@ def table1_command(
         "ref": ref_stats or f"{ref_data}[{ref_slice.start}:{ref_slice.stop}]",
     }  # fmt: skip
     _write_table1(rows, run.out_dir, meta)
+    if panel is not None:
+        click.echo(panel.write(run.out_dir, "table1", judging.keep)
+                   + f"wrote {run.out_dir}/table1-judges.{{md,json}}")  # fmt: skip
 
 
 @eval_group.command("table2")

@@ -6,7 +6,15 @@ from __future__ import annotations
 import click
 
 from ddim.cli import guide_options
-from ddim.cli.eval_options import NumberList, Run, reference_options, reference_stats, run_options
+from ddim.cli.eval_options import (
+    Judging,
+    NumberList,
+    Run,
+    judge_options,
+    reference_options,
+    reference_stats,
+    run_options,
+)  # fmt: skip
 from ddim.cli.options import option
 
 
@@ -21,6 +29,7 @@ from ddim.cli.options import option
 @option("--unconditional/--no-unconditional", default=True,
         help="also score n unconditional samples (the null label)")  # fmt: skip
 @reference_options
+@judge_options
 def guidance_command(
     run: Run,
     steps: int,
@@ -32,10 +41,12 @@ def guidance_command(
     ref_data: str | None,
     ref_slice: slice,
     ref_stats: str | None,
+    judging: Judging,
 ) -> None:
     """The guidance trade-off: for each strength, the share of a class-balanced set of -n
     samples that the bundled MNIST classifier assigns the requested class, and the set's FD
-    against the reference (Ho & Salimans' Figure 1). Writes guidance.{md,json,png}."""
+    against the reference (Ho & Salimans' Figure 1). Writes guidance.{md,json,png} (and,
+    with --judges, guidance-judges.{md,json}: each set scored by those judges)."""
     from ddim.eval import metrics
     from ddim.eval.experiments import sample_stats
     from ddim.eval.guidance import guidance_curve, write_report
@@ -50,10 +61,11 @@ def guidance_command(
     feature_fn = metrics.feature_extractor(features, run.device)
     ref = reference_stats(feature_fn, features, ref_data, ref_slice, ref_stats, shape, run)
     judge = load_classifier(device=run.device).predict
+    panel = judging.panel(ref_data, ref_slice, shape, run.device)
     common = {
         "shape": shape, "n": run.n, "feature_fn": feature_fn, "reference": ref,
         "labeller": judge, "options": run.sampler(steps), "seed": run.seed,
-        "batch_size": run.batch_size, "device": run.device,
+        "batch_size": run.batch_size, "device": run.device, "tap": panel and panel.tap,
     }  # fmt: skip
     points = []
     if conditional and weights:
@@ -69,8 +81,9 @@ def guidance_command(
         )
     uncond = None
     if unconditional:
+        fn = feature_fn if panel is None else panel.tap("null-label", feature_fn)
         uncond = sample_stats(
-            model, sched, feature_fn, shape=shape, n=run.n, batch_size=run.batch_size,
+            model, sched, fn, shape=shape, n=run.n, batch_size=run.batch_size,
             seed=run.seed, options=run.sampler(steps), device=run.device,
         ).frechet_distance(ref)  # fmt: skip
     meta = {
@@ -80,3 +93,6 @@ def guidance_command(
     }  # fmt: skip
     table = write_report(points, uncond, run.out_dir, meta)
     click.echo(table + f"wrote {run.out_dir}/guidance.{{md,json,png}}")
+    if panel is not None:
+        click.echo(panel.write(run.out_dir, "guidance", judging.keep)
+                   + f"wrote {run.out_dir}/guidance-judges.{{md,json}}")  # fmt: skip

@@ -3,12 +3,11 @@ to the floor of real images (:mod:`ddim.eval.judges`)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
-from ddim.cli.eval_options import Slice, load_images
+from ddim.cli.eval_options import JudgeList, Slice, load_images
 from ddim.cli.options import option
 
 
@@ -22,6 +21,7 @@ from ddim.cli.options import option
         help="the training images: the PCA basis and the floor's draws")  # fmt: skip
 @option("--floor-draws", type=click.IntRange(min=0), default=5,
         help="random draws of real images to score as the floor (0: none)")  # fmt: skip
+@option("--judges", type=JudgeList(), default="all", help="which judges, comma-separated")
 @option("--out", default=None, metavar="PATH.md", help="also write the table (and a .json)")
 def judge_command(
     samples: tuple[str, ...],
@@ -29,39 +29,27 @@ def judge_command(
     ref_slice: slice,
     train_slice: slice,
     floor_draws: int,
+    judges: tuple[str, ...],
     out: str | None,
 ) -> None:
-    """Score each SAMPLES.npz (uint8 images, as `ddim sample --out x.npz` writes) with FD in
-    three feature spaces, KID, precision, recall and recognizability, each with a 95 %
-    interval, and (first row) random draws of as many training images: the floor."""
-    from ddim.eval.judges import JUDGES, Spaces, floor, judge
+    """Score each SAMPLES.npz (uint8 images, as `ddim sample --out x.npz` or --keep of the
+    other eval commands write) with FD in three feature spaces, KID, precision, recall and
+    recognizability, each with a 95 % interval, and (first row) random draws of as many
+    training images: the floor."""
+    from ddim.eval.judges import as_json, markdown
+    from ddim.eval.panel import Panel
     from ddim.formats.archives import load_npz
     from ddim.formats.atomic import atomic_write_text
 
     shape = (1, 28, 28)
-    reference_images = load_images(ref_data, ref_slice, shape)
     train = load_images(ref_data, train_slice, shape)
-    spaces = Spaces.build(train)
-    reference = spaces.features(reference_images)
-    sets = {Path(p).stem: load_npz(p) for p in samples}
-    rows = {}
-    n = len(next(iter(sets.values())))
-    if floor_draws:
-        rows[f"real images ({n}, {floor_draws} draws: mean [min, max])"] = floor(
-            train, n, reference, spaces.features, draws=floor_draws
-        )
-    for name, x in sets.items():
-        rows[f"{name} ({len(x)})"] = judge(spaces.features(x), reference)
-        click.echo(f"scored {name}", err=True)
-    header = "| samples | " + " | ".join(JUDGES) + " |"
-    lines = [header, "|---|" + "---:|" * len(JUDGES)]
-    lines += [f"| {name} | " + " | ".join(str(s[j]) for j in JUDGES) + " |"
-              for name, s in rows.items()]  # fmt: skip
-    table = "\n".join(lines) + "\n"
+    panel = Panel.build(judges, load_images(ref_data, ref_slice, shape), train, floor_draws)
+    for p in samples:
+        panel.add(Path(p).stem, load_npz(p))
+    rows = panel.scores()
+    table = markdown(rows)
     click.echo(table, nl=False)
     if out is not None:
         atomic_write_text(out, table)
-        atomic_write_text(Path(out).with_suffix(".json"), json.dumps(
-            {name: {j: vars(v) for j, v in s.items()} for name, s in rows.items()}, indent=1,
-        ) + "\n")  # fmt: skip
+        atomic_write_text(Path(out).with_suffix(".json"), as_json(rows))
         click.echo(f"wrote {out}")

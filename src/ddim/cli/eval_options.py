@@ -15,11 +15,12 @@ import click
 
 from ddim.cli import options
 from ddim.cli.options import option
-from ddim.names import FEATURES
+from ddim.names import FEATURES, JUDGES
 
 if TYPE_CHECKING:
     import torch
 
+    from ddim.eval.panel import Panel
     from ddim.models.unet import UNet
     from ddim.schedule import NoiseSchedule
 
@@ -179,3 +180,90 @@ def reference_stats(
             feature_fn, load_images(ref_data, ref_slice, shape), run.batch_size, run.device
         ),
     )
+
+
+class JudgeList(click.ParamType):
+    """Comma-separated judges of :data:`ddim.names.JUDGES`, or ``all`` (empty: none)."""
+
+    name = "judges"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, tuple):
+            return value
+        names = [v.strip() for v in str(value).split(",") if v.strip()]
+        if names == ["all"]:
+            return JUDGES
+        unknown = [v for v in names if v not in JUDGES]
+        if unknown:
+            self.fail(f"{value!r}: judges are all or some of {', '.join(JUDGES)}", param, ctx)
+        return tuple(dict.fromkeys(names))
+
+
+@dataclass(frozen=True)
+class Judging:
+    """The values of :func:`judge_options`."""
+
+    judges: tuple[str, ...]
+    train_slice: slice
+    floor_draws: int
+    keep: str | None
+
+    def panel(
+        self, ref_data: str | None, ref_slice: slice, shape: tuple[int, ...], device: Any
+    ) -> Panel | None:
+        """The :class:`~ddim.eval.panel.Panel` of ``--judges`` (``None`` without it), judging
+        against ``ref_data[ref_slice]``, PCA basis and floor from ``ref_data[train_slice]``."""
+        from ddim.distributed import world
+        from ddim.eval.panel import Panel
+
+        if not self.judges:
+            if self.keep is not None:
+                raise click.UsageError("--keep keeps the samples the judges see: give --judges")
+            return None
+        if ref_data is None:
+            raise click.UsageError("--judges needs --ref-data: they read the reference images")
+        if tuple(shape) != (1, 28, 28):
+            raise click.UsageError(f"the judges read 28 x 28 grey digits; the model makes {shape}")
+        if world()[1] > 1:
+            raise click.UsageError("--judges keeps every sample: run it in one process")
+        return Panel.build(
+            self.judges, load_images(ref_data, ref_slice, (1, 28, 28)),
+            load_images(ref_data, self.train_slice, (1, 28, 28)), self.floor_draws, device,
+        )  # fmt: skip
+
+
+def judge_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``--judges --train-slice --floor-draws --keep``, as ``judging: Judging``."""
+    return options.options_as(
+        Judging,
+        [
+            option(
+                "--judges",
+                type=JudgeList(),
+                default="",
+                show_default="none",
+                help="also score each set with these judges (comma-separated, or all), "
+                "each with its 95 % interval, next to the floor of real images: "
+                + ", ".join(JUDGES),
+            ),  # fmt: skip
+            option(
+                "--train-slice",
+                type=Slice(),
+                default="0:9000",
+                help="of --ref-data: the judges' PCA basis and the floor's draws",
+            ),  # fmt: skip
+            option(
+                "--floor-draws",
+                type=click.IntRange(min=0),
+                default=5,
+                help="random sets of real images judged as the floor (0: none)",
+            ),  # fmt: skip
+            option(
+                "--keep",
+                type=click.Path(file_okay=False),
+                default=None,
+                help="write each set the judges score here as <set>.npz (uint8)",
+            ),  # fmt: skip
+        ],
+        name="judging",
+    )(f)

@@ -7,7 +7,15 @@ from typing import Any
 
 import click
 
-from ddim.cli.eval_options import NumberList, Run, reference_options, reference_stats, run_options
+from ddim.cli.eval_options import (
+    Judging,
+    NumberList,
+    Run,
+    judge_options,
+    reference_options,
+    reference_stats,
+    run_options,
+)  # fmt: skip
 from ddim.cli.options import option
 from ddim.names import DEFAULT_FINAL_STEP, FINAL_STEPS, SOLVERS, SPACINGS
 
@@ -45,6 +53,7 @@ class SolverList(click.ParamType):
 @option("--fd-calls", type=NumberList(int, 1), default="10,20", help="FD budgets, solvers")
 @option("--ddim-calls", type=NumberList(int, 1), default="10,20,50,100", help="FD budgets, ddim")
 @reference_options
+@judge_options
 def solvers_command(
     run: Run,
     solvers: list[str],
@@ -59,6 +68,7 @@ def solvers_command(
     ref_data: str | None,
     ref_slice: slice,
     ref_stats: str | None,
+    judging: Judging,
 ) -> None:
     """Error against model calls for every solver.
 
@@ -66,11 +76,11 @@ def solvers_command(
     W2^2 to the data and the error against the exact ODE map, with DDIM at 1000 steps as
     the line to beat. (b) With --ref-data or --ref-stats (which turn it on): FD of -n
     samples of --ckpt at --fd-calls (--ddim-calls for ddim). Writes solvers-oracle.* and
-    solvers-fd.*.
+    solvers-fd.* (and, with --judges, solvers-judges.*: each run scored by those judges).
     """
     from ddim.eval import metrics, solver_curves
     from ddim.eval.exact_gaussian import gaussian_w2, output_variance, power_law_spectrum
-    from ddim.sampling import SamplerOptions
+    from ddim.sampling import SamplerOptions, model_calls
     from ddim.schedule import NoiseSchedule
 
     if ref_data is not None and ref_stats is not None:
@@ -107,12 +117,15 @@ def solvers_command(
     model, sched, shape = run.prepare([])
     feature_fn = metrics.feature_extractor(features, run.device)
     ref = reference_stats(feature_fn, features, ref_data, ref_slice, ref_stats, shape, run)
+    panel = judging.panel(ref_data, ref_slice, shape, run.device)
 
     def fd_of(o: SamplerOptions) -> tuple[float, None]:
         from ddim.eval.experiments import sample_stats
 
+        calls = model_calls(sched, o.steps, o.spacing, o.solver, o.final_step)
+        fn = feature_fn if panel is None else panel.tap(f"{o.solver}-{calls}calls", feature_fn)
         stats = sample_stats(
-            model, sched, feature_fn, shape=shape, n=run.n, batch_size=run.batch_size,
+            model, sched, fn, shape=shape, n=run.n, batch_size=run.batch_size,
             seed=run.seed, options=o, device=run.device,
         )  # fmt: skip
         return stats.frechet_distance(ref), None
@@ -127,6 +140,9 @@ def solvers_command(
     meta |= {"ckpt": run.ckpt, "n": run.n, "seed": run.seed, "features": features}
     table = solver_curves.write_curves(fd_points, run.out_dir, "solvers-fd", meta, "FD", budgets)
     click.echo(table + f"wrote {run.out_dir}/solvers-fd.{{md,json,png}}")
+    if panel is not None:
+        click.echo(panel.write(run.out_dir, "solvers", judging.keep)
+                   + f"wrote {run.out_dir}/solvers-judges.{{md,json}}")  # fmt: skip
 
 
 def replace_title(meta: dict[str, Any], title: str) -> dict[str, Any]:

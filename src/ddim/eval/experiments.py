@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from ddim.distributed import shard, world
-from ddim.eval.metrics import FeatureFn, FeatureStats, consistency, merge_across_ranks
+from ddim.eval.metrics import FeatureFn, FeatureStats, Tap, consistency, merge_across_ranks
 from ddim.eval.progress import BatchStore
 from ddim.eval.reports import Row, mse_markdown, run_grid, write_fd_grid, write_json
 from ddim.formats.atomic import atomic_write_text
@@ -97,21 +97,24 @@ def table1(
     options: SamplerOptions = DEFAULTS,
     device: torch.device | str = "cpu",
     store: BatchStore | None = None,
+    tap: Tap | None = None,
 ) -> list[Row]:
     """Table 1: FD between ``n`` samples and ``ref_stats`` for each ``(setting, S)``.
 
     Rows are ``eta in etas`` with eq. 16's sigma, then (``sigma_hat``) the official
     ``ddpm_noisy`` step, which clips x0_pred. ``shape`` is one sample's shape. With a
     ``store``, each cell keeps its finished batches in a subfolder of it (``S1000-eta0``,
-    ``S1000-sigma-hat``), and a rerun resumes from them.
+    ``S1000-sigma-hat``), and a rerun resumes from them. ``tap(cell, feature_fn)`` (e.g.
+    :meth:`ddim.eval.panel.Panel.tap`) wraps the feature function of each cell, named so.
     """
 
     def fd_of(steps: int, eta: float, variance: str) -> float:
         cell = replace(options, steps=steps, eta=eta, variance=variance)
         name = f"S{steps}-" + ("sigma-hat" if variance == "ddpm-large" else f"eta{eta:g}")
         kept = None if store is None else store.cell(name, cell)
+        fn = feature_fn if tap is None else tap(name, feature_fn)
         stats = sample_stats(
-            model, sched, feature_fn, shape=shape, n=n, batch_size=batch_size, seed=seed,
+            model, sched, fn, shape=shape, n=n, batch_size=batch_size, seed=seed,
             options=cell, device=device, store=kept,
         )  # fmt: skip
         return stats.frechet_distance(ref_stats)

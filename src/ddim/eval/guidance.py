@@ -21,7 +21,8 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ddim.eval.metrics import FeatureFn, FeatureStats
+from ddim.eval.judges import Interval, wilson
+from ddim.eval.metrics import FeatureFn, FeatureStats, Tap
 from ddim.eval.reports import write_json
 from ddim.formats.atomic import atomic_write_bytes, atomic_write_text
 from ddim.guidance import Classifier, num_classes
@@ -36,13 +37,20 @@ KINDS = {"cfg": "guidance", "classifier": "classifier_scale"}
 @dataclass(frozen=True)
 class GuidancePoint:
     """One guidance strength: its kind (``cfg`` or ``classifier``), the strength, the
-    share of samples assigned their class, the FD of the set, and the seconds it took."""
+    share of samples assigned their class, the FD of the set, the seconds it took, and the
+    number of samples."""
 
     kind: str
     strength: float
     accuracy: float
     fd: float
     seconds: float
+    n: int
+
+    @property
+    def interval(self) -> Interval:
+        """Wilson's 95 % interval of :attr:`accuracy`."""
+        return wilson(round(self.accuracy * self.n), self.n)
 
 
 def balanced_labels(k: int, n: int) -> torch.Tensor:
@@ -68,8 +76,10 @@ def guidance_curve(
     seed: int = 0,
     batch_size: int = 64,
     device: torch.device | str = "cpu",
+    tap: Tap | None = None,
 ) -> list[GuidancePoint]:
-    """:class:`GuidancePoint` of each strength of ``kind`` (module docstring)."""
+    """:class:`GuidancePoint` of each strength of ``kind`` (module docstring). ``tap`` wraps
+    the feature function of each strength's set, named ``cfg-w3`` or ``classifier-s2``."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
     k = num_classes(model) or num_classes(classifier)
@@ -85,20 +95,24 @@ def guidance_curve(
             options=run, labels=labels, classifier=classifier,
         )  # fmt: skip
         accuracy = (labeller(x).cpu() == labels).double().mean().item()
-        fd = FeatureStats.of_batches(feature_fn(c) for c in x.split(batch_size))
+        letter = "w" if kind == "cfg" else "s"
+        fn = feature_fn if tap is None else tap(f"{kind}-{letter}{strength:g}", feature_fn)
+        fd = FeatureStats.of_batches(fn(c) for c in x.split(batch_size))
         seconds = time.perf_counter() - start
         points.append(
-            GuidancePoint(kind, strength, accuracy, fd.frechet_distance(reference), seconds)
+            GuidancePoint(
+                kind, strength, accuracy, fd.frechet_distance(reference), seconds, len(labels)
+            )
         )
     return points
 
 
 def markdown(points: Sequence[GuidancePoint], unconditional_fd: float | None) -> str:
-    """A table of accuracy and FD per kind and strength."""
+    """A table of accuracy (with Wilson's 95 % interval) and FD per kind and strength."""
     lines = ["| guidance | strength | class accuracy | FD |", "|---|---:|---:|---:|"]
     for p in points:
         name = "classifier-free (w)" if p.kind == "cfg" else "classifier (s)"
-        lines.append(f"| {name} | {p.strength:g} | {100 * p.accuracy:.1f} % | {p.fd:.2f} |")
+        lines.append(f"| {name} | {p.strength:g} | {p.interval.percent()} | {p.fd:.2f} |")
     if unconditional_fd is not None:
         lines.append(f"| none (null label) | | | {unconditional_fd:.2f} |")
     return "\n".join(lines) + "\n"

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from ddim.eval.judges import Interval, wilson
 from ddim.inpaint import inpaint
 from ddim.sampling import Model
 from ddim.schedule import NoiseSchedule
@@ -26,13 +27,20 @@ Labeller = Callable[[torch.Tensor], torch.Tensor]
 @dataclass(frozen=True)
 class InpaintingScore:
     """One method: its name, model calls per image, the share of completions labelled as
-    the original, whether every known pixel came out unchanged, and the seconds it took."""
+    the original, whether every known pixel came out unchanged, the seconds it took, and
+    how many images it completed."""
 
     method: str
     calls: int
     accuracy: float
     known_kept: bool
     seconds: float
+    n: int
+
+    @property
+    def interval(self) -> Interval:
+        """Wilson's 95 % interval of :attr:`accuracy`."""
+        return wilson(round(self.accuracy * self.n), self.n)
 
 
 def nearest_neighbour(
@@ -94,15 +102,17 @@ def _score(
 ) -> InpaintingScore:
     accuracy = (judge(done).cpu() == labels.cpu()).double().mean().item()
     kept = bool(torch.equal(done * mask, x * mask))
-    return InpaintingScore(name, calls, accuracy, kept, time.perf_counter() - start)
+    return InpaintingScore(name, calls, accuracy, kept, time.perf_counter() - start, len(x))
 
 
 def markdown(scores: Sequence[InpaintingScore], clean: float | None = None) -> str:
-    """A table of the scores (and the judge's accuracy on the clean digits)."""
+    """A table of the scores, each share with Wilson's 95 % interval (and the judge's
+    accuracy on the clean digits)."""
     lines = ["| method | model calls | label kept | known pixels kept |", "|---|---:|---:|---|"]
     for s in scores:
         kept = "yes" if s.known_kept else "no"
-        lines.append(f"| {s.method} | {s.calls} | {100 * s.accuracy:.1f} % | {kept} |")
-    if clean is not None:
-        lines.append(f"| (the clean digits) | | {100 * clean:.1f} % | |")
+        lines.append(f"| {s.method} | {s.calls} | {s.interval.percent()} | {kept} |")
+    if clean is not None and scores:
+        n = scores[0].n
+        lines.append(f"| (the clean digits) | | {wilson(round(clean * n), n).percent()} | |")
     return "\n".join(lines) + "\n"

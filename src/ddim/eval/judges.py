@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,11 +34,8 @@ import torch
 
 from ddim.eval.metrics import FeatureStats
 from ddim.models.classifier import Judge, load_classifier
+from ddim.names import JUDGES
 
-#: The judges, in the order tables show them.
-JUDGES = (
-    "fd-mnist", "fd-mlp", "fd-pca", "kid-mnist", "precision", "recall", "recognizable",
-)  # fmt: skip
 #: Lower is better for these; higher for the rest.
 LOWER_IS_BETTER = ("fd-mnist", "fd-mlp", "fd-pca", "kid-mnist")
 PCA_COMPONENTS = 64
@@ -56,6 +54,10 @@ class Interval:
     def __str__(self) -> str:
         digits = 2 if abs(self.value) >= 1 else 4
         return f"{self.value:.{digits}f} [{self.low:.{digits}f}, {self.high:.{digits}f}]"
+
+    def percent(self) -> str:
+        """A share as ``83.0 % [80.6, 85.2]``."""
+        return f"{100 * self.value:.1f} % [{100 * self.low:.1f}, {100 * self.high:.1f}]"
 
 
 def wilson(successes: int, n: int, z: float = 1.96) -> Interval:
@@ -170,6 +172,12 @@ def judge(
             out[name] = kid(samples["mnist"], reference["mnist"])
         elif name in ("precision", "recall"):
             if "precision" not in out:
+                fewest = min(len(samples["mnist"]), len(reference["mnist"]))
+                if fewest <= NEAREST_K + 1:
+                    raise ValueError(
+                        f"precision and recall need more than {NEAREST_K + 1} images in each "
+                        f"set (their k = {NEAREST_K} nearest neighbours); one has {fewest}"
+                    )
                 with contextlib.redirect_stdout(io.StringIO()):  # prdc prints the counts
                     pr = compute_prdc(reference["mnist"], samples["mnist"], nearest_k=NEAREST_K)
                 n_fake, n_real = len(samples["mnist"]), len(reference["mnist"])
@@ -181,6 +189,22 @@ def judge(
         else:
             raise ValueError(f"unknown judge {name!r}; choose among {', '.join(JUDGES)}")
     return {name: out[name] for name in judges}
+
+
+def markdown(rows: Mapping[str, Mapping[str, Interval]]) -> str:
+    """One row per set of samples, one column per judge (those of the first row), each cell
+    the score and its interval."""
+    names = list(next(iter(rows.values())))
+    lines = ["| samples | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    lines += [f"| {row} | " + " | ".join(str(s[j]) for j in names) + " |"
+              for row, s in rows.items()]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def as_json(rows: Mapping[str, Mapping[str, Interval]]) -> str:
+    """The rows of :func:`markdown` as JSON: ``{row: {judge: {value, low, high}}}``."""
+    return json.dumps({row: {j: vars(v) for j, v in s.items()} for row, s in rows.items()},
+                      indent=1) + "\n"  # fmt: skip
 
 
 def floor(

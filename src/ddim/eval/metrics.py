@@ -35,6 +35,8 @@ from ddim.formats.atomic import atomic_write_bytes
 from ddim.names import FEATURES
 
 FeatureFn = Callable[[torch.Tensor], torch.Tensor]
+#: Wraps the feature function of a named cell (:meth:`ddim.eval.panel.Panel.tap`).
+Tap = Callable[[str, FeatureFn], FeatureFn]
 INCEPTION_DIM = 2048
 
 
