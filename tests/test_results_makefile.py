@@ -87,3 +87,35 @@ def test_the_results_makefile_makes_every_piece_once(tmp_path, write_checkpoint)
     assert run("clean").returncode == 0
     assert not (out / "table1/table1.json").exists() and not (pictures / "samples.png").exists()
     assert run("-q", "all").returncode == 1
+
+
+def test_the_judges_re_read_table1_and_the_solver_table_from_kept_samples(
+    tmp_path, write_checkpoint
+):
+    torch.manual_seed(0)
+    ckpt = tmp_path / "tiny.safetensors"
+    write_checkpoint(ckpt, UNet(TINY).state_dict(), ddim.NoiseSchedule.linear(20), config=TINY)
+    data = tmp_path / "digits.npz"
+    save_npz(data, torch.rand(24, 1, 28, 28, generator=torch.Generator().manual_seed(1)) * 2 - 1)
+    out, solvers, work = tmp_path / "mnist", tmp_path / "solvers", tmp_path / "work"
+    settings = {
+        "DDIM": f"{sys.executable} -m ddim.cli", "CKPT": ckpt, "DATA": data, "BATCH": 4,
+        "OUT": out, "SOLVERS_OUT": solvers, "WORK": work, "TRAIN": "0:12", "HELD": "12:24",
+        "N": 8, "SOLVER_N": 8, "JUDGE_STEPS": "2 5", "JUDGE_ROWS": "eta0 sigma-hat",
+        "SOLVER_CALLS": "4", "DDIM_CALLS": "5", "SOLVER_FEW": 4,
+    }  # fmt: skip
+    make = ["make", "-f", str(MAKEFILE), *(f"{k}={v}" for k, v in settings.items())]
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    done = subprocess.run([*make, "judges", "solver-judges"], capture_output=True, text=True,
+                          env=env)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    table1 = json.loads((out / "judges/table1.json").read_text())
+    assert list(table1)[1:] == [f"S{s}-{r} (8)" for s in (2, 5) for r in ("eta0", "sigma-hat")]
+    rows = json.loads((solvers / "judges/solvers.json").read_text())
+    assert rows["solvers-ddim/ddim-5calls (8)"]["recall"]["high"] <= 1
+    runs = {name.split("/")[0] for name in list(rows)[1:]}
+    assert runs == {f"solvers-{r}" for r in ("main", "ddim", "denoise", "karras", "uniform-2m10",
+                                               "none-2m10")}  # fmt: skip
+    assert len(list(rows)) == 1 + 6 + 1 + 2 + 2 + 1 + 1  # the floor, then every run's cells
+    again = subprocess.run([*make, "-q", "judges", "solver-judges"], env=env)
+    assert again.returncode == 0, "a second run would redo work"

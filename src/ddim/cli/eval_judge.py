@@ -35,7 +35,7 @@ def judge_command(
     """Score each SAMPLES.npz (uint8 images, as `ddim sample --out x.npz` or --keep of the
     other eval commands write) with FD in three feature spaces, KID, precision, recall and
     recognizability, each with a 95 % interval, and (first row) random draws of as many
-    training images: the floor."""
+    training images: the floor. Rows are named by file (by folder/file where names repeat)."""
     from ddim.eval.judges import as_json, markdown
     from ddim.eval.panel import Panel
     from ddim.formats.archives import load_npz
@@ -44,8 +44,13 @@ def judge_command(
     shape = (1, 28, 28)
     train = load_images(ref_data, train_slice, shape)
     panel = Panel.build(judges, load_images(ref_data, ref_slice, shape), train, floor_draws)
-    for p in samples:
-        panel.add(Path(p).stem, load_npz(p))
+    paths = [Path(p) for p in samples]
+    if len(set(paths)) < len(paths):
+        raise click.UsageError("a file is given twice")
+    stems = [p.stem for p in paths]
+    unique = len(set(stems)) == len(stems)
+    for path, stem in zip(paths, stems, strict=True):
+        panel.add(stem if unique else f"{path.parent.name}/{stem}", load_npz(path))
     rows = panel.scores()
     table = markdown(rows)
     click.echo(table, nl=False)
