@@ -22,7 +22,11 @@ from ddim.cli.options import option
 @option("--floor-draws", type=click.IntRange(min=0), default=5,
         help="random draws of real images to score as the floor (0: none)")  # fmt: skip
 @option("--judges", type=JudgeList(), default="all", help="which judges, comma-separated")
-@option("--out", default=None, metavar="PATH.md", help="also write the table (and a .json)")
+@option("--baseline", type=click.Path(exists=True, dir_okay=False), default=None,
+        metavar="BASE.npz", help="also print each set's difference from this set of the same "
+        "seeds, with a paired bootstrap interval (bold: zero left out)")  # fmt: skip
+@option("--out", default=None, metavar="PATH.md",
+        help="also write the table, a .json and (--baseline) PATH-paired.md, .json")  # fmt: skip
 def judge_command(
     samples: tuple[str, ...],
     ref_data: str,
@@ -30,6 +34,7 @@ def judge_command(
     train_slice: slice,
     floor_draws: int,
     judges: tuple[str, ...],
+    baseline: str | None,
     out: str | None,
 ) -> None:
     """Score each SAMPLES.npz (uint8 images, as `ddim sample --out x.npz` or --keep of the
@@ -37,7 +42,7 @@ def judge_command(
     recognizability, each with a 95 % interval, and (first row) random draws of as many
     training images: the floor. Rows are named by file (by folder/file where names repeat)."""
     from ddim.eval.judges import as_json, markdown
-    from ddim.eval.panel import Panel
+    from ddim.eval.panel import Panel, from_pixels
     from ddim.formats.archives import load_npz
     from ddim.formats.atomic import atomic_write_text
 
@@ -58,3 +63,22 @@ def judge_command(
         atomic_write_text(out, table)
         atomic_write_text(Path(out).with_suffix(".json"), as_json(rows))
         click.echo(f"wrote {out}")
+    if baseline is not None:
+        from ddim.eval import paired
+
+        base = panel.spaces.features(load_npz(baseline))
+        diffs = {}
+        for path, name in zip(paths, panel.cells, strict=True):
+            if path.resolve() != Path(baseline).resolve():
+                x = panel.spaces.features(from_pixels(panel.samples(name)))
+                diffs[f"{name} − {Path(baseline).stem}"] = paired.compare(
+                    base, x, panel.reference, judges
+                )
+                click.echo(f"compared {name}", err=True)
+        table = paired.markdown(diffs)
+        click.echo("\n" + table, nl=False)
+        if out is not None:
+            stem = Path(out).with_suffix("")
+            atomic_write_text(f"{stem}-paired.md", table)
+            atomic_write_text(f"{stem}-paired.json", as_json(diffs))
+            click.echo(f"wrote {stem}-paired.md")

@@ -150,6 +150,22 @@ class Spaces:
         return out
 
 
+def precision_recall(samples: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
+    """Precision and recall (Kynkäänniemi et al. 2019) of ``samples`` against ``reference``
+    features, with ``prdc``'s k-nearest-neighbour manifolds (k = :data:`NEAREST_K`)."""
+    from prdc import compute_prdc
+
+    fewest = min(len(samples), len(reference))
+    if fewest <= NEAREST_K + 1:
+        raise ValueError(
+            f"precision and recall need more than {NEAREST_K + 1} images in each "
+            f"set (their k = {NEAREST_K} nearest neighbours); one has {fewest}"
+        )
+    with contextlib.redirect_stdout(io.StringIO()):  # prdc prints the counts
+        pr = compute_prdc(reference, samples, nearest_k=NEAREST_K)
+    return float(pr["precision"]), float(pr["recall"])
+
+
 def judge(
     samples: dict[str, np.ndarray],
     reference: dict[str, np.ndarray],
@@ -158,8 +174,6 @@ def judge(
 ) -> dict[str, Interval]:
     """Score the features of a set of samples against those of the reference images
     (:meth:`Spaces.features` of each)."""
-    from prdc import compute_prdc
-
     out: dict[str, Interval] = {}
     stats: dict[str, FeatureStats] = {}
     for name in judges:
@@ -172,17 +186,10 @@ def judge(
             out[name] = kid(samples["mnist"], reference["mnist"])
         elif name in ("precision", "recall"):
             if "precision" not in out:
-                fewest = min(len(samples["mnist"]), len(reference["mnist"]))
-                if fewest <= NEAREST_K + 1:
-                    raise ValueError(
-                        f"precision and recall need more than {NEAREST_K + 1} images in each "
-                        f"set (their k = {NEAREST_K} nearest neighbours); one has {fewest}"
-                    )
-                with contextlib.redirect_stdout(io.StringIO()):  # prdc prints the counts
-                    pr = compute_prdc(reference["mnist"], samples["mnist"], nearest_k=NEAREST_K)
+                precision, recall = precision_recall(samples["mnist"], reference["mnist"])
                 n_fake, n_real = len(samples["mnist"]), len(reference["mnist"])
-                out["precision"] = wilson(round(pr["precision"] * n_fake), n_fake)
-                out["recall"] = wilson(round(pr["recall"] * n_real), n_real)
+                out["precision"] = wilson(round(precision * n_fake), n_fake)
+                out["recall"] = wilson(round(recall * n_real), n_real)
         elif name == "recognizable":
             sure = int((samples["probs"].max(axis=1) >= RECOGNIZABLE).sum())
             out[name] = wilson(sure, len(samples["probs"]))
