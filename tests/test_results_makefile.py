@@ -30,12 +30,19 @@ pytestmark = [
 ]
 
 
-def test_the_results_makefile_makes_every_piece_once(tmp_path, write_checkpoint):
+def tiny_model_and_data(tmp_path: Path, write_checkpoint, images: int) -> tuple[Path, Path]:
+    """A tiny random 28 x 28 U-Net (T = 20) and ``images`` random images."""
     torch.manual_seed(0)
     ckpt = tmp_path / "tiny.safetensors"
     write_checkpoint(ckpt, UNet(TINY).state_dict(), ddim.NoiseSchedule.linear(20), config=TINY)
     data = tmp_path / "digits.npz"
-    save_npz(data, torch.rand(12, 1, 28, 28, generator=torch.Generator().manual_seed(1)) * 2 - 1)
+    noise = torch.rand(images, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    save_npz(data, noise * 2 - 1)
+    return ckpt, data
+
+
+def test_the_results_makefile_makes_every_piece_once(tmp_path, write_checkpoint):
+    ckpt, data = tiny_model_and_data(tmp_path, write_checkpoint, 12)
     out, solvers, pictures = tmp_path / "mnist", tmp_path / "solvers", tmp_path / "docs"
     settings = {
         "DDIM": f"{sys.executable} -m ddim.cli", "PYTHON": sys.executable,
@@ -92,11 +99,7 @@ def test_the_results_makefile_makes_every_piece_once(tmp_path, write_checkpoint)
 def test_the_judges_re_read_table1_and_the_solver_table_from_kept_samples(
     tmp_path, write_checkpoint
 ):
-    torch.manual_seed(0)
-    ckpt = tmp_path / "tiny.safetensors"
-    write_checkpoint(ckpt, UNet(TINY).state_dict(), ddim.NoiseSchedule.linear(20), config=TINY)
-    data = tmp_path / "digits.npz"
-    save_npz(data, torch.rand(24, 1, 28, 28, generator=torch.Generator().manual_seed(1)) * 2 - 1)
+    ckpt, data = tiny_model_and_data(tmp_path, write_checkpoint, 24)
     out, solvers, work = tmp_path / "mnist", tmp_path / "solvers", tmp_path / "work"
     settings = {
         "DDIM": f"{sys.executable} -m ddim.cli", "CKPT": ckpt, "DATA": data, "BATCH": 4,
