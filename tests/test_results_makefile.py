@@ -114,6 +114,9 @@ def test_the_judges_re_read_table1_and_the_solver_table_from_kept_samples(
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     table1 = json.loads((out / "judges/table1.json").read_text())
     assert list(table1)[1:] == [f"S{s}-{r} (8)" for s in (2, 5) for r in ("eta0", "sigma-hat")]
+    for steps in (2, 5):
+        paired = json.loads((out / f"judges/paired-S{steps}.json").read_text())
+        assert list(paired) == [f"S{steps}-sigma-hat − S{steps}-eta0"]
     rows = json.loads((solvers / "judges/solvers.json").read_text())
     assert rows["solvers-ddim/ddim-5calls (8)"]["recall"]["high"] <= 1
     runs = {name.split("/")[0] for name in list(rows)[1:]}
