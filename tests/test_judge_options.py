@@ -149,3 +149,16 @@ def test_the_judges_need_images_not_statistics(files, tmp_path) -> None:
                  "--judges", "all", "--calls", "4", "--dim", 4, "--out-dir", tmp_path)  # fmt: skip
     assert result.exit_code == 2
     assert "--judges needs --ref-data: they read the reference images" in result.output
+
+
+def test_ddim_eval_judge_names_rows_by_folder_where_file_names_repeat(files, tmp_path) -> None:
+    digits = np.load(files["data"])["samples"]
+    for folder, part in (("a", digits[:50]), ("b", digits[50:100])):
+        (tmp_path / folder).mkdir()
+        np.savez(tmp_path / folder / "cell.npz", samples=part)
+    common = ["--ref-data", files["data"], *JUDGING, "--floor-draws", 0, "--judges", "fd-pca"]
+    ok("eval", "judge", tmp_path / "a/cell.npz", tmp_path / "b/cell.npz", *common,
+       "--out", tmp_path / "j.md")  # fmt: skip
+    assert list(json.loads((tmp_path / "j.json").read_text())) == ["a/cell (50)", "b/cell (50)"]
+    result = run("eval", "judge", tmp_path / "a/cell.npz", tmp_path / "a/cell.npz", *common)
+    assert result.exit_code == 2 and "a file is given twice" in result.output
