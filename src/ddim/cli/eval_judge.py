@@ -75,7 +75,7 @@ def judge_command(
                     base, x, panel.reference, judges
                 )
                 click.echo(f"compared {name}", err=True)
-        table = paired.markdown(diffs)
+        table = markdown(diffs, head="difference", bold_nonzero=True)
         click.echo("\n" + table, nl=False)
         if out is not None:
             stem = Path(out).with_suffix("")

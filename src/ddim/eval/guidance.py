@@ -21,7 +21,7 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ddim.eval.judges import Interval, wilson
+from ddim.eval.judges import share
 from ddim.eval.metrics import FeatureFn, FeatureStats, Tap
 from ddim.eval.reports import write_json
 from ddim.formats.atomic import atomic_write_bytes, atomic_write_text
@@ -46,11 +46,6 @@ class GuidancePoint:
     fd: float
     seconds: float
     n: int
-
-    @property
-    def interval(self) -> Interval:
-        """Wilson's 95 % interval of :attr:`accuracy`."""
-        return wilson(round(self.accuracy * self.n), self.n)
 
 
 def balanced_labels(k: int, n: int) -> torch.Tensor:
@@ -112,7 +107,8 @@ def markdown(points: Sequence[GuidancePoint], unconditional_fd: float | None) ->
     lines = ["| guidance | strength | class accuracy | FD |", "|---|---:|---:|---:|"]
     for p in points:
         name = "classifier-free (w)" if p.kind == "cfg" else "classifier (s)"
-        lines.append(f"| {name} | {p.strength:g} | {p.interval.percent()} | {p.fd:.2f} |")
+        accuracy = share(p.accuracy, p.n).percent()
+        lines.append(f"| {name} | {p.strength:g} | {accuracy} | {p.fd:.2f} |")
     if unconditional_fd is not None:
         lines.append(f"| none (null label) | | | {unconditional_fd:.2f} |")
     return "\n".join(lines) + "\n"

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from ddim.eval.judges import Interval, wilson
+from ddim.eval.judges import share
 from ddim.inpaint import inpaint
 from ddim.sampling import Model
 from ddim.schedule import NoiseSchedule
@@ -36,11 +36,6 @@ class InpaintingScore:
     known_kept: bool
     seconds: float
     n: int
-
-    @property
-    def interval(self) -> Interval:
-        """Wilson's 95 % interval of :attr:`accuracy`."""
-        return wilson(round(self.accuracy * self.n), self.n)
 
 
 def nearest_neighbour(
@@ -111,8 +106,8 @@ def markdown(scores: Sequence[InpaintingScore], clean: float | None = None) -> s
     lines = ["| method | model calls | label kept | known pixels kept |", "|---|---:|---:|---|"]
     for s in scores:
         kept = "yes" if s.known_kept else "no"
-        lines.append(f"| {s.method} | {s.calls} | {s.interval.percent()} | {kept} |")
+        lines.append(f"| {s.method} | {s.calls} | {share(s.accuracy, s.n).percent()} | {kept} |")
     if clean is not None and scores:
         n = scores[0].n
-        lines.append(f"| (the clean digits) | | {wilson(round(clean * n), n).percent()} | |")
+        lines.append(f"| (the clean digits) | | {share(clean, n).percent()} | |")
     return "\n".join(lines) + "\n"

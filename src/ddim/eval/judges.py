@@ -68,6 +68,11 @@ def wilson(successes: int, n: int, z: float = 1.96) -> Interval:
     return Interval(p, centre - half, centre + half)
 
 
+def share(p: float, n: int) -> Interval:
+    """Wilson's interval of a share ``p`` of ``n`` (``p * n`` rounded to a count)."""
+    return wilson(round(p * n), n)
+
+
 def fd_interval(
     features: np.ndarray, reference: FeatureStats, boots: int = 200, seed: int = 0
 ) -> Interval:
@@ -198,12 +203,19 @@ def judge(
     return {name: out[name] for name in judges}
 
 
-def markdown(rows: Mapping[str, Mapping[str, Interval]]) -> str:
+def markdown(
+    rows: Mapping[str, Mapping[str, Interval]], head: str = "samples", bold_nonzero: bool = False
+) -> str:
     """One row per set of samples, one column per judge (those of the first row), each cell
-    the score and its interval."""
+    the score and its interval; with ``bold_nonzero`` (differences), in bold where the
+    interval leaves out zero."""
+
+    def cell(s: Interval) -> str:
+        return f"**{s}**" if bold_nonzero and (s.low > 0 or s.high < 0) else str(s)
+
     names = list(next(iter(rows.values())))
-    lines = ["| samples | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
-    lines += [f"| {row} | " + " | ".join(str(s[j]) for j in names) + " |"
+    lines = [f"| {head} | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    lines += [f"| {row} | " + " | ".join(cell(s[j]) for j in names) + " |"
               for row, s in rows.items()]  # fmt: skip
     return "\n".join(lines) + "\n"
 

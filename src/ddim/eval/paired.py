@@ -78,14 +78,3 @@ def compare(
         j: Interval(vb[j] - va[j], vb[j] - va[j] - float(h), vb[j] - va[j] + float(h))
         for j, h in zip(judges, half, strict=True)
     }
-
-
-def markdown(rows: Mapping[str, Mapping[str, Interval]]) -> str:
-    """:func:`ddim.eval.judges.markdown` of differences, in bold where the interval leaves
-    out zero."""
-    names = list(next(iter(rows.values())))
-    lines = ["| difference | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
-    for row, scores in rows.items():
-        cells = [f"**{s}**" if s.low > 0 or s.high < 0 else str(s) for s in scores.values()]
-        lines.append(f"| {row} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
