@@ -81,6 +81,7 @@ def test_translate_matches_the_library(ckpts, tmp_path) -> None:
         (["edit", "--strength", 1.5], "1.5"),
         (["inpaint", "--mask", "middle"], "neither a file nor one of top-half"),
         (["inpaint", "--mask", "bottom-half", "--method", "magic"], "'magic' is not one of"),
+        (["inpaint", "--mask", "bottom-half", "--resample-below", 0], "0 is not in the range"),
         (["translate", "--from", 0, "--to", 3], "3 is not a class of this model: give 0..2"),
         (["edit", "--class", "all"], "this command takes one class K, not all"),
     ],
@@ -121,15 +122,19 @@ def test_eval_inpaint_scores_every_method_against_the_nearest_neighbour(tmp_path
     out = ok("eval", "inpaint", "--data", tmp_path / "d-images-idx3-ubyte.gz",
              "--labels", tmp_path / "d-labels-idx1-ubyte.gz", "--slice", "8:12",
              "--train-slice", "0:8", "-n", 4, "--steps", 4,
-             "--methods", "replace,repaint:2,dps,ddnm:2:2",
+             "--methods", "replace,repaint:2,dps,ddnm:2:2,ddnm:2:2:0.2",
              "--precision", "fp32", "--out-dir", tmp_path / "r")  # fmt: skip
     result = json.loads((tmp_path / "r" / "inpaint.json").read_text())
     rows = {s["method"]: s for s in result["scores"]}
     assert list(rows) == ["replace", "repaint, r = 2", "dps", "ddnm, r = 2, jump 2",
-                          "nearest neighbour"]  # fmt: skip
-    assert [rows[m]["calls"] for m in rows] == [4, 7, 4, 6, 0]  # ddnm: back 2 once, at 2
+                          "ddnm, r = 2, jump 2, t < 0.2 T", "nearest neighbour"]  # fmt: skip
+    # ddnm: back 2 once, at point 2 (t = 250), but not where only t < 200 resamples
+    assert [rows[m]["calls"] for m in rows] == [4, 7, 4, 6, 4, 0]
     assert all(s["known_kept"] for s in rows.values())
     assert "| replace | 4 |" in out.output and (tmp_path / "r" / "inpaint.png").is_file()
+    data = ("--data", tmp_path / "d-images-idx3-ubyte.gz", "--labels", tmp_path / "x.gz")
+    bad = run("eval", "inpaint", *data, "--methods", "ddnm:2:2:1.5")
+    assert bad.exit_code == 2 and "'ddnm:2:2:1.5': BELOW is a number in (0, 1]" in bad.stderr
 
 
 @pytest.mark.slow

@@ -141,8 +141,9 @@ def test_inpainting_gives_the_cli_image_and_keeps_the_known_pixels(
     assert png_of(got["image"]) == out.read_bytes()
     image, original = np.asarray(Image.open(out)), np.asarray(Image.open(path))
     assert np.array_equal(image[:4], original[:4])
-    # 4 steps; repaint and ddnm go 2 steps back up and down 4 more times after point 2
-    assert got["model_calls"] == (4 + 4 * 2 if method in ("repaint", "ddnm") else 4)
+    # 4 steps of T = 100 (t = 75, 50, 25, 0); repaint and ddnm go 2 steps back up and down
+    # 14 more times after point 2 (t = 25 < T / 2)
+    assert got["model_calls"] == (4 + 14 * 2 if method in ("repaint", "ddnm") else 4)
     assert got["grad_passes"] == (4 if method == "dps" else 0)
 
 

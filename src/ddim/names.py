@@ -44,4 +44,8 @@ LOSS_WEIGHTINGS = ("simple", "min-snr")
 #: How the known pixels steer inpainting (``ddim.inpaint``), and the named masks, each after
 #: the region it fills (``ddim.formats.masks``).
 INPAINT_METHODS = ("replace", "repaint", "dps", "ddnm")
+#: Inpainting's resampling by default, the setting that kept the label of inpainted held-out
+#: digits most often (docs/RESULTS.md §4.2): 15 times over jumps of 2 steps, in the low-noise
+#: half of the walk only (t < T / 2); 160 model calls at 20 steps.
+INPAINT_RESAMPLE, INPAINT_JUMP_LENGTH, INPAINT_RESAMPLE_BELOW = 15, 2, 0.5
 NAMED_MASKS = ("top-half", "bottom-half", "left-half", "right-half", "center")

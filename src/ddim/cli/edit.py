@@ -11,7 +11,13 @@ import click
 from ddim.cli import common, guide_options, options
 from ddim.cli.encode import load_inputs
 from ddim.cli.options import choice_option, count_option, option, out_option, steps_option
-from ddim.names import INPAINT_METHODS, NAMED_MASKS
+from ddim.names import (
+    INPAINT_JUMP_LENGTH,
+    INPAINT_METHODS,
+    INPAINT_RESAMPLE,
+    INPAINT_RESAMPLE_BELOW,
+    NAMED_MASKS,
+)
 
 if TYPE_CHECKING:
     pass
@@ -65,8 +71,16 @@ def edit_command(
 )
 @out_option("inpainted.png", "PATH", "a .png grid, a .npz or a folder/ of the completed images")
 @choice_option("--method", INPAINT_METHODS, default="ddnm", help="how the known pixels steer")
-@count_option("--resample", default=5, help="resamplings per level (repaint, ddnm)")
-@count_option("--jump-length", default=2, help="how far a resampling goes back up, in steps")
+@count_option("--resample", default=INPAINT_RESAMPLE, help="resamplings per level (repaint, ddnm)")
+@count_option(
+    "--jump-length", default=INPAINT_JUMP_LENGTH, help="how far a resampling goes back up, in steps"
+)
+@option(
+    "--resample-below",
+    type=click.FloatRange(min=0.0, max=1.0, min_open=True),
+    default=INPAINT_RESAMPLE_BELOW,
+    help="resample only at timesteps t < this x T (1: everywhere, as RePaint)",
+)
 @option("--eta", type=click.FloatRange(min=0.0), default=1.0, help="eta of eq. 16")
 @steps_option
 @guide_options.class_guidance
@@ -80,6 +94,7 @@ def inpaint_command(
     method: str,
     resample: int,
     jump_length: int,
+    resample_below: float,
     eta: float,
     steps: int,
     guide: guide_options.ClassChoice,
@@ -97,8 +112,8 @@ def inpaint_command(
     keep = read_mask(mask, x0.shape[-1]).to(x0.device)
     result = inpaint(
         model, x0, keep, schedule, steps=steps, spacing=run.spacing, method=method, eta=eta,
-        jump_length=jump_length, resample=resample, y=labels, guidance=guide.guidance,
-        precision=run.precision, seed=seed,
+        jump_length=jump_length, resample=resample, resample_below=resample_below, y=labels,
+        guidance=guide.guidance, precision=run.precision, seed=seed,
     )  # fmt: skip
     click.echo(f"{method}: {result.model_calls} model calls, {result.grad_passes} gradient passes")
     click.echo(f"wrote {common.write_images(out, result.images)}")

@@ -15,8 +15,9 @@ from ddim.names import INPAINT_METHODS, NAMED_MASKS
 
 
 class MethodList(click.ParamType):
-    """Comma-separated ``METHOD[:RESAMPLE[:JUMP]]``: ``(method, resample, jump_length)``
-    each, resampling 1 and jumps of 1 step unless given."""
+    """Comma-separated ``METHOD[:RESAMPLE[:JUMP[:BELOW]]]``: ``(method, resample,
+    jump_length, resample_below)`` each, resampling 1, jumps of 1 step and resampling at
+    every t (BELOW = 1) unless given."""
 
     name = "method list"
 
@@ -26,20 +27,36 @@ class MethodList(click.ParamType):
         out = []
         for item in str(value).split(","):
             method, *numbers = item.strip().split(":")
-            if method not in INPAINT_METHODS or len(numbers) > 2:
-                self.fail(f"{item!r} is not METHOD[:RESAMPLE[:JUMP]] with METHOD one of "
+            if method not in INPAINT_METHODS or len(numbers) > 3:
+                self.fail(f"{item!r} is not METHOD[:RESAMPLE[:JUMP[:BELOW]]] with METHOD one of "
                           f"{', '.join(INPAINT_METHODS)}", param, ctx)  # fmt: skip
-            if not all(n.isdigit() and int(n) >= 1 for n in numbers):
+            if not all(n.isdigit() and int(n) >= 1 for n in numbers[:2]):
                 self.fail(f"{item!r}: RESAMPLE and JUMP are whole numbers >= 1", param, ctx)
-            r, j = ([int(n) for n in numbers] + [1, 1])[:2]
-            out.append((method, r, j))
+            below = _fraction(numbers[2]) if len(numbers) == 3 else 1.0
+            if below is None:
+                self.fail(f"{item!r}: BELOW is a number in (0, 1]", param, ctx)
+            r, j = ([int(n) for n in numbers[:2]] + [1, 1])[:2]
+            out.append((method, r, j, below))
         return out
 
     @staticmethod
-    def name_of(method: str, resample: int, jump: int) -> str:
-        """``ddnm, r = 5, jump 2``: how a table names a method."""
-        return method + (f", r = {resample}" if resample > 1 else "") + (
-            f", jump {jump}" if jump > 1 else "")  # fmt: skip
+    def name_of(method: str, resample: int, jump: int, below: float) -> str:
+        """``ddnm, r = 15, jump 2, t < 0.5 T``: how a table names a method."""
+        return (
+            method
+            + (f", r = {resample}" if resample > 1 else "")
+            + (f", jump {jump}" if jump > 1 else "")
+            + (f", t < {below:g} T" if below < 1 else "")
+        )
+
+
+def _fraction(text: str) -> float | None:
+    """``text`` as a number in (0, 1], or None."""
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if 0 < value <= 1 else None
 
 
 @click.command("inpaint")
@@ -50,9 +67,9 @@ class MethodList(click.ParamType):
 @option("--train-slice", type=Slice(), default="0:9000", help="the nearest neighbour's pool")
 @option("--mask", type=click.Choice(NAMED_MASKS), default="bottom-half", help="what to fill")
 @option("--steps", type=click.IntRange(min=1), default=20, help="sampling steps S")
-@option("--methods", type=MethodList(), default="replace,repaint:5:1,ddnm:5:2",
-        help="the methods to score, each METHOD[:RESAMPLE[:JUMP]] (dps: a gradient pass a "
-        "step)")  # fmt: skip
+@option("--methods", type=MethodList(), default="replace,repaint:5:1,ddnm:5:2,ddnm:15:2:0.5",
+        help="the methods to score, each METHOD[:RESAMPLE[:JUMP[:BELOW]]], resampling only at "
+        "t < BELOW x T (dps: a gradient pass a step)")  # fmt: skip
 def inpaint_command(
     run: Run,
     data: str,
@@ -61,7 +78,7 @@ def inpaint_command(
     train_slice: slice,
     mask: str,
     steps: int,
-    methods: list[tuple[str, int, int]],
+    methods: list[tuple[str, int, int, float]],
 ) -> None:
     """Erase --mask of -n held-out digits, inpaint them with each method, and report the
     share the bundled classifier labels as the original digit (inpaint.{md,json,png})."""
@@ -82,11 +99,11 @@ def inpaint_command(
     keep = named_mask(mask, shape[-1]).to(run.device)
     judge = load_classifier(device=run.device).predict
     walks = {
-        MethodList.name_of(method, r, j): {
+        MethodList.name_of(method, r, j, below): {
             "steps": steps, "spacing": run.spacing, "method": method, "resample": r,
-            "jump_length": j, "precision": run.precision,
+            "jump_length": j, "resample_below": below, "precision": run.precision,
         }
-        for method, r, j in methods
+        for method, r, j, below in methods
     }  # fmt: skip
     scores, done = score_methods(model, sched, x, labels, keep, judge, walks, train=train,
                                  batch_size=run.batch_size, seed=run.seed)  # fmt: skip

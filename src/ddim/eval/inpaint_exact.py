@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ddim.eval.metrics import frechet_distance
-from ddim.inpaint import RESAMPLED, repaint_moves
+from ddim.inpaint import inpaint_moves
 from ddim.plan import StepPlan
 from ddim.schedule import NoiseSchedule
 from ddim.solvers.eq12 import ddim_sigma
@@ -77,6 +77,7 @@ def inpainting_law(
     method: str = "replace",
     jump_length: int = 1,
     resample: int = 5,
+    resample_below: float = 1.0,
     spacing: str = "uniform",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The exact mean and covariance of :func:`ddim.inpaint`'s output for one image ``x0``
@@ -89,7 +90,7 @@ def inpainting_law(
     keep = torch.diag(known.to(F64))
     free = eye - keep
     m, c = torch.zeros(dim, dtype=F64), eye.clone()
-    moves = repaint_moves(plan.steps, jump_length, resample if method in RESAMPLED else 1)
+    moves = inpaint_moves(plan, sched.num_timesteps, method, jump_length, resample, resample_below)
     for move, i in moves:
         if move == "up":
             r = plan.a[i] / plan.a[i + 1]
@@ -136,20 +137,23 @@ def bias_table(dim: int = 16, rho: float = 0.9, draws: int = 20) -> str:
     chol = torch.linalg.cholesky(oracle.cov)
     gen = [torch.Generator().manual_seed(i) for i in range(draws)]
     data = [chol @ torch.randn(dim, generator=g, dtype=F64) for g in gen]
-    runs = [(20, "replace", 1, 1), (100, "replace", 1, 1), (20, "repaint", 5, 1),
-            (20, "repaint", 5, 5), (20, "repaint", 10, 1), (100, "repaint", 5, 1),
-            (100, "repaint", 10, 1), (20, "ddnm", 1, 1), (20, "ddnm", 5, 1), (20, "ddnm", 5, 2),
-            (100, "ddnm", 1, 1)]  # fmt: skip
+    runs = [(20, "replace", 1, 1, 1.0), (100, "replace", 1, 1, 1.0), (20, "repaint", 5, 1, 1.0),
+            (20, "repaint", 5, 5, 1.0), (20, "repaint", 10, 1, 1.0), (100, "repaint", 5, 1, 1.0),
+            (100, "repaint", 10, 1, 1.0), (20, "ddnm", 1, 1, 1.0), (20, "ddnm", 5, 1, 1.0),
+            (20, "ddnm", 5, 2, 1.0), (20, "ddnm", 5, 2, 0.5), (20, "ddnm", 15, 2, 0.5),
+            (100, "ddnm", 1, 1, 1.0)]  # fmt: skip
     lines = ["| method | steps | model calls | W2² to the exact conditional law |",
              "|---|---:|---:|---:|"]  # fmt: skip
-    for steps, method, r, j in runs:
-        walk = {"steps": steps, "method": method, "resample": r, "jump_length": j}
+    names = {"replace": "replacement", "repaint": "RePaint", "ddnm": "DDNM"}
+    for steps, method, r, j, below in runs:
+        walk = {"steps": steps, "method": method, "resample": r, "jump_length": j,
+                "resample_below": below}  # fmt: skip
         w2 = sum(inpainting_w2(oracle, x, known, **walk) for x in data) / draws
-        calls = sum(
-            m == "down" for m, _ in repaint_moves(steps, j, r if method in RESAMPLED else 1)
-        )
-        names = {"replace": "replacement", "repaint": "RePaint", "ddnm": "DDNM"}
+        plan = StepPlan.build(oracle.sched, steps)
+        moves = inpaint_moves(plan, oracle.sched.num_timesteps, method, j, r, below)
+        calls = sum(m == "down" for m, _ in moves)
         name = names[method] + (f", r = {r}" if r > 1 else "") + (f", jump {j}" if j > 1 else "")
+        name += f", t < {below:g} T" if below < 1 else ""
         lines.append(f"| {name} | {steps} | {calls} | {w2:.3f} |")
     return "\n".join(lines)
 

@@ -20,7 +20,7 @@ from ddim import workflows
 from ddim.edit import edit, sdedit_timesteps
 from ddim.formats.images import png_bytes
 from ddim.guidance import balanced_labels, num_classes
-from ddim.inpaint import RESAMPLED, inpaint, repaint_moves
+from ddim.inpaint import inpaint, inpaint_moves
 from ddim.noise import seeded_latents
 from ddim.sampling import Callback, SamplerOptions, model_calls
 from ddim.schedule import NoiseSchedule
@@ -33,10 +33,8 @@ from ddim.serve.requests import (
     SampleRequest,
 )
 
-#: Images per model call, and the resampling of inpainting: the CLI's defaults.
+#: Images per model call: the CLI's default.
 BATCH_SIZE = 64
-RESAMPLE = 5
-JUMP_LENGTH = 2
 
 
 @dataclass(frozen=True)
@@ -135,15 +133,14 @@ def edit_job(served: Served, req: EditRequest) -> tuple[int, Job]:
 
 def inpaint_job(served: Served, req: InpaintRequest) -> tuple[int, Job]:
     """``ddim inpaint IN --mask M --method X --steps S --seed K``: known pixels kept."""
-    resample = RESAMPLE if req.method in RESAMPLED else 1
-    points = served.sampler(req.steps).plan(served.schedule).steps
-    total = sum(move == "down" for move, _ in repaint_moves(points, JUMP_LENGTH, resample))
+    plan = served.sampler(req.steps).plan(served.schedule)
+    moves = inpaint_moves(plan, served.schedule.num_timesteps, req.method)
+    total = sum(move == "down" for move, _ in moves)
 
     def run(tick: Tick) -> dict[str, Any]:
         result = inpaint(
             served.model, req.image.to(served.device), req.keep.to(served.device),
-            served.schedule, steps=req.steps, method=req.method, resample=RESAMPLE,
-            jump_length=JUMP_LENGTH,
+            served.schedule, steps=req.steps, method=req.method,
             y=served.labels(req.guide, 1), guidance=req.guide.guidance,
             precision=served.precision, seed=req.seed, callback=_each(tick),
         )  # fmt: skip
