@@ -91,20 +91,23 @@ def test_ten_steps_keep_the_recorded_fd_and_blob_rate(eta: float, max_fd: float,
     assert int(BLOBS.is_blob(x).sum()) <= max_blobs
 
 
-def test_bundled_conditional_model_is_the_run_of_configs_mnist_cond_2_yaml() -> None:
-    """mnist-cond: ten classes and the null label, fine-tuned from mnist in two stages as
-    the README records; configs/mnist-cond-2.yaml plans the second, from the first's EMA
-    (configs/mnist-cond.yaml, from mnist)."""
+def test_bundled_conditional_model_is_the_run_of_configs_mnist_cond_3_yaml() -> None:
+    """mnist-cond: ten classes and the null label, fine-tuned from mnist in three stages as
+    the README records; configs/mnist-cond-3.yaml plans the third, from the second's EMA
+    (configs/mnist-cond-2.yaml, from the first's: configs/mnist-cond.yaml, from mnist)."""
     from ddim.train.config import load_config
     from ddim.train.state import config_changes
 
     meta = read_metadata("mnist-cond")
-    assert meta["model_config"]["num_classes"] == 10 and meta["step"] == 6_000
+    assert meta["model_config"]["num_classes"] == 10 and meta["step"] == 4_500
     trained = meta["extra"]["train_config"]
-    shipped = load_config(REPO / "configs" / "mnist-cond-2.yaml").to_dict()
+    shipped = load_config(REPO / "configs" / "mnist-cond-3.yaml").to_dict()
     assert config_changes(trained, shipped) == []
-    assert trained["training"]["init"] == "runs/mnist-cond/ema.safetensors"
-    assert trained["training"]["label_dropout"] == 0.2
+    assert trained["training"]["init"] == "runs/mnist-cond-2/ema.safetensors"
+    assert trained["training"]["label_dropout"] == 0.35
+    second = load_config(REPO / "configs" / "mnist-cond-2.yaml").to_dict()
+    assert second["training"]["init"] == "runs/mnist-cond/ema.safetensors"
+    assert second["out_dir"] == "runs/mnist-cond-2"
     first = load_config(REPO / "configs" / "mnist-cond.yaml").to_dict()
     assert first["training"]["init"] == "mnist" and first["out_dir"] == "runs/mnist-cond"
 
