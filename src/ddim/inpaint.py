@@ -97,7 +97,7 @@ def inpaint_moves(
     if not 0 < resample_below <= 1:
         raise ValueError(f"resample_below must be in (0, 1], got {resample_below}")
     limit = resample_below * num_timesteps
-    start = next(i for i, t in enumerate(plan.ts) if t < limit)
+    start = next((i for i, t in enumerate(plan.ts) if t < limit), plan.steps)
     return repaint_moves(plan.steps, jump_length, resample if method in RESAMPLED else 1, start)
 
 
