@@ -101,6 +101,16 @@ def inpaint_moves(
     return repaint_moves(plan.steps, jump_length, resample if method in RESAMPLED else 1, start)
 
 
+def walk_name(resample: int, jump_length: int, resample_below: float) -> str:
+    """How tables name a walk after its method: ``, r = 15, jump 2, t < 0.5 T`` (each part
+    only where it differs from the plain walk)."""
+    return (
+        (f", r = {resample}" if resample > 1 else "")
+        + (f", jump {jump_length}" if jump_length > 1 else "")
+        + (f", t < {resample_below:g} T" if resample_below < 1 else "")
+    )
+
+
 @torch.no_grad()
 def inpaint(
     model: Model,

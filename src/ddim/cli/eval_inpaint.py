@@ -39,16 +39,6 @@ class MethodList(click.ParamType):
             out.append((method, r, j, below))
         return out
 
-    @staticmethod
-    def name_of(method: str, resample: int, jump: int, below: float) -> str:
-        """``ddnm, r = 15, jump 2, t < 0.5 T``: how a table names a method."""
-        return (
-            method
-            + (f", r = {resample}" if resample > 1 else "")
-            + (f", jump {jump}" if jump > 1 else "")
-            + (f", t < {below:g} T" if below < 1 else "")
-        )
-
 
 def _fraction(text: str) -> float | None:
     """``text`` as a number in (0, 1], or None."""
@@ -90,6 +80,7 @@ def inpaint_command(
     from ddim.formats.atomic import atomic_write_text
     from ddim.formats.images import save_png
     from ddim.formats.masks import named_mask
+    from ddim.inpaint import walk_name
     from ddim.models.classifier import load_classifier
 
     model, sched, shape = run.prepare([steps])
@@ -99,7 +90,7 @@ def inpaint_command(
     keep = named_mask(mask, shape[-1]).to(run.device)
     judge = load_classifier(device=run.device).predict
     walks = {
-        MethodList.name_of(method, r, j, below): {
+        method + walk_name(r, j, below): {
             "steps": steps, "spacing": run.spacing, "method": method, "resample": r,
             "jump_length": j, "resample_below": below, "precision": run.precision,
         }

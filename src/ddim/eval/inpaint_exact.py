@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ddim.eval.metrics import frechet_distance
-from ddim.inpaint import inpaint_moves
+from ddim.inpaint import inpaint_moves, walk_name
 from ddim.plan import StepPlan
 from ddim.schedule import NoiseSchedule
 from ddim.solvers.eq12 import ddim_sigma
@@ -152,9 +152,7 @@ def bias_table(dim: int = 16, rho: float = 0.9, draws: int = 20) -> str:
         plan = StepPlan.build(oracle.sched, steps)
         moves = inpaint_moves(plan, oracle.sched.num_timesteps, method, j, r, below)
         calls = sum(m == "down" for m, _ in moves)
-        name = names[method] + (f", r = {r}" if r > 1 else "") + (f", jump {j}" if j > 1 else "")
-        name += f", t < {below:g} T" if below < 1 else ""
-        lines.append(f"| {name} | {steps} | {calls} | {w2:.3f} |")
+        lines.append(f"| {names[method]}{walk_name(r, j, below)} | {steps} | {calls} | {w2:.3f} |")
     return "\n".join(lines)
 
 
