@@ -55,6 +55,9 @@ class TrainingConfig:
     fine-tune from unconditional weights must grow from zero. ``init``
     names a checkpoint (a path or a bundled name such as ``mnist``) whose EMA weights start
     the run instead of a random initialisation; a class embedding it lacks starts at zero.
+    ``null_teacher`` names an unconditional checkpoint on the same schedule whose eps is the
+    target of the samples whose label was dropped (:mod:`ddim.train.loss`), so the null
+    label learns the unconditional model it names.
     """
 
     # the optimisation
@@ -77,6 +80,7 @@ class TrainingConfig:
     label_dropout: float = 0.0
     label_lr_scale: float = 1.0
     init: str | None = None
+    null_teacher: str | None = None
     # checkpoints, sample grids and the log
     ckpt_every: int = 5000
     keep_last: int = 3
@@ -134,6 +138,11 @@ class TrainingConfig:
             )
         if self.init is not None and (not isinstance(self.init, str) or not self.init):
             raise ValueError(f"training.init must be a checkpoint path or name, got {self.init!r}")
+        teacher = self.null_teacher
+        if teacher is not None and (not isinstance(teacher, str) or not teacher):
+            raise ValueError(
+                f"training.null_teacher must be a checkpoint path or name, got {teacher!r}"
+            )
         if self.precision not in PRECISIONS:
             raise ValueError(
                 f"training.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
@@ -175,6 +184,10 @@ class TrainConfig:
         if self.training.label_dropout and not self.model.num_classes:
             raise ValueError(
                 "training.label_dropout needs a class-conditional model (model.num_classes > 0)"
+            )
+        if self.training.null_teacher and not self.training.label_dropout:
+            raise ValueError(
+                "training.null_teacher needs label dropout (training.label_dropout > 0)"
             )
 
     def to_dict(self) -> dict[str, Any]:

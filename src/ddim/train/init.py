@@ -1,6 +1,7 @@
 """Starting a run from the weights of another checkpoint (``training.init``), as a
 fine-tune does: a class-conditional model from the unconditional one, say, whose new class
-embedding gets its own learning rate (``training.label_lr_scale``)."""
+embedding gets its own learning rate (``training.label_lr_scale``), and whose null label may
+learn from an unconditional teacher (``training.null_teacher``)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
 from ddim.formats.checkpoint import CheckpointError, load_checkpoint
+from ddim.models.unet import UNet
 from ddim.schedule import NoiseSchedule
 
 
@@ -46,3 +48,22 @@ def param_groups(model: nn.Module, label_lr_scale: float) -> list[dict[str, Any]
     if not label:
         return [{"params": rest}]
     return [{"params": rest}, {"params": label, "lr_scale": label_lr_scale}]
+
+
+def load_teacher(source: str, sched: NoiseSchedule, data_shape: tuple[int, ...]) -> UNet:
+    """The frozen, eval-mode EMA U-Net of unconditional checkpoint ``source`` (a path or a
+    bundled name), which must have been trained on ``sched`` for images of ``data_shape``."""
+    ckpt = load_checkpoint(source)
+    where = ckpt.path or source
+    if ckpt.model_config.num_classes:
+        raise CheckpointError(f"training.null_teacher {where} is class-conditional")
+    if not torch.equal(ckpt.schedule.betas, sched.betas):
+        raise CheckpointError(
+            f"training.null_teacher {where} was trained on another noise schedule"
+        )
+    if tuple(ckpt.data_shape) != tuple(data_shape):
+        raise CheckpointError(
+            f"training.null_teacher {where} takes {tuple(ckpt.data_shape)} images, "
+            f"not {tuple(data_shape)}"
+        )
+    return ckpt.unet("ema").eval().requires_grad_(False)

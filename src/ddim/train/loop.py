@@ -46,7 +46,7 @@ from ddim.precision import autocast, choose
 from ddim.sampling import sample
 from ddim.train import batches
 from ddim.train.config import TrainConfig
-from ddim.train.init import param_groups, start_from
+from ddim.train.init import load_teacher, param_groups, start_from
 from ddim.train.loss import diffusion_loss, loss_weights
 from ddim.train.runtime import Distributed, StopRequest, TrainLog, say
 from ddim.train.state import (
@@ -94,6 +94,7 @@ class _Run:
     ema: AveragedModel
     opt: torch.optim.Optimizer
     describe: dict[str, Any]
+    teacher: nn.Module | None
 
     @property
     def ckpt_dir(self) -> Path:
@@ -241,6 +242,9 @@ def _setup(config: TrainConfig, ctx: Distributed) -> _Run:
     alpha_bar = sched.alpha_bar.to(ctx.device)
     forward = torch.compile(ddp) if tc.compile else ddp
     precision = choose(tc.precision, ctx.device)[0]
+    teacher = None
+    if tc.null_teacher:
+        teacher = load_teacher(tc.null_teacher, sched, tuple(data.shape[1:])).to(ctx.device)
     return _Run(
         config,
         ctx,
@@ -255,6 +259,7 @@ def _setup(config: TrainConfig, ctx: Distributed) -> _Run:
         ema,
         opt,
         describe,
+        teacher,
     )
 
 
@@ -294,6 +299,8 @@ def _train_step(run: _Run, step: int, stop_requested: bool) -> tuple[float, floa
                     run.alpha_bar,
                     weights,
                     None if y is None else y[part],
+                    run.teacher,
+                    run.model.config.num_classes,
                 )
             (loss / tc.grad_accum).backward()
         loss_sum += loss.detach()
