@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
-from ddim.formats.checkpoint import CheckpointError, load_checkpoint
+from ddim.formats.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from ddim.models.unet import UNet
 from ddim.schedule import NoiseSchedule
 
@@ -22,10 +22,7 @@ def start_from(init: str, model: nn.Module, ema: AveragedModel, sched: NoiseSche
     for a class embedding (``label_emb``) it lacks, which keeps its zero initialisation: a
     conditional model started from an unconditional one predicts that model's eps for
     every label until it trains."""
-    ckpt = load_checkpoint(init)
-    source = ckpt.path or init
-    if not torch.equal(ckpt.schedule.betas, sched.betas):
-        raise CheckpointError(f"training.init {source} was trained on another noise schedule")
+    ckpt, source = _load_on("training.init", init, sched)
     try:
         result = model.load_state_dict(ckpt.ema_state, strict=False)
     except RuntimeError as e:
@@ -53,17 +50,22 @@ def param_groups(model: nn.Module, label_lr_scale: float) -> list[dict[str, Any]
 def load_teacher(source: str, sched: NoiseSchedule, data_shape: tuple[int, ...]) -> UNet:
     """The frozen, eval-mode EMA U-Net of unconditional checkpoint ``source`` (a path or a
     bundled name), which must have been trained on ``sched`` for images of ``data_shape``."""
-    ckpt = load_checkpoint(source)
-    where = ckpt.path or source
+    ckpt, where = _load_on("training.null_teacher", source, sched)
     if ckpt.model_config.num_classes:
         raise CheckpointError(f"training.null_teacher {where} is class-conditional")
-    if not torch.equal(ckpt.schedule.betas, sched.betas):
-        raise CheckpointError(
-            f"training.null_teacher {where} was trained on another noise schedule"
-        )
     if tuple(ckpt.data_shape) != tuple(data_shape):
         raise CheckpointError(
             f"training.null_teacher {where} takes {tuple(ckpt.data_shape)} images, "
             f"not {tuple(data_shape)}"
         )
     return ckpt.unet("ema").eval().requires_grad_(False)
+
+
+def _load_on(key: str, source: str, sched: NoiseSchedule) -> tuple[Checkpoint, str]:
+    """Checkpoint ``source`` (named by config ``key``) and the path it was read from; it
+    must have been trained on ``sched``."""
+    ckpt = load_checkpoint(source)
+    where = str(ckpt.path or source)
+    if not torch.equal(ckpt.schedule.betas, sched.betas):
+        raise CheckpointError(f"{key} {where} was trained on another noise schedule")
+    return ckpt, where

@@ -75,4 +75,4 @@ def null_targets(
         return noise
     with torch.no_grad():
         eps = teacher(x_t[dropped], t[dropped]).float()
-    return noise.index_put((dropped.nonzero().squeeze(1),), eps)
+    return noise.index_put((dropped,), eps)
