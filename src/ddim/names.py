@@ -33,6 +33,9 @@ HELDOUT_TIMESTEPS = (50, 150, 300, 500, 700, 900)
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 #: Noise schedules by name (``diffusion.schedule``); spacings laid out by noise level.
 SCHEDULES = ("linear", "cosine")
+#: What a network predicts (``UNetConfig.prediction``, ``ddim.parameterization``): the noise,
+#: Salimans & Ho's ``v = alpha eps - sigma x0``, or the data.
+PREDICTIONS = ("eps", "v", "x")
 NOISE_LEVEL_SPACINGS = ("logsnr", "karras")
 #: The weights a checkpoint may hold: the EMA (to sample with) and the raw training weights.
 WEIGHTS = ("ema", "model")

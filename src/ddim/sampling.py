@@ -13,8 +13,10 @@ once, after the loop (:class:`~ddim.checked_model.CheckedModel`).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -25,6 +27,7 @@ from ddim.checked_model import Callback, CheckedModel, Model, Step, Trajectory
 from ddim.guidance import Classifier, guided
 from ddim.names import DEFAULT_FINAL_STEP, SIGMA_HAT, SOLVER_MIN_STEPS, SOLVERS, VARIANCES
 from ddim.noise import step_noise
+from ddim.parameterization import as_eps_model
 from ddim.plan import Prediction, StepPlan
 from ddim.schedule import NoiseSchedule
 from ddim.solvers import SOLVER_FUNCTIONS, Solver
@@ -132,10 +135,11 @@ class SamplerOptions:
         y: torch.Tensor | None,
         classifier: Classifier | None,
     ) -> Model:
-        """``model`` with labels ``y`` under this run's guidance (:func:`ddim.guidance.guided`)."""
+        """``model``, read as an ε-model (:func:`ddim.parameterization.as_eps_model`), with
+        labels ``y`` under this run's guidance (:func:`ddim.guidance.guided`)."""
         return guided(
-            model, sched, batch, y=y, guidance=self.guidance, classifier=classifier,
-            classifier_scale=self.classifier_scale,
+            as_eps_model(model, sched), sched, batch, y=y, guidance=self.guidance,
+            classifier=classifier, classifier_scale=self.classifier_scale,
         )  # fmt: skip
 
     def solver_function(self) -> Solver:
@@ -168,7 +172,7 @@ def sample(
     x_T: torch.Tensor,
     sched: NoiseSchedule,
     *,
-    steps: int | Sequence[int] = 50,
+    steps: int | Sequence[int] | None = None,
     spacing: str = "uniform",
     eta: float = 0.0,
     variance: str = "ddim",
@@ -194,7 +198,9 @@ def sample(
         model: any ``model(x_t, t) -> eps`` with ``t`` a LongTensor ``(B,)`` in ``0..T-1``.
         x_T: the starting noise; all math runs in its dtype and on its device.
         sched: the noise schedule the model was trained with.
-        steps: a number of steps ``S`` or an explicit sequence of timesteps.
+        steps: a number of steps ``S`` or an explicit sequence of timesteps. ``None``: the
+            model's own plan if it has one (a distilled student's ``config.sampling_plan``),
+            else 50. Another plan for a student is allowed, with a warning that says so.
         spacing: how ``S`` steps are laid out (see :meth:`NoiseSchedule.timesteps`).
         eta: the ``eta`` of eq. 16 in ``[0, 1]``; 0 is DDIM, 1 is DDPM. A larger ``eta`` is
             accepted where eq. 12 stays defined at every step, else a ValueError names the
@@ -240,16 +246,23 @@ def sample(
     Returns:
         ``x_0``, or ``(x_0, Trajectory)`` with ``return_trajectory``.
     """
+    own = own_plan(model)
     given = SamplerOptions(
-        steps=steps, spacing=spacing, eta=eta, variance=variance, clip_denoised=clip_denoised,
-        precision=precision, solver=solver, final_step=final_step, guidance=guidance,
-        classifier_scale=classifier_scale,
+        steps=(own or 50) if steps is None else steps, spacing=spacing, eta=eta,
+        variance=variance, clip_denoised=clip_denoised, precision=precision, solver=solver,
+        final_step=final_step, guidance=guidance, classifier_scale=classifier_scale,
     )  # fmt: skip
     if options is None:
         options = given
-    elif given != SamplerOptions():
+    elif steps is not None or dataclasses.replace(given, steps=50) != SamplerOptions():
         raise ValueError("give the sampler's options either as options= or one by one, not both")
     plan = options.plan(sched)
+    if own is not None and tuple(t for t in plan.ts if t >= 0) != own:
+        warnings.warn(
+            f"this model was distilled for {len(own)} steps at t = {list(own)}; sampling "
+            f"it with {plan.steps} steps at t = {[t for t in plan.ts if t >= 0]} instead",
+            stacklevel=2,
+        )
     z = step_noise(x_T, plan.stochastic_steps, seed, generators, noise, options.stochastic)
     points = [t for t in plan.ts if t >= 0]
     net = options.condition(model, sched, x_T.shape[0], y, classifier)
@@ -279,6 +292,13 @@ def sample(
         x = options.solver_function()(predict, x_T, plan, z, report)
     eps_model.raise_if_nonfinite()
     return (x, traj) if traj is not None else x
+
+
+def own_plan(model: object) -> tuple[int, ...] | None:
+    """The timesteps a distilled student samples with (its ``config.sampling_plan``), else
+    ``None``."""
+    plan = getattr(getattr(model, "config", None), "sampling_plan", None)
+    return None if plan is None else tuple(plan)
 
 
 def model_calls(

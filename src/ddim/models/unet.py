@@ -2,7 +2,8 @@
 
 Module and parameter names match the official PyTorch port (``temb.dense.0``,
 ``down.{i}.block.{j}.conv1``, ``mid.attn_1.q``, ``up.{i}.upsample.conv``, ...), so its
-checkpoints load by key. The network predicts the noise ``eps`` from ``(x_t, t)`` and
+checkpoints load by key. The network predicts the noise ``eps`` (or, as its config says,
+``v`` or ``x``: :mod:`ddim.parameterization`) from ``(x_t, t)`` and
 knows nothing about the noise schedule: ``t`` is only fed to a sinusoidal embedding.
 
 A class-conditional network (``num_classes = K > 0``) also takes labels ``y`` in
@@ -23,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ddim.checks import dataclass_kwargs, is_int
+from ddim.names import PREDICTIONS
 
 GROUPS = 32
 
@@ -36,6 +38,12 @@ class UNetConfig:
     occur and must be divisible by ``2 ** (len(ch_mult) - 1)``. ``num_classes`` is 0 for
     an unconditional model, else the number of classes ``K`` (labels ``0 .. K-1``, and
     ``K`` the null label).
+
+    ``prediction`` is what the network's output means (``eps``, ``v`` or ``x``;
+    :mod:`ddim.parameterization`). ``sampling_plan`` is the timesteps a distilled student
+    was trained to step between, largest first (:mod:`ddim.train.distill`), else ``None``.
+    Both are left out of :meth:`to_dict` at their defaults, so the description (and the
+    digest) of an ε-model without a plan is what it always was.
     """
 
     in_channels: int = 3
@@ -48,8 +56,30 @@ class UNetConfig:
     resamp_with_conv: bool = True
     image_size: int = 32
     num_classes: int = 0
+    prediction: str = "eps"
+    sampling_plan: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
+        if self.prediction not in PREDICTIONS:
+            raise ValueError(
+                f"UNetConfig.prediction must be one of {', '.join(PREDICTIONS)}, "
+                f"got {self.prediction!r}"
+            )
+        if self.sampling_plan is not None:
+            plan = self.sampling_plan
+            if not isinstance(plan, (list, tuple)) or not plan:
+                raise ValueError(
+                    f"UNetConfig.sampling_plan must be a list of timesteps, got {plan!r}"
+                )
+            object.__setattr__(self, "sampling_plan", tuple(plan))
+            steps = self.sampling_plan
+            if not all(is_int(t) and t >= 0 for t in steps) or list(steps) != sorted(
+                set(steps), reverse=True
+            ):
+                raise ValueError(
+                    f"UNetConfig.sampling_plan must hold distinct timesteps >= 0, largest "
+                    f"first, got {list(steps)!r}"
+                )
         for name in ("ch_mult", "attn_resolutions"):
             value = getattr(self, name)
             if not isinstance(value, (list, tuple)):
@@ -102,6 +132,12 @@ class UNetConfig:
         d = asdict(self)
         d["ch_mult"] = list(self.ch_mult)
         d["attn_resolutions"] = list(self.attn_resolutions)
+        if self.prediction == "eps":
+            del d["prediction"]
+        if self.sampling_plan is None:
+            del d["sampling_plan"]
+        else:
+            d["sampling_plan"] = list(self.sampling_plan)
         return d
 
     @classmethod
@@ -210,7 +246,8 @@ def _level(blocks: list[ResnetBlock], attns: list[AttnBlock]) -> nn.Module:
 
 
 class UNet(nn.Module):
-    """The eps-prediction U-Net: ``forward(x: (B, C, H, W), t: (B,), y=None) -> (B, C_out, H, W)``.
+    """The U-Net: ``forward(x: (B, C, H, W), t: (B,), y=None) -> (B, C_out, H, W)``, an
+    ε-model unless ``config.prediction`` says otherwise.
 
     ``t`` holds the official 0-based timesteps (``0 .. T-1``). ``up[i]`` mirrors ``down[i]``
     (the official code builds ``up`` from the lowest resolution and inserts at the front).

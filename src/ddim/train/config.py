@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -224,8 +225,12 @@ def load_config(
     return config_from_dict(raw, source=str(path))
 
 
-def apply_override(raw: dict[str, Any], item: str) -> None:
-    """Set ``raw[a][b] = value`` from ``"a.b=value"`` (the value is parsed as YAML)."""
+def apply_override(
+    raw: dict[str, Any], item: str, sections: Mapping[str, type] | None = None
+) -> None:
+    """Set ``raw[a][b] = value`` from ``"a.b=value"`` (the value is parsed as YAML); ``a``
+    must be one of ``sections`` (those of a training config by default)."""
+    sections = _SECTIONS if sections is None else sections
     key, sep, text = item.partition("=")
     parts = key.strip().split(".")
     if not sep or not all(parts):
@@ -233,7 +238,7 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
     if parts[0] == "out_dir" and len(parts) == 1:
         raw["out_dir"] = text
         return
-    if len(parts) != 2 or parts[0] not in _SECTIONS:
+    if len(parts) != 2 or parts[0] not in sections:
         raise ValueError(f"unknown config key {key!r} in override {item!r}")
     section = raw.setdefault(parts[0], {})
     if not isinstance(section, dict):

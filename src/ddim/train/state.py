@@ -182,7 +182,7 @@ def restore(
     cuda_states = state["rng"]["cuda"]
     if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda_states)
-    old, new = _flatten(state["config"]), _flatten(config.to_dict())
+    old, new = flatten(state["config"]), flatten(config.to_dict())
     moved = [k for k in sorted(ARITHMETIC_KEYS) if old.get(k) != new.get(k)]
     return latest.step, [f"{k}: {old.get(k)} -> {new.get(k)}" for k in moved]
 
@@ -210,16 +210,16 @@ def config_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """Dotted keys whose values differ, other than those in :data:`RESUMABLE_KEYS`. Both
     configs are read as today's :class:`TrainConfig`, so a key added since ``old`` was
     written counts as its default."""
-    flat_old, flat_new = (_flatten(config_from_dict(c).to_dict()) for c in (old, new))
+    flat_old, flat_new = (flatten(config_from_dict(c).to_dict()) for c in (old, new))
     keys = sorted(set(flat_old) | set(flat_new))
     return [k for k in keys if k not in RESUMABLE_KEYS and flat_old.get(k) != flat_new.get(k)]
 
 
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     flat = {}
     for k, v in d.items():
         if isinstance(v, dict):
-            flat.update(_flatten(v, f"{prefix}{k}."))
+            flat.update(flatten(v, f"{prefix}{k}."))
         else:
             flat[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
     return flat

@@ -1,0 +1,395 @@
+"""Progressive distillation (Salimans & Ho, ICLR 2022): rounds that halve a DDIM plan.
+
+Read :func:`distill` top to bottom. The first teacher is a ddim checkpoint sampled by DDIM
+over ``distill.teacher_steps`` trailing steps; each round trains a student, started from its
+teacher's weights, whose one DDIM step lands where two of the teacher's do
+(:mod:`ddim.train.progressive`), and the round's EMA student is the next round's teacher.
+Each optimiser step ``s`` of round ``r``:
+
+1. draws its batch of images, student points ``k`` and noise from generators seeded by
+   ``(seed, r, s)``, so any step's batch can be made again from the step alone;
+2. noises the images to ``z_t`` at the student's ``t = plan[k]``, runs the teacher's two
+   DDIM steps in fp32 and solves eq. (1) there for the target ``x~``;
+3. takes an Adam step on ``max(SNR_t, 1) |x^ - x~|^2`` (the student's data prediction read
+   through its parameterization), with warm-up, clipping and the EMA update of training.
+
+Dropout is off in the student: the teacher's target is deterministic. A round's folder
+(``<out_dir>/round-<r>-<N>steps/``) holds checkpoints as training's do
+(:mod:`ddim.train.state`; resumed bit-identically after SIGKILL on the same machine), its
+``log.jsonl``, and at its end ``student.safetensors``: the EMA student, whose config records
+its prediction and its plan, so :func:`ddim.sample` and ``ddim sample`` use that plan.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm.auto import tqdm
+
+from ddim.formats.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    load_checkpoint,
+    read_metadata,
+    save_weights,
+)
+from ddim.formats.datasets import load_dataset, load_labelled_dataset, random_flip
+from ddim.models.unet import UNet, UNetConfig
+from ddim.parameterization import to_pair
+from ddim.precision import autocast, choose
+from ddim.schedule import NoiseSchedule
+from ddim.train.batches import LABELS, STEP, DataOrder, derive_seed
+from ddim.train.distill_config import DistillConfig
+from ddim.train.loop import NonFiniteLossError, learning_rate
+from ddim.train.progressive import (
+    alpha_sigma,
+    distillation_plans,
+    student_target,
+    teacher_two_steps,
+    truncated_snr,
+)
+from ddim.train.runtime import Distributed, StopRequest, TrainLog, say
+from ddim.train.state import (
+    checkpoint_paths,
+    flatten,
+    prune,
+    read_latest,
+    read_state,
+    rng_state,
+    write_latest,
+    write_state,
+)
+
+#: The file a finished round leaves in its folder.
+STUDENT = "student.safetensors"
+#: Seed tag of a round's data order, apart from training's tags.
+ROUND = 11
+#: Config keys that may change when a round is resumed (where and how it computes, and
+#: bookkeeping), as in training.
+RESUMABLE = frozenset({"out_dir", "data.path", "distill.teacher"}) | {
+    f"training.{k}"
+    for k in ("device", "precision", "channels_last", "ckpt_every", "keep_last", "log_every")
+}
+
+
+@dataclass(frozen=True)
+class DistillResult:
+    """How a run ended: the students it finished (paths, first round first), the signal
+    that stopped it early or ``None``, and the round and step it stopped at."""
+
+    students: list[Path]
+    stopped_by: str | None
+    round: int
+    step: int
+
+
+@dataclass
+class _Round:
+    """What one round works on."""
+
+    index: int
+    folder: Path
+    teacher: torch.nn.Module
+    teacher_prediction: str
+    teacher_digest: str
+    student: UNet
+    ema: AveragedModel
+    opt: torch.optim.Optimizer
+    student_plan: tuple[int, ...]
+    teacher_plan: tuple[int, ...]
+
+
+def round_folder(out_dir: str | Path, index: int, steps: int) -> Path:
+    """``<out_dir>/round-<index>-<steps>steps``."""
+    return Path(out_dir) / f"round-{index}-{steps}steps"
+
+
+def distill(
+    config: DistillConfig, *, resume: bool = False, progress: bool = True, on_step: Any = None
+) -> DistillResult:
+    """Run (or, with ``resume``, continue) every round of ``config``.
+
+    ``on_step(round, step, loss)`` runs after each step and its checkpoint. Raises
+    :class:`~ddim.train.loop.NonFiniteLossError` naming the round and step on a non-finite
+    loss, and a ValueError (:class:`CheckpointError`) on a teacher that does not fit.
+    """
+    ctx = Distributed.start(config.training.device)
+    try:
+        if ctx.world > 1:
+            raise ValueError("ddim distill runs in one process; start it without torchrun")
+        return _rounds(config, ctx.device, resume, progress, on_step)
+    finally:
+        ctx.close()
+
+
+def _rounds(
+    config: DistillConfig, device: torch.device, resume: bool, progress: bool, on_step: Any
+) -> DistillResult:
+    tc = config.training
+    first = load_checkpoint(config.distill.teacher)
+    sched = _check_teacher(config, first)
+    plans = distillation_plans(sched, config.distill.teacher_steps, config.distill.student_steps)
+    started = [p for p in Path(config.out_dir).glob("round-*") if p.is_dir()]
+    if started and not resume:
+        raise ValueError(
+            f"{config.out_dir} already holds distillation rounds; pass --resume to continue "
+            f"or pick another out_dir"
+        )
+    if first.model_config.num_classes:
+        data, labels = load_labelled_dataset(config.data, first.model_config.num_classes)
+    else:
+        data, labels = load_dataset(config.data), None
+    teacher_path = first.path or Path(config.distill.teacher)
+    students: list[Path] = []
+    for r in range(1, len(plans)):
+        folder = round_folder(config.out_dir, r, len(plans[r]))
+        if (folder / STUDENT).is_file():
+            teacher_path = folder / STUDENT
+            students.append(teacher_path)
+            continue
+        rnd = _start_round(config, r, folder, teacher_path, plans[r - 1], plans[r], device)
+        step, stopped_by = _train_round(config, rnd, sched, data, labels, device, progress, on_step)
+        if stopped_by is not None:
+            return DistillResult(students, stopped_by, r, step)
+        teacher_path = folder / STUDENT
+        save_weights(teacher_path, None, rnd.ema.module.state_dict(), step=step,
+                     **_describe(config, rnd, sched))  # fmt: skip
+        say(f"round {r}: {len(plans[r])}-step student written to {teacher_path}")
+        students.append(teacher_path)
+    return DistillResult(students, None, len(plans) - 1, tc.total_steps)
+
+
+def _check_teacher(config: DistillConfig, ckpt: Checkpoint) -> NoiseSchedule:
+    """The teacher's schedule, after checking it against the config's data and schedule."""
+    name = config.distill.teacher
+    shape = (config.data.channels, config.data.image_size, config.data.image_size)
+    if tuple(ckpt.data_shape) != shape:
+        raise CheckpointError(
+            f"distill.teacher {name} takes {tuple(ckpt.data_shape)} images, but data gives {shape}"
+        )
+    if config.diffusion is not None and not torch.equal(
+        config.diffusion.build().betas, ckpt.schedule.betas
+    ):
+        raise CheckpointError(
+            f"distill.teacher {name} was trained on another noise schedule than the config's "
+            f"diffusion section"
+        )
+    return ckpt.schedule
+
+
+def _start_round(
+    config: DistillConfig,
+    r: int,
+    folder: Path,
+    teacher_path: Path,
+    teacher_plan: tuple[int, ...],
+    student_plan: tuple[int, ...],
+    device: torch.device,
+) -> _Round:
+    """Round ``r``'s frozen fp32 teacher and its student, started from the teacher's
+    weights (or restored from the round's latest checkpoint)."""
+    tc = config.training
+    ckpt = load_checkpoint(teacher_path)
+    digest = read_metadata(teacher_path)["sha256"]
+    teacher = ckpt.unet("ema").to(device).eval().requires_grad_(False)
+    student_config = replace(
+        ckpt.model_config, prediction=config.distill.prediction, sampling_plan=student_plan
+    )
+    student = UNet(student_config)
+    student.load_state_dict(ckpt.ema_state)
+    student = student.to(device).eval()  # dropout off: the target is deterministic
+    if tc.channels_last:
+        student = student.to(memory_format=torch.channels_last)
+    ema = AveragedModel(student, multi_avg_fn=get_ema_multi_avg_fn(tc.ema_decay), use_buffers=True)
+    opt = torch.optim.Adam(student.parameters(), lr=tc.lr, betas=tc.adam_betas, eps=tc.adam_eps,
+                           weight_decay=tc.weight_decay)  # fmt: skip
+    rnd = _Round(r, folder, teacher, ckpt.model_config.prediction, digest, student, ema, opt,
+                 student_plan, teacher_plan)  # fmt: skip
+    folder.mkdir(parents=True, exist_ok=True)
+    latest = read_latest(folder / "checkpoints") if (folder / "checkpoints").is_dir() else None
+    if latest is not None:
+        _restore(config, rnd, latest)
+    return rnd
+
+
+def _restore(config: DistillConfig, rnd: _Round, latest: Any) -> None:
+    """Load the round's latest checkpoint; refuse another teacher or another plan."""
+    state = read_state(latest.state)
+    if state["teacher_sha256"] != rnd.teacher_digest:
+        raise ValueError(
+            f"round {rnd.index} was started with another teacher (sha256 "
+            f"{state['teacher_sha256'][:12]}..., now {rnd.teacher_digest[:12]}...); it cannot "
+            f"be resumed with this one"
+        )
+    old, new = flatten(state["config"]), flatten(config.to_dict())
+    keys = (set(old) | set(new)) - RESUMABLE
+    changed = sorted(k for k in keys if old.get(k) != new.get(k))
+    if changed:
+        raise ValueError(
+            f"the config differs from the one round {rnd.index} was started with in "
+            f"{', '.join(changed)}"
+        )
+    ckpt = load_checkpoint(latest.weights)
+    if ckpt.model_state is None or ckpt.step != state["step"]:
+        raise CheckpointError(f"{latest.weights} does not match {latest.state}")
+    rnd.student.load_state_dict(ckpt.model_state)
+    rnd.ema.module.load_state_dict(ckpt.ema_state)
+    rnd.ema.n_averaged.fill_(state["ema_updates"])
+    rnd.opt.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["rng"]["torch"])
+
+
+def _train_round(
+    config: DistillConfig,
+    rnd: _Round,
+    sched: NoiseSchedule,
+    data: Tensor,
+    labels: Tensor | None,
+    device: torch.device,
+    progress: bool,
+    on_step: Any,
+) -> tuple[int, str | None]:
+    """Train round ``rnd`` to ``training.total_steps``; (last step, stopping signal)."""
+    tc = config.training
+    ckpt_dir = rnd.folder / "checkpoints"
+    latest = read_latest(ckpt_dir) if ckpt_dir.is_dir() else None
+    step = latest.step if latest else 0
+    halving = f"{len(rnd.teacher_plan)} -> {len(rnd.student_plan)} steps"
+    say(f"round {rnd.index}: {halving}, from step {step}")
+    order = DataOrder(len(data), derive_seed(tc.seed, ROUND, rnd.index))
+    precision = choose(tc.precision, device)[0]
+    stop, log = StopRequest(), TrainLog(rnd.folder / "log.jsonl", tc, enabled=True)
+    bar = tqdm(total=tc.total_steps, initial=step, disable=not progress,
+               desc=f"round {rnd.index}", dynamic_ncols=True)  # fmt: skip
+    stopped_by = None
+    with stop.installed(), bar:
+        while step < tc.total_steps:
+            step += 1
+            began = time.perf_counter()
+            batch = round_batch(config, rnd, step, data, labels, order)
+            loss, norm = _step(config, rnd, sched, batch, step, device, precision)
+            lr = learning_rate(step, tc.lr, tc.warmup_steps, tc.cooldown_steps, tc.total_steps)
+            log.add(step, loss, lr, norm, time.perf_counter() - began)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+            if step % tc.ckpt_every == 0 or step == tc.total_steps or stop.requested:
+                _save(config, rnd, sched, step)
+            if on_step is not None:
+                on_step(rnd.index, step, loss)
+            if stop.requested:
+                stopped_by = stop.name
+                say(f"{stopped_by}: stopped after round {rnd.index}, step {step}")
+                break
+    return step, stopped_by
+
+
+def round_batch(
+    config: DistillConfig,
+    rnd: _Round,
+    step: int,
+    data: Tensor,
+    labels: Tensor | None,
+    order: DataOrder,
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """Step ``step``'s images, student point indices ``k``, noise and labels (null with
+    probability ``training.label_dropout``), all drawn from ``(seed, round, step)``."""
+    tc = config.training
+    g = torch.Generator().manual_seed(derive_seed(tc.seed, STEP, rnd.index, step))
+    index = order.indices((step - 1) * tc.batch_size, tc.batch_size)
+    x0 = data[index]
+    k = torch.randint(0, len(rnd.student_plan), (tc.batch_size,), generator=g)
+    noise = torch.randn(x0.shape, generator=g)
+    if config.data.random_flip:
+        x0 = random_flip(x0, g)
+    if labels is None:
+        return x0, k, noise, None
+    g_labels = torch.Generator().manual_seed(derive_seed(tc.seed, LABELS, rnd.index, step))
+    dropped = torch.rand(tc.batch_size, generator=g_labels) < tc.label_dropout
+    null = rnd.student.config.num_classes
+    return x0, k, noise, torch.where(dropped, null, labels[index])
+
+
+def _step(
+    config: DistillConfig,
+    rnd: _Round,
+    sched: NoiseSchedule,
+    batch: tuple[Tensor, Tensor, Tensor, Tensor | None],
+    step: int,
+    device: torch.device,
+    precision: str,
+) -> tuple[float, float]:
+    """One optimiser step on Salimans & Ho's loss; (loss, gradient norm)."""
+    tc = config.training
+    x0, k, noise, y = (None if v is None else v.to(device) for v in batch)
+    ts = torch.tensor([*rnd.teacher_plan, -1], device=device)
+    t, t_mid, t_end = ts[2 * k], ts[2 * k + 1], ts[2 * k + 2]
+    alpha, sigma = alpha_sigma(sched, t, x0)
+    z_t = alpha * x0 + sigma * noise
+    z_end = teacher_two_steps(rnd.teacher, sched, z_t, (t, t_mid, t_end),
+                              rnd.teacher_prediction, y)  # fmt: skip
+    target = student_target(z_t, z_end, (alpha, sigma, *alpha_sigma(sched, t_end, z_t)))
+    extra = () if y is None else (y,)
+    z_in = z_t.contiguous(memory_format=torch.channels_last) if tc.channels_last else z_t
+    with autocast(precision, device):
+        out = rnd.student(z_in, t, *extra)
+    x0_pred = to_pair(out.float(), z_t, alpha, sigma, rnd.student.config.prediction)[1]
+    weight = truncated_snr(alpha, sigma).flatten()
+    loss = (weight * (x0_pred - target).square().flatten(1).mean(1)).mean()
+    rnd.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    norm = torch.nn.utils.clip_grad_norm_(rnd.student.parameters(), tc.grad_clip or float("inf"))
+    loss_value, norm_value = torch.stack([loss.detach(), norm.float()]).tolist()
+    if not (torch.isfinite(torch.tensor([loss_value, norm_value])).all()):
+        raise NonFiniteLossError(
+            f"round {rnd.index}: loss {loss_value}, gradient norm {norm_value} at step {step}; "
+            f"the step was not applied"
+        )
+    lr = learning_rate(step, tc.lr, tc.warmup_steps, tc.cooldown_steps, tc.total_steps)
+    for group in rnd.opt.param_groups:
+        group["lr"] = lr
+    rnd.opt.step()
+    rnd.ema.update_parameters(rnd.student)
+    return loss_value, norm_value
+
+
+def _describe(config: DistillConfig, rnd: _Round, sched: NoiseSchedule) -> dict[str, Any]:
+    """The self-description of the round's checkpoints (the student's config and plan)."""
+    student_config: UNetConfig = rnd.student.config
+    shape = (student_config.in_channels,) + (student_config.image_size,) * 2
+    record = {
+        "round": rnd.index,
+        "teacher_sha256": rnd.teacher_digest,
+        "teacher_plan": list(rnd.teacher_plan),
+        "student_plan": list(rnd.student_plan),
+    }
+    return {
+        "model_config": student_config.to_dict(),
+        "schedule": sched,
+        "data_shape": shape,
+        "extra_meta": {"distill": record, "distill_config": config.to_dict()},
+    }
+
+
+def _save(config: DistillConfig, rnd: _Round, sched: NoiseSchedule, step: int) -> None:
+    """Write step ``step``'s weights and state in the round's folder, then the pointer."""
+    ckpt_dir = rnd.folder / "checkpoints"
+    weights, state = checkpoint_paths(ckpt_dir, step)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    save_weights(weights, rnd.student.state_dict(), rnd.ema.module.state_dict(), step=step,
+                 **_describe(config, rnd, sched))  # fmt: skip
+    write_state(state, {
+        "step": step,
+        "optimizer": rnd.opt.state_dict(),
+        "ema_updates": int(rnd.ema.n_averaged.item()),
+        "rng": rng_state(torch.device("cpu")),
+        "config": config.to_dict(),
+        "teacher_sha256": rnd.teacher_digest,
+    })  # fmt: skip
+    write_latest(ckpt_dir, step)
+    prune(ckpt_dir, step, config.training.keep_last)

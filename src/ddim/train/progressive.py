@@ -1,0 +1,100 @@
+"""Progressive distillation's math (Salimans & Ho, ICLR 2022, Alg. 2): the rounds' plans, the
+teacher's two DDIM steps and the target that one student step must reach.
+
+With ``z_t = alpha_t x + sigma_t eps`` and the DDIM step (η = 0, eq. 12 of the DDIM paper)
+``z_s = alpha_s x^ + (sigma_s / sigma_t)(z_t - alpha_t x^)``, the teacher takes two steps
+``t -> t' -> t''``. The student's one step from ``t`` lands on the same ``z''`` exactly when
+its data prediction is (Salimans & Ho, Alg. 2)::
+
+    x~ = (z'' - (sigma'' / sigma_t) z_t) / (alpha'' - (sigma'' / sigma_t) alpha_t)     (1)
+
+At the last step ``t'' = -1`` (``alpha_bar = 1``, ``sigma'' = 0``) this is ``x~ = z''``, the
+teacher's final data prediction. Plans start at the top timestep ``T - 1`` (diffusers'
+``trailing`` spacing): with few steps, a plan that starts lower never sees pure noise.
+Round ``r``'s student takes every other point of its teacher's plan.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from ddim.parameterization import Model, to_pair
+from ddim.schedule import NoiseSchedule
+
+
+def distillation_plans(
+    sched: NoiseSchedule, teacher_steps: int, student_steps: int
+) -> list[tuple[int, ...]]:
+    """The timesteps of every plan from the first teacher's down to the last student's:
+    ``teacher_steps`` trailing points (``T - 1`` first), then every other point of the
+    one before, until ``student_steps`` remain. ``teacher_steps / student_steps`` must be a
+    power of two of at least 2."""
+    ratio = teacher_steps // max(student_steps, 1)
+    if (
+        student_steps < 1
+        or ratio < 2
+        or ratio * student_steps != teacher_steps
+        or ratio & (ratio - 1)
+    ):
+        raise ValueError(
+            f"teacher_steps / student_steps must be a power of two >= 2, got "
+            f"{teacher_steps} / {student_steps}"
+        )
+    if teacher_steps > sched.num_timesteps:
+        raise ValueError(
+            f"teacher_steps={teacher_steps} exceeds the schedule's {sched.num_timesteps} timesteps"
+        )
+    plans = [tuple(sched.timesteps(teacher_steps, "trailing").tolist())]
+    while len(plans[-1]) > student_steps:
+        plans.append(plans[-1][::2])
+    return plans
+
+
+def alpha_sigma(sched: NoiseSchedule, t: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
+    """``alpha_t``, ``sigma_t`` per row of ``t`` (``t = -1`` is ``alpha_bar = 1``), in
+    float64 then ``like``'s dtype, shaped to broadcast against ``like``."""
+    table = torch.cat([sched.alpha_bar.new_ones(1), sched.alpha_bar]).to(t.device)
+    a = table[t + 1].view(-1, *([1] * (like.ndim - 1)))
+    return a.sqrt().to(like.dtype), (1 - a).sqrt().to(like.dtype)
+
+
+def ddim_move(x0: Tensor, eps: Tensor, alpha_to: Tensor, sigma_to: Tensor) -> Tensor:
+    """The η = 0 DDIM step to a point with coefficients ``alpha_to``, ``sigma_to`` (eq. 12)."""
+    return alpha_to * x0 + sigma_to * eps
+
+
+def student_target(z_t: Tensor, z_end: Tensor, coeffs: Sequence[Tensor]) -> Tensor:
+    """Eq. (1): the data prediction whose DDIM step from ``z_t`` lands on ``z_end``;
+    ``coeffs`` is ``(alpha_t, sigma_t, alpha'', sigma'')``."""
+    alpha, sigma, alpha_end, sigma_end = coeffs
+    ratio = sigma_end / sigma
+    return (z_end - ratio * z_t) / (alpha_end - ratio * alpha)
+
+
+@torch.no_grad()
+def teacher_two_steps(
+    teacher: Model,
+    sched: NoiseSchedule,
+    z_t: Tensor,
+    ts: tuple[Tensor, Tensor, Tensor],
+    prediction: str,
+    y: Tensor | None = None,
+) -> Tensor:
+    """``z''``: the teacher's two DDIM steps ``t -> t' -> t''`` (each row its own ``t``),
+    its output read as ``prediction`` (:func:`ddim.parameterization.to_pair`)."""
+    extra = () if y is None else (y,)
+    z = z_t
+    for start, end in ((ts[0], ts[1]), (ts[1], ts[2])):
+        alpha, sigma = alpha_sigma(sched, start, z)
+        eps, x0 = to_pair(teacher(z, start, *extra).to(z.dtype), z, alpha, sigma, prediction)
+        z = ddim_move(x0, eps, *alpha_sigma(sched, end, z))
+    return z
+
+
+def truncated_snr(alpha: Tensor, sigma: Tensor) -> Tensor:
+    """Salimans & Ho's loss weight on the data error, ``max(alpha^2 / sigma^2, 1)``: the
+    ε-loss at low noise, and still a weight of 1 where ``alpha -> 0``."""
+    return (alpha.square() / sigma.square()).clamp(min=1.0)

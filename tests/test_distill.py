@@ -1,0 +1,238 @@
+"""Progressive distillation: Salimans & Ho's target lands one student step on the teacher's
+two (every parameterization, every point), the rounds' plans, and the trainer on
+scikit-learn's 8x8 digits: students that record their plan, exact resume after SIGKILL,
+and the refusals."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import ddim
+from ddim.formats.checkpoint import load_checkpoint, load_pretrained
+from ddim.names import PREDICTIONS
+from ddim.parameterization import from_pair, to_pair
+from ddim.train.distill import distill, round_folder
+from ddim.train.distill_config import distill_config_from_dict, load_distill_config
+from ddim.train.loop import NonFiniteLossError
+from ddim.train.progressive import (
+    alpha_sigma,
+    ddim_move,
+    distillation_plans,
+    student_target,
+    teacher_two_steps,
+)
+
+F64 = torch.float64
+SCHED = ddim.NoiseSchedule.linear(100, 1e-4, 0.02)
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def test_plans_halve_from_the_top_timestep() -> None:
+    plans = distillation_plans(ddim.NoiseSchedule.linear(), 8, 1)
+    assert plans == [(999, 874, 749, 624, 499, 374, 249, 124), (999, 749, 499, 249), (999, 499),
+                     (999,)]  # fmt: skip
+    for bad in ((8, 3), (12, 2), (4, 4), (8, 0)):
+        with pytest.raises(ValueError, match="must be a power of two >= 2"):
+            distillation_plans(SCHED, *bad)
+
+
+@pytest.mark.parametrize("prediction", PREDICTIONS)
+def test_one_student_step_from_the_target_lands_on_the_teachers_two(prediction) -> None:
+    """Eq. (1) at every student point of a 4-step plan, the last (to alpha_bar = 1) included:
+    a network whose output is the target, read through ``prediction``, steps onto z''."""
+    sched = ddim.NoiseSchedule.linear()
+    teacher_plan, student_plan = distillation_plans(sched, 8, 4)[:2]
+    ts = torch.tensor([*teacher_plan, -1])
+    g = torch.Generator().manual_seed(0)
+    z_t = torch.randn(4, 3, generator=g, dtype=F64)
+    k = torch.arange(4)
+    t, t_mid, t_end = ts[2 * k], ts[2 * k + 1], ts[2 * k + 2]
+    assert t.tolist() == list(student_plan)
+
+    def teacher(x: torch.Tensor, tt: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(x) * 0.7 + 0.01 * tt[:, None].to(x.dtype) / 1000
+
+    z_end = teacher_two_steps(teacher, sched, z_t, (t, t_mid, t_end), "eps")
+    alpha, sigma = alpha_sigma(sched, t, z_t)
+    alpha_end, sigma_end = alpha_sigma(sched, t_end, z_t)
+    x_target = student_target(z_t, z_end, (alpha, sigma, alpha_end, sigma_end))
+    eps_target = (z_t - alpha * x_target) / sigma
+    out = from_pair(eps_target, x_target, alpha, sigma, prediction)
+    eps, x0 = to_pair(out, z_t, alpha, sigma, prediction)
+    landed = ddim_move(x0, eps, alpha_end, sigma_end)
+    assert (landed - z_end).abs().max().item() < 1e-12
+    # and by hand: eq. 12 at eta = 0 through t, t', t'' for each row
+    for row in range(4):
+        points = [int(t[row]), int(t_mid[row]), int(t_end[row])]
+        want = _ddim_to(teacher, sched, z_t[row : row + 1], points)
+        torch.testing.assert_close(z_end[row : row + 1], want, rtol=0, atol=1e-12)
+
+
+def _ddim_to(teacher, sched, z, points):
+    """DDIM (eta = 0) from ``points[0]`` through each point in turn, by eq. 12 by hand."""
+    for start, end in zip(points[:-1], points[1:], strict=True):
+        a, a_prev = sched.alpha_bar_at(start), sched.alpha_bar_at(end)
+        eps = teacher(z, torch.tensor([start]))
+        x0 = (z - (1 - a) ** 0.5 * eps) / a**0.5
+        z = a_prev**0.5 * x0 + (1 - a_prev) ** 0.5 * eps
+    return z
+
+
+# ---------------------------------------------------------------- the trainer
+
+
+TINY_MODEL = {"in_channels": 1, "out_channels": 1, "ch": 32, "ch_mult": [1, 2],
+              "num_res_blocks": 1, "attn_resolutions": [4], "dropout": 0.1, "image_size": 8}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory, perturbed_unet) -> Path:
+    from ddim.models.unet import UNetConfig
+
+    config = UNetConfig.from_dict(TINY_MODEL)
+    model = perturbed_unet(config, seed=1)
+    path = tmp_path_factory.mktemp("teacher") / "teacher.safetensors"
+    from ddim.formats.checkpoint import save_weights
+
+    save_weights(path, None, model.state_dict(), model_config=config.to_dict(), schedule=SCHED,
+                 data_shape=(1, 8, 8), step=0)  # fmt: skip
+    return path
+
+
+def raw_config(tmp: Path, teacher: Path, **training) -> dict:
+    return {
+        "out_dir": str(tmp / "run"),
+        "distill": {"teacher": str(teacher), "teacher_steps": 4, "student_steps": 1,
+                    "prediction": "v"},  # fmt: skip
+        "data": {"kind": "digits", "image_size": 8, "channels": 1},
+        "training": {"total_steps": 3, "batch_size": 8, "lr": 1e-3, "warmup_steps": 1,
+                     "ckpt_every": 2, "keep_last": 1, "log_every": 1, "device": "cpu",
+                     **training},  # fmt: skip
+    }
+
+
+def write_config(tmp: Path, teacher: Path, **training) -> Path:
+    tmp.mkdir(parents=True, exist_ok=True)
+    path = tmp / "distill.yaml"
+    path.write_text(yaml.safe_dump(raw_config(tmp, teacher, **training)))
+    return path
+
+
+def test_rounds_write_students_that_sample_with_their_plans(tmp_path, teacher) -> None:
+    result = distill(load_distill_config(write_config(tmp_path, teacher)), progress=False)
+    assert [p.parent.name for p in result.students] == ["round-1-2steps", "round-2-1steps"]
+    student, sched = load_pretrained(result.students[-1])
+    assert student.config.prediction == "v" and student.config.sampling_plan == (99,)
+    assert torch.equal(sched.betas, SCHED.betas)
+    meta = load_checkpoint(result.students[0]).extra["distill"]
+    assert meta["teacher_plan"] == [99, 74, 49, 24] and meta["student_plan"] == [99, 49]
+    x_T = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    calls = []
+    default = ddim.sample(student, x_T, sched,
+                          callback=lambda s: calls.append(s.t))  # fmt: skip
+    assert calls == [99]  # one model call, at the top timestep
+    explicit = ddim.sample(student, x_T, sched, steps=[99])
+    torch.testing.assert_close(default, explicit, rtol=0, atol=0)
+    with pytest.warns(UserWarning, match="distilled for 1 steps at t = \\[99\\]; sampling it "
+                                         "with 2 steps"):  # fmt: skip
+        ddim.sample(student, x_T, sched, steps=2)
+
+
+KILLER = textwrap.dedent(
+    """
+    import os, signal, sys
+    from ddim.train.distill import distill
+    from ddim.train.distill_config import load_distill_config
+
+    config, n = sys.argv[1], int(sys.argv[2])
+    def hook(r, step, loss):
+        if (r, step) == (1, n):
+            os.kill(os.getpid(), signal.SIGKILL)
+    distill(load_distill_config(config), progress=False, on_step=hook)
+    """
+)
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_is_bit_identical(tmp_path, teacher) -> None:
+    straight = distill(load_distill_config(write_config(tmp_path / "a", teacher)), progress=False)
+    config = write_config(tmp_path / "b", teacher)
+    proc = subprocess.run([sys.executable, "-c", KILLER, str(config), "3"], env=ENV,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    with pytest.raises(ValueError, match="already holds distillation rounds; pass --resume"):
+        distill(load_distill_config(config), progress=False)
+    resumed = distill(load_distill_config(config), resume=True, progress=False)
+    for a, b in zip(straight.students, resumed.students, strict=True):
+        sa, sb = load_checkpoint(a).ema_state, load_checkpoint(b).ema_state
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_a_round_resumed_with_another_teacher_is_refused(tmp_path, teacher, perturbed_unet):
+    config = write_config(tmp_path, teacher)
+    def interrupt(r, step, loss):
+        if step == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        distill(load_distill_config(config), progress=False, on_step=interrupt)
+    other = tmp_path / "other.safetensors"
+    from ddim.formats.checkpoint import save_weights
+    from ddim.models.unet import UNetConfig
+
+    cfg = UNetConfig.from_dict(TINY_MODEL)
+    save_weights(other, None, perturbed_unet(cfg, seed=2).state_dict(), model_config=cfg.to_dict(),
+                 schedule=SCHED, data_shape=(1, 8, 8), step=0)  # fmt: skip
+    moved = load_distill_config(config, [f"distill.teacher={other}"])
+    with pytest.raises(ValueError, match="round 1 was started with another teacher"):
+        distill(moved, resume=True, progress=False)
+
+
+def test_bad_teachers_and_configs_are_one_line(tmp_path, teacher) -> None:
+    raw = raw_config(tmp_path, teacher)
+    raw["data"] = {"kind": "digits", "image_size": 4, "channels": 1}
+    with pytest.raises(ValueError, match=r"takes \(1, 8, 8\) images, but data gives \(1, 4, 4\)"):
+        distill(distill_config_from_dict(raw), progress=False)
+    raw = raw_config(tmp_path, teacher)
+    raw["diffusion"] = {"schedule": "linear", "num_timesteps": 1000}
+    with pytest.raises(ValueError, match="trained on another noise schedule"):
+        distill(distill_config_from_dict(raw), progress=False)
+    raw = raw_config(tmp_path, teacher)
+    raw["training"]["init"] = "mnist"
+    with pytest.raises(ValueError, match="training.init does not apply to distillation"):
+        distill_config_from_dict(raw)
+    raw = raw_config(tmp_path, teacher)
+    raw["distill"]["student_steps"] = 3
+    with pytest.raises(ValueError, match="power of two"):
+        distill(distill_config_from_dict(raw), progress=False)
+
+
+def test_a_non_finite_loss_names_the_round_and_step(tmp_path, teacher) -> None:
+    config = load_distill_config(write_config(tmp_path, teacher, lr=1e30, grad_clip=0.0))
+    with pytest.raises(NonFiniteLossError, match=r"round 1: loss .* at step \d"):
+        distill(config, progress=False)
+
+
+def test_ddim_distill_command_and_sample_with_the_students_plan(tmp_path, teacher) -> None:
+    config = write_config(tmp_path, teacher, total_steps=1)
+    run = subprocess.run([sys.executable, "-m", "ddim.cli", "distill", str(config),
+                          "--no-progress"], capture_output=True, text=True, env=ENV,
+                         timeout=120)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    student = round_folder(tmp_path / "run", 2, 1) / "student.safetensors"
+    assert f"student: {student}" in run.stdout
+    out = tmp_path / "s.png"
+    sample = subprocess.run([sys.executable, "-m", "ddim.cli", "sample", "--ckpt", str(student),
+                             "-n", "2", "--out", str(out)], capture_output=True, text=True,
+                            env=ENV, timeout=120)  # fmt: skip
+    assert sample.returncode == 0, sample.stderr
+    assert out.is_file()
