@@ -90,8 +90,10 @@ def _ddim_to(teacher, sched, z, points):
 # ---------------------------------------------------------------- the trainer
 
 
-TINY_MODEL = {"in_channels": 1, "out_channels": 1, "ch": 32, "ch_mult": [1, 2],
-              "num_res_blocks": 1, "attn_resolutions": [4], "dropout": 0.1, "image_size": 8}  # fmt: skip
+TINY_MODEL = {
+    "in_channels": 1, "out_channels": 1, "ch": 32, "ch_mult": [1, 2], "num_res_blocks": 1,
+    "attn_resolutions": [4], "dropout": 0.1, "image_size": 8,
+}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -111,12 +113,24 @@ def teacher(tmp_path_factory, perturbed_unet) -> Path:
 def raw_config(tmp: Path, teacher: Path, **training) -> dict:
     return {
         "out_dir": str(tmp / "run"),
-        "distill": {"teacher": str(teacher), "teacher_steps": 4, "student_steps": 1,
-                    "prediction": "v"},  # fmt: skip
+        "distill": {
+            "teacher": str(teacher),
+            "teacher_steps": 4,
+            "student_steps": 1,
+            "prediction": "v",
+        },  # fmt: skip
         "data": {"kind": "digits", "image_size": 8, "channels": 1},
-        "training": {"total_steps": 3, "batch_size": 8, "lr": 1e-3, "warmup_steps": 1,
-                     "ckpt_every": 2, "keep_last": 1, "log_every": 1, "device": "cpu",
-                     **training},  # fmt: skip
+        "training": {
+            "total_steps": 3,
+            "batch_size": 8,
+            "lr": 1e-3,
+            "warmup_steps": 1,
+            "ckpt_every": 2,
+            "keep_last": 1,
+            "log_every": 1,
+            "device": "cpu",
+            **training,
+        },  # fmt: skip
     }
 
 
@@ -179,6 +193,7 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path, teacher) -> None:
 
 def test_a_round_resumed_with_another_teacher_is_refused(tmp_path, teacher, perturbed_unet):
     config = write_config(tmp_path, teacher)
+
     def interrupt(r, step, loss):
         if step == 2:
             raise KeyboardInterrupt
@@ -235,4 +250,6 @@ def test_ddim_distill_command_and_sample_with_the_students_plan(tmp_path, teache
                              "-n", "2", "--out", str(out)], capture_output=True, text=True,
                             env=ENV, timeout=120)  # fmt: skip
     assert sample.returncode == 0, sample.stderr
+    assert "sampling with its own 1-step plan [99]" in sample.stdout
+    assert "ddim: 1 model calls a batch" in sample.stdout
     assert out.is_file()

@@ -1,6 +1,6 @@
 """The ``ddim`` command: ``ddim sample``, ``encode``, ``reconstruct``, ``interpolate``,
-``edit``, ``inpaint``, ``translate``, ``train``, ``distill``, ``convert``, ``info``, ``serve`` and ``eval``
-(``ddim COMMAND --help`` for each)."""
+``edit``, ``inpaint``, ``translate``, ``train``, ``distill``, ``convert``, ``info``,
+``serve`` and ``eval`` (``ddim COMMAND --help`` for each)."""
 
 from __future__ import annotations
 

@@ -92,6 +92,12 @@ device_option = option(
 steps_option = count_option(
     "--steps", default=50, help="number of DDIM steps S (at most the model's T)"
 )
+sample_steps_option = count_option(
+    "--steps",
+    default=None,
+    show_default="a distilled student's own plan, else 50",
+    help="number of sampling steps S (at most the model's T)",
+)
 spacing_option = choice_option(
     "--spacing", SPACINGS, default="uniform", help="how the S timesteps are laid out in 0..T-1"
 )
@@ -287,6 +293,22 @@ def image_shape(model: UNet) -> tuple[int, int, int]:
     """``(C, H, W)`` of the images ``model`` takes."""
     config = model.config
     return (config.in_channels, config.image_size, config.image_size)
+
+
+def with_own_plan(sampler: SamplerOptions, steps: int | None, model: object) -> SamplerOptions:
+    """``sampler`` with a distilled student's own plan when ``--steps`` was not given (else
+    as it is: 50 steps by default); another plan for a student is allowed and says so."""
+    from ddim.sampling import own_plan
+
+    plan = own_plan(model)
+    if plan is None:
+        return sampler
+    if steps is None:
+        click.echo(f"a distilled student: sampling with its own {len(plan)}-step plan {list(plan)}")
+        return dataclasses.replace(sampler, steps=plan)
+    click.echo(f"note: this student was distilled for {len(plan)} steps; sampling it with "
+               f"{steps} instead")  # fmt: skip
+    return sampler
 
 
 def check_steps(schedule: NoiseSchedule, steps: int) -> None:

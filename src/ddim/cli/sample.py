@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 @click.command("sample", short_help="Sample images from a model.")
 @options.ckpt_option
-@options.steps_option
+@options.sample_steps_option
 @options.spacing_option
 @options.solver_option
 @options.final_step_option
@@ -82,7 +82,7 @@ if TYPE_CHECKING:
 @options.force_option
 def sample_command(
     ckpt: str,
-    steps: int,
+    steps: int | None,
     spacing: str,
     solver: str,
     final_step: str | None,
@@ -118,7 +118,7 @@ def sample_command(
     from ddim.sampling import SamplerOptions
 
     sampler = SamplerOptions(
-        steps=steps, spacing=spacing, eta=eta, variance=variance, clip_denoised=clip,
+        steps=steps or 50, spacing=spacing, eta=eta, variance=variance, clip_denoised=clip,
         precision=precision, solver=solver, final_step=final_step, guidance=guidance,
         classifier_scale=classifier_scale,
     )  # fmt: skip
@@ -126,7 +126,8 @@ def sample_command(
     ckpt = guide_options.model_for(ckpt, class_, classifier_scale)
     if common.is_folder(out) and trajectory is None:
         fast = {"channels_last": channels_last, "compile": compile}
-        _sample_to_folder(ckpt, n, batch_size, seed, device, sampler, guide, out, npz, force, fast)
+        _sample_to_folder(ckpt, n, batch_size, seed, device, (sampler, steps), guide, out, npz,
+                          force, fast)  # fmt: skip
         return
     if npz is not None:
         raise click.UsageError("--npz needs a folder --out (ending with /) and no --trajectory")
@@ -134,8 +135,10 @@ def sample_command(
     common.check_image_output(out, n, force)
     common.check_output(trajectory, (".gif",), "--trajectory", force)
     model, schedule = options.load_model(
-        ckpt, device, [steps], channels_last=channels_last, compile=compile, rows=min(n, batch_size)
-    )
+        ckpt, device, [steps or 50], channels_last=channels_last, compile=compile,
+        rows=min(n, batch_size),
+    )  # fmt: skip
+    sampler = options.with_own_plan(sampler, steps, model)
     labels, net, n, rows = guide.resolve(model, schedule, sampler, device, n)
     auto = options.auto_speed(
         model, schedule, sampler, n, batch_size, device, (channels_last, compile)
@@ -201,7 +204,7 @@ def _sample_to_folder(
     batch_size: int,
     seed: int,
     device: torch.device,
-    sampler: SamplerOptions,
+    given: tuple[SamplerOptions, int | None],
     guide: Guide,
     out: str,
     npz: str | None,
@@ -215,9 +218,10 @@ def _sample_to_folder(
     common.check_output(npz, (".npz",), "--npz", force)
     device = distributed.init_from_env(device)
     rank, world_size = distributed.world()
-    model, schedule = options.load_model(
-        ckpt, device, [sampler.steps], **fast, rows=min(n, batch_size)
-    )
+    sampler, steps = given
+    model, schedule = options.load_model(ckpt, device, [sampler.steps], **fast,
+                                         rows=min(n, batch_size))  # fmt: skip
+    sampler = options.with_own_plan(sampler, steps, model)
     labels, net, n, _ = guide.resolve(model, schedule, sampler, device, n)
     mine = sum(b - a for a, b in sample_folder.rank_batches(n, batch_size, rank, world_size))
     flags = (fast["channels_last"], fast["compile"])
