@@ -366,3 +366,20 @@ def test_eval_solvers_command(tmp_path, write_checkpoint, tiny_config) -> None:
     assert header == "| solver (FD) | 4 calls |"  # no column for the budgets of ddim, not run
     bad = CliRunner().invoke(eval_group, ["solvers", "--solvers", "ddim,euler"])
     assert bad.exit_code == 2 and "solvers are ddim, dpmpp-2m" in bad.output
+
+
+def test_every_solver_declares_its_facts_once_under_its_name() -> None:
+    """``ddim.names.SOLVERS`` (what --help offers without torch) and the facts beside each
+    function name the same solvers in the same order; the facts are those of the papers."""
+    from ddim.solvers import FACTS, solver_facts
+
+    assert tuple(FACTS) == SOLVERS
+    assert {name: f.min_steps for name, f in FACTS.items()} == {
+        "ddim": 1, "dpmpp-2m": 2, "dpmpp-3m": 3, "unipc": 2, "plms": 2, "heun": 2,
+        "dpmpp-2m-sde": 2,
+    }  # fmt: skip
+    noisy = {name for name, f in FACTS.items() if f.draws_noise(0.0, "ddim")}
+    assert noisy == {"dpmpp-2m-sde"}
+    assert FACTS["ddim"].draws_noise(0.5, "ddim") and FACTS["ddim"].draws_noise(0.0, "ddpm-large")
+    with pytest.raises(ValueError, match="unknown solver 'euler'; choose one of ddim, dpmpp-2m"):
+        solver_facts("euler")

@@ -9,13 +9,10 @@ SPACINGS = ("uniform", "quad", "linspace", "trailing", "logsnr", "karras")
 #: The paper's sigma-hat row of Table 1 (the official code's ``ddpm_noisy`` step).
 SIGMA_HAT = "ddpm-large"
 VARIANCES = ("ddim", SIGMA_HAT)
-#: The solvers of ``ddim.sample(solver=...)`` (``ddim.solvers``) and the fewest steps a run
-#: of each may have: its multistep history needs that many points (its measured order is in
-#: the README's solver table, not here).
-SOLVER_MIN_STEPS = {
-    "ddim": 1, "dpmpp-2m": 2, "dpmpp-3m": 3, "unipc": 2, "plms": 2, "heun": 2, "dpmpp-2m-sde": 2,
-}  # fmt: skip
-SOLVERS = tuple(SOLVER_MIN_STEPS)
+#: The solvers of ``ddim.sample(solver=...)``; each declares its facts (fewest steps, noise,
+#: model calls) beside its function in ``ddim.solvers`` (its measured order is in the
+#: README's solver table).
+SOLVERS = ("ddim", "dpmpp-2m", "dpmpp-3m", "unipc", "plms", "heun", "dpmpp-2m-sde")
 #: How a solver run ends: a step to alpha_bar = 1 (first order or trapezoidal), or at the
 #: smallest timestep.
 FINAL_STEPS = ("denoise", "trapezoid", "none")

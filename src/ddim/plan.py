@@ -45,6 +45,31 @@ Predict = Callable[[int, torch.Tensor], Prediction]
 Noise = Callable[[int, torch.Tensor], torch.Tensor]
 #: ``report(i, x, x0)``: called after step ``i`` with the new state and the step's ``x0``.
 Report = Callable[[int, torch.Tensor, torch.Tensor], None]
+#: ``solver(predict, x, plan, noise, report) -> x``: one solver's walk over a plan.
+SolverFunction = Callable[..., torch.Tensor]
+
+
+def one_call_a_step(plan: StepPlan) -> int:
+    """The model calls of a solver that calls the model once a step: ``plan.steps``."""
+    return plan.steps
+
+
+@dataclass(frozen=True)
+class SolverFacts:
+    """What a solver is, declared once beside its function: the ``function`` itself, the
+    fewest steps its history needs (``min_steps``), whether it draws step noise at the given
+    ``(eta, variance)`` (``draws_noise``), and how many model calls it makes over a plan
+    (``calls``; zero-length steps are not in a plan, so they cost nothing)."""
+
+    function: SolverFunction
+    min_steps: int
+    draws_noise: Callable[[float, str], bool]
+    calls: Callable[[StepPlan], int] = one_call_a_step
+
+
+def never(eta: float, variance: str) -> bool:
+    """``draws_noise`` of a deterministic (ODE) solver."""
+    return False
 
 
 @dataclass(frozen=True)

@@ -25,12 +25,12 @@ from tqdm.auto import tqdm
 
 from ddim.checked_model import Callback, CheckedModel, Model, Step, Trajectory
 from ddim.guidance import Classifier, guided
-from ddim.names import DEFAULT_FINAL_STEP, SIGMA_HAT, SOLVER_MIN_STEPS, SOLVERS, VARIANCES
+from ddim.names import DEFAULT_FINAL_STEP, SIGMA_HAT, SOLVERS, VARIANCES
 from ddim.noise import step_noise
 from ddim.parameterization import as_eps_model
 from ddim.plan import Prediction, StepPlan
 from ddim.schedule import NoiseSchedule
-from ddim.solvers import SOLVER_FUNCTIONS, Solver
+from ddim.solvers import Solver, solver_facts
 from ddim.solvers.eq12 import check_eta, ddim_step, predict_x0
 
 __all__ = ["Callback", "Model", "SamplerOptions", "Step", "Trajectory", "invert", "model_calls",
@@ -92,9 +92,7 @@ class SamplerOptions:
     @property
     def stochastic(self) -> bool:
         """Whether a run draws step noise."""
-        if self.solver == "ddim":
-            return self.eta > 0 or self.variance == SIGMA_HAT
-        return self.solver == "dpmpp-2m-sde"
+        return solver_facts(self.solver).draws_noise(self.eta, self.variance)
 
     def plan(self, sched: NoiseSchedule) -> StepPlan:
         """The step plan of a run on ``sched``, checked: enough steps for the solver, and an
@@ -103,7 +101,7 @@ class SamplerOptions:
         if final_step is None:
             final_step = "denoise" if self.solver == "ddim" else DEFAULT_FINAL_STEP
         plan = StepPlan.build(sched, self.steps, self.spacing, final_step)
-        need = SOLVER_MIN_STEPS[self.solver]
+        need = solver_facts(self.solver).min_steps
         if plan.steps < need:
             given = self.steps if isinstance(self.steps, int) else len(self.steps)
             raise ValueError(
@@ -145,9 +143,10 @@ class SamplerOptions:
     def solver_function(self) -> Solver:
         """The solver of :mod:`ddim.solvers` these options run, ``eta`` and ``variance``
         bound for ``ddim``."""
+        function = solver_facts(self.solver).function
         if self.solver == "ddim":
-            return functools.partial(SOLVER_FUNCTIONS["ddim"], eta=self.eta, variance=self.variance)
-        return SOLVER_FUNCTIONS[self.solver]
+            return functools.partial(function, eta=self.eta, variance=self.variance)
+        return function
 
     def sample(
         self, model: Model, x_T: torch.Tensor, sched: NoiseSchedule, **kwargs: object
@@ -314,12 +313,7 @@ def model_calls(
     Guidance adds no call: CFG's halves share one call of 2B rows (a classifier adds a
     forward and backward pass of its own per call)."""
     options = SamplerOptions(steps=steps, spacing=spacing, solver=solver, final_step=final_step)
-    plan = options.plan(sched)
-    if solver == "heun":
-        return plan.steps + sum(not plan.ends_at_data(i) for i in range(plan.steps))
-    if solver == "plms" and plan.steps and not plan.ends_at_data(0):
-        return plan.steps + 1
-    return plan.steps
+    return solver_facts(solver).calls(options.plan(sched))
 
 
 @torch.no_grad()

@@ -27,12 +27,13 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from ddim.guidance import num_classes
-from ddim.names import INPAINT_METHODS, NAMED_MASKS, SOLVER_MIN_STEPS
+from ddim.names import INPAINT_METHODS, NAMED_MASKS
 from ddim.precision import choose
 from ddim.serve import requests, work
 from ddim.serve.requests import BadRequest, Limits, ModelFacts
 from ddim.serve.runner import Runner
 from ddim.serve.work import Served
+from ddim.solvers import FACTS
 
 log = logging.getLogger("ddim.serve")
 
@@ -91,7 +92,7 @@ def create_app(served: Served, limits: Limits | None = None, max_waiting: int = 
             "image_size": facts.image_size,
             "channels": facts.channels,
             "num_timesteps": facts.num_timesteps,
-            "solvers": SOLVER_MIN_STEPS,
+            "solvers": {name: f.min_steps for name, f in FACTS.items()},
             "inpaint_methods": list(INPAINT_METHODS),
             "named_masks": list(NAMED_MASKS),
             "limits": vars(limits),

@@ -20,7 +20,8 @@ import torch
 from PIL import Image
 
 from ddim.formats.masks import named_mask
-from ddim.names import INPAINT_METHODS, NAMED_MASKS, SOLVER_MIN_STEPS, SOLVERS
+from ddim.names import INPAINT_METHODS, NAMED_MASKS, SOLVERS
+from ddim.solvers import solver_facts
 
 
 class BadRequest(ValueError):
@@ -228,8 +229,9 @@ def sample_request(body: dict[str, Any], facts: ModelFacts, limits: Limits) -> S
     p = Parser(body, facts, limits)
     solver = p.choice("solver", "ddim", SOLVERS)
     steps = p.steps()
-    if steps < SOLVER_MIN_STEPS[solver]:
-        raise BadRequest(f"solver {solver} needs at least {SOLVER_MIN_STEPS[solver]} steps")
+    need = solver_facts(solver).min_steps
+    if steps < need:
+        raise BadRequest(f"solver {solver} needs at least {need} steps")
     return SampleRequest(
         n=p.integer("n", 16, 1, limits.max_images),
         steps=steps,

@@ -57,24 +57,33 @@ from collections.abc import Callable
 
 import torch
 
-from ddim.plan import Noise, Predict, Report, StepPlan
-from ddim.solvers.dpm import dpmpp_2m, dpmpp_2m_sde, dpmpp_3m
-from ddim.solvers.eps import heun, plms
-from ddim.solvers.eq12 import ddim_solver
-from ddim.solvers.unipc import unipc
+from ddim.names import SOLVERS
+from ddim.plan import Noise, Predict, Report, SolverFacts, StepPlan
+from ddim.solvers.dpm import DPMPP_2M, DPMPP_2M_SDE, DPMPP_3M, dpmpp_2m, dpmpp_2m_sde, dpmpp_3m
+from ddim.solvers.eps import HEUN, PLMS, heun, plms
+from ddim.solvers.eq12 import DDIM, ddim_solver
+from ddim.solvers.unipc import UNIPC, unipc
 
-__all__ = ["SOLVER_FUNCTIONS", "Solver", "ddim_solver", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m",
-           "heun", "plms", "unipc"]  # fmt: skip
+__all__ = ["FACTS", "Solver", "SolverFacts", "ddim_solver", "dpmpp_2m", "dpmpp_2m_sde",
+           "dpmpp_3m", "heun", "plms", "solver_facts", "unipc"]  # fmt: skip
 
 Solver = Callable[[Predict, torch.Tensor, StepPlan, Noise, Report], torch.Tensor]
 
-#: Every solver by name (the names are in :mod:`ddim.names`).
-SOLVER_FUNCTIONS: dict[str, Solver] = {
-    "ddim": ddim_solver,
-    "dpmpp-2m": dpmpp_2m,
-    "dpmpp-3m": dpmpp_3m,
-    "unipc": unipc,
-    "plms": plms,
-    "heun": heun,
-    "dpmpp-2m-sde": dpmpp_2m_sde,
+#: Every solver's facts by name, in the order of :data:`ddim.names.SOLVERS` (the names
+#: ``--help`` offers without importing torch; a test checks that the two agree).
+FACTS: dict[str, SolverFacts] = {
+    "ddim": DDIM,
+    "dpmpp-2m": DPMPP_2M,
+    "dpmpp-3m": DPMPP_3M,
+    "unipc": UNIPC,
+    "plms": PLMS,
+    "heun": HEUN,
+    "dpmpp-2m-sde": DPMPP_2M_SDE,
 }
+
+
+def solver_facts(solver: str) -> SolverFacts:
+    """The :class:`~ddim.plan.SolverFacts` of ``solver``, else a ValueError naming the choices."""
+    if solver not in FACTS:
+        raise ValueError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")
+    return FACTS[solver]

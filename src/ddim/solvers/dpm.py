@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from ddim.plan import Noise, Predict, Report, StepPlan, first_order, to_data
+from ddim.plan import Noise, Predict, Report, SolverFacts, StepPlan, first_order, never, to_data
 
 
 def dpmpp_2m(
@@ -80,3 +80,8 @@ def dpmpp_2m_sde(
         d_prev = d
         report(i, x, d)
     return x
+
+
+DPMPP_2M = SolverFacts(dpmpp_2m, min_steps=2, draws_noise=never)
+DPMPP_3M = SolverFacts(dpmpp_3m, min_steps=3, draws_noise=never)
+DPMPP_2M_SDE = SolverFacts(dpmpp_2m_sde, min_steps=2, draws_noise=lambda eta, variance: True)

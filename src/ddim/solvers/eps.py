@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from ddim.plan import Noise, Predict, Report, StepPlan, to_data
+from ddim.plan import Noise, Predict, Report, SolverFacts, StepPlan, never, to_data
 
 #: PNDM's Adams-Bashforth weights of the newest ``eps`` first, by how many are known.
 PLMS_WEIGHTS = {
@@ -64,3 +64,18 @@ def heun(
             x = (x_tilde + (s_next - s_i) * 0.5 * (pred.eps + eps_next)) * plan.alpha[i + 1]
         report(i, x, pred.x0)
     return x
+
+
+def _plms_calls(plan: StepPlan) -> int:
+    """One call a step, and PNDM's second call on its first step (unless that step ends
+    at the data)."""
+    return plan.steps + (plan.steps > 0 and not plan.ends_at_data(0))
+
+
+def _heun_calls(plan: StepPlan) -> int:
+    """Two calls on every step but one to ``alpha_bar = 1`` (Euler there)."""
+    return plan.steps + sum(not plan.ends_at_data(i) for i in range(plan.steps))
+
+
+PLMS = SolverFacts(plms, min_steps=2, draws_noise=never, calls=_plms_calls)
+HEUN = SolverFacts(heun, min_steps=2, draws_noise=never, calls=_heun_calls)

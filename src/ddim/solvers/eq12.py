@@ -20,7 +20,7 @@ import math
 import torch
 
 from ddim.names import SIGMA_HAT, VARIANCES
-from ddim.plan import Noise, Predict, Report, StepPlan, to_data
+from ddim.plan import Noise, Predict, Report, SolverFacts, StepPlan, to_data
 
 
 def predict_x0(x_t: torch.Tensor, eps: torch.Tensor, a_t: float) -> torch.Tensor:
@@ -104,3 +104,11 @@ def ddim_solver(
                 x = x + sigma * noise(i, x)
         report(i, x, pred.x0)
     return x
+
+
+def _ddim_draws_noise(eta: float, variance: str) -> bool:
+    """Eq. 12 draws ``z`` for ``eta > 0`` and always for sigma-hat."""
+    return eta > 0 or variance == SIGMA_HAT
+
+
+DDIM = SolverFacts(ddim_solver, min_steps=1, draws_noise=_ddim_draws_noise)

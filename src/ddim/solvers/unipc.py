@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ddim.plan import Noise, Predict, Report, StepPlan, first_order
+from ddim.plan import Noise, Predict, Report, SolverFacts, StepPlan, first_order, never
 
 
 def _unic_weights(h: float, rks: Sequence[float]) -> list[float]:
@@ -73,3 +73,6 @@ def _unic(
     if rks:
         correction = correction + (rhos[0] / rks[0]) * (ds[2] - ds[1])
     return first_order(plan, i, x_i, ds[1]) - (plan.alpha[i + 1] * b_h) * correction
+
+
+UNIPC = SolverFacts(unipc, min_steps=2, draws_noise=never)
