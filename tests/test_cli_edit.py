@@ -49,6 +49,24 @@ def test_inpaint_keeps_the_known_pixels_and_matches_the_library(ckpts, tmp_path,
     np.testing.assert_array_equal(got, images.to_uint8(ref.images))
 
 
+@pytest.mark.parametrize("command", ["inpaint", "edit"])
+def test_inpaint_and_edit_take_any_solver(ckpts, tmp_path, command) -> None:
+    assert "--solver" in ok(command, "--help").output
+    extra = ["--mask", "bottom-half", "--resample", 2] if command == "inpaint" else []
+    out = tmp_path / "s.npz"
+    ok(command, ckpts["images"], "--ckpt", ckpts["plain"], *extra, "--steps", 6,
+       "--solver", "dpmpp-2m", "--out", out)  # fmt: skip
+    model, sched = load_pretrained(ckpts["plain"])
+    x0 = inputs(ckpts)
+    if command == "inpaint":
+        ref = inpaint(model, x0, named_mask("bottom-half", 8), sched, steps=6, resample=2,
+                      solver="dpmpp-2m").images  # fmt: skip
+        np.testing.assert_array_equal(np.load(out)["samples"][:, :4], images.to_uint8(x0)[:, :4])
+    else:
+        ref = edit(model, x0, sched, strength=0.6, steps=6, solver="dpmpp-2m")
+    np.testing.assert_array_equal(np.load(out)["samples"], images.to_uint8(ref))
+
+
 def test_masks_from_png_and_by_name(tmp_path) -> None:
     pixels = np.full((8, 8), 255, np.uint8)
     pixels[2:6, 2:6] = 0

@@ -1,39 +1,42 @@
 """Inpainting with a DDIM model: fill the pixels where ``mask = 0``, keep those where ``mask = 1``.
 
-The sampler walks the step plan with eq. 12 (any η; RePaint's ancestral step is η = 1), and
-the known pixels steer it in one of three ways:
+Every method is a change of the same step plan that :func:`ddim.sample` walks, so every
+solver, η, and classifier-free or classifier guidance reach it (:func:`ddim.sampling.walk`):
 
-- ``replace`` (the replacement method; Song et al. 2021, App. I.2): after every step to a
-  point with ``a = alpha_bar``, the known region is replaced by the forward-noised original
-  ``sqrt(a) x_0 + sqrt(1 - a) z`` (fresh ``z``);
-- ``repaint`` (Lugmayr et al. 2022): ``replace`` with resampling: after coming down to a
-  level, go back up ``jump_length`` levels with the forward process
+- ``replace`` (the replacement method; Song et al. 2021, App. I.2) changes the state: after
+  every step to a point with ``a = alpha_bar``, the known region is replaced by the
+  forward-noised original ``sqrt(a) x_0 + sqrt(1 - a) z`` (fresh ``z``);
+- ``repaint`` (Lugmayr et al. 2022) changes the walk: ``replace``, and after coming down to
+  a level, go back up ``jump_length`` levels with the forward process
   ``x_up = sqrt(a_up / a) x + sqrt(1 - a_up / a) z`` and come down again, ``resample - 1``
   times, so the unknown region can agree with the known one;
-- ``dps`` (Chung et al. 2023): each step is moved along
-  ``-zeta * grad_x |mask * (x0_pred - x_0)|^2 / |mask * (x0_pred - x_0)|``, the gradient taken
-  through the model;
-- ``ddnm`` (Wang, Yu & Zhang 2023, the null-space projection for inpainting): the known
-  pixels of each step's prediction of ``x_0`` are replaced by the input's before eq. 12
-  moves on, ``x0_pred <- mask * x_0 + (1 - mask) * x0_pred``, so the state never has to be
-  overwritten; with ``resample > 1`` it goes back up and down as RePaint does (DDNM+'s
-  time travel), by default only at ``t < T / 2``.
+- ``dps`` (Chung et al. 2023) changes the state by a gradient taken through the model call:
+  each step is moved along ``-zeta * grad_x |mask * (x0_pred - x_0)|`` at its start point;
+- ``ddnm`` (Wang, Yu & Zhang 2023, the null-space projection for inpainting) changes the
+  prediction: the known pixels of each prediction of ``x_0`` are the input's,
+  ``x0_pred <- mask * x_0 + (1 - mask) * x0_pred``, with the ``eps`` that this ``x0_pred``
+  implies at ``x_t``, so eq. 12 is the step of DDNM's Alg. 1 (the posterior given ``x_t``
+  and the rectified ``x0_pred``); with ``resample > 1`` it goes back up and down as RePaint
+  does (DDNM+'s time travel), by default only at ``t < T / 2``.
 
-Every method ends with the known pixels set to the input, so they come out equal to it.
-Noise is per sample (a generator seeded ``seed + i`` for image ``i``). Model calls and
-gradient passes are counted in the result.
+A walk down a stretch of the plan is one solver run over that part of it, so a multistep
+solver starts its history again after each trip back up. Every method ends with the known
+pixels set to the input, so they come out equal to it. Noise is per sample (a generator
+seeded ``seed + i`` for image ``i``). Model calls and gradient passes are counted in the
+result.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from ddim.checked_model import Callback, CheckedModel, Step
-from ddim.guidance import guided
+from ddim.checked_model import Callback, Step
+from ddim.guidance import Classifier
 from ddim.names import (
     INPAINT_JUMP_LENGTH,
     INPAINT_METHODS,
@@ -41,16 +44,18 @@ from ddim.names import (
     INPAINT_RESAMPLE_BELOW,
 )
 from ddim.noise import per_sample_randn, seeded_generators
-from ddim.plan import StepPlan
-from ddim.sampling import Model
+from ddim.plan import Prediction, StepPlan
+from ddim.sampling import Model, SamplerOptions, walk
 from ddim.schedule import NoiseSchedule
-from ddim.solvers.eq12 import check_eta, ddim_sigma, ddim_step
 
 METHODS = INPAINT_METHODS
 #: The methods that put the forward-noised known pixels into the state after every step,
 #: and those that go back up and down ``resample`` times.
 REPLACED = ("replace", "repaint")
 RESAMPLED = ("repaint", "ddnm")
+#: Inpainting's sampler options where none are given: 20 steps, and for DDIM's eq. 12
+#: RePaint's ancestral step (eta = 1).
+DEFAULT_STEPS, DEFAULT_ETA = 20, 1.0
 
 
 @dataclass(frozen=True)
@@ -118,20 +123,18 @@ def inpaint(
     mask: torch.Tensor,
     sched: NoiseSchedule,
     *,
-    steps: int = 20,
-    spacing: str = "uniform",
+    options: SamplerOptions | None = None,
     method: str = "ddnm",
-    eta: float = 1.0,
     jump_length: int = INPAINT_JUMP_LENGTH,
     resample: int = INPAINT_RESAMPLE,
     resample_below: float = INPAINT_RESAMPLE_BELOW,
     dps_scale: float = 1.0,
     y: torch.Tensor | None = None,
-    guidance: float | None = None,
-    precision: str = "fp32",
+    classifier: Classifier | None = None,
     seed: int = 0,
     generators: list[torch.Generator] | None = None,
     callback: Callback | None = None,
+    **fields: Any,
 ) -> Inpainting:
     """Complete ``x0`` ``(B, C, H, W)`` where ``mask`` (broadcastable, 0 or 1) is 0.
 
@@ -142,21 +145,25 @@ def inpaint(
     pixels. The defaults (DDNM, 15 resamplings over jumps of 2 steps below T / 2, 160 calls
     at 20 steps) kept the label of inpainted held-out digits most often (docs/RESULTS.md
     §4.1-4.2).
-    ``steps``, ``spacing``, ``eta``, ``y``, ``guidance`` and ``precision`` are those of
-    :func:`ddim.sample`. ``callback`` sees every step down (the repeated ones too) as a
-    :class:`ddim.Step`, before the known pixels are put back.
+
+    The run is ``options`` (a :class:`~ddim.sampling.SamplerOptions`), or its fields given
+    one by one (``steps``, ``spacing``, ``solver``, ``eta``, ``guidance``, ``precision``,
+    ...; by default 20 steps, and ``eta = 1`` for the ``ddim`` solver). ``y``,
+    ``classifier`` (with ``classifier_scale``) are those of :func:`ddim.sample`.
+    ``callback`` sees every step down (the repeated ones too) as a :class:`ddim.Step`,
+    before the known pixels are put back.
     """
     if method not in METHODS:
         raise ValueError(
             f"unknown inpainting method {method!r}; choose one of {', '.join(METHODS)}"
         )
+    options = _options(options, fields)
     mask = _check_mask(mask, x0)
-    plan = StepPlan.build(sched, steps, spacing, "denoise")
-    check_eta(plan, eta, "ddim")
-    b = x0.shape[0]
-    gens = generators if generators is not None else seeded_generators(seed, b, x0.device)
+    plan = options.plan(sched)
+    gens = generators if generators is not None else seeded_generators(seed, x0.shape[0],
+                                                                        x0.device)  # fmt: skip
 
-    def z() -> torch.Tensor:
+    def z(*_: object) -> torch.Tensor:
         return per_sample_randn(gens, x0.shape[1:], dtype=x0.dtype, device=x0.device)
 
     def known(i: int, x: torch.Tensor) -> torch.Tensor:
@@ -164,74 +171,97 @@ def inpaint(
         noised = math.sqrt(a) * x0 + math.sqrt(1 - a) * z() if a < 1 else x0
         return torch.where(mask, noised, x)
 
-    points = [t for t in plan.ts if t >= 0]
-    net = CheckedModel(guided(model, sched, b, y=y, guidance=guidance), points, b, x0.device,
-                       precision)  # fmt: skip
-    if method == "dps":
-        step = _dps_step(net, plan, x0, mask, dps_scale)
-    else:
-        step = _step(net, plan, *((x0, mask) if method == "ddnm" else ()))
+    change = _Change(method, plan, x0, mask, dps_scale)
     moves = inpaint_moves(plan, sched.num_timesteps, method, jump_length, resample, resample_below)
     x = z()
-    calls = grads = 0
-    for move, i in moves:
-        if move == "up":
-            ratio = plan.a[i] / plan.a[i + 1]
-            x = math.sqrt(ratio) * x + math.sqrt(1 - ratio) * z()
+    for start, stop in _stretches(moves):
+        if start > stop:  # back up from point start to point stop
+            for i in range(start - 1, stop - 1, -1):
+                ratio = plan.a[i] / plan.a[i + 1]
+                x = math.sqrt(ratio) * x + math.sqrt(1 - ratio) * z()
             continue
-        x, x0_pred, grad = step(i, x, ddim_sigma(plan.a[i], plan.a[i + 1], eta), z)
-        calls, grads = calls + 1, grads + grad
-        if callback is not None:
-            callback(Step(i, plan.ts[i], x, x0_pred))
-        if method in REPLACED or plan.a[i + 1] == 1:
-            x = known(i + 1, x)
-    net.raise_if_nonfinite()
-    return Inpainting(x, calls, grads)
+
+        def report(k: int, x: torch.Tensor, x0_pred: torch.Tensor, start: int = start):
+            i = start + k
+            if callback is not None:
+                callback(Step(i, plan.ts[i], x, x0_pred))
+            x = change.after_step(i, x)
+            return known(i + 1, x) if method in REPLACED or plan.a[i + 1] == 1 else x
+
+        part = plan.part(start, stop)
+        x = walk(model, x, sched, options, part, z, report, y=y, classifier=classifier,
+                 change=change.at(start), with_grad=method == "dps")  # fmt: skip
+    return Inpainting(torch.where(mask, x0, x), change.calls, change.grads)
 
 
-#: One step down from point ``i``: ``(x, z) -> (x_next, x0_pred, gradient passes)``.
-StepDown = Callable[
-    [int, torch.Tensor, float, Callable[[], torch.Tensor]], tuple[torch.Tensor, torch.Tensor, int]
-]
+def _options(options: SamplerOptions | None, fields: dict[str, Any]) -> SamplerOptions:
+    """``options``, or the fields given one by one over inpainting's defaults."""
+    if options is not None:
+        if fields:
+            raise ValueError(
+                "give the sampler's options either as options= or one by one, not both"
+            )
+        return options
+    defaults: dict[str, Any] = {"steps": DEFAULT_STEPS}
+    if fields.get("solver", "ddim") == "ddim":
+        defaults["eta"] = DEFAULT_ETA
+    return SamplerOptions(**{**defaults, **fields})
 
 
-def _step(
-    net: CheckedModel,
-    plan: StepPlan,
-    x0: torch.Tensor | None = None,
-    mask: torch.Tensor | None = None,
-) -> StepDown:
-    """Eq. 12 from point ``i`` with noise std ``sigma``; given ``x0`` and ``mask``, with the
-    known pixels of the prediction of ``x_0`` set to the input's (DDNM)."""
-
-    def step(i: int, x: torch.Tensor, sigma: float, z: Callable[[], torch.Tensor]):
-        eps = net(x, i, plan.ts[i])
-        x0_pred = (x - plan.sigma[i] * eps) / plan.alpha[i]
-        if mask is not None:
-            x0_pred = torch.where(mask, x0, x0_pred)
-        x = ddim_step(x0_pred, eps, plan.a[i + 1], sigma)
-        return (x + sigma * z() if sigma > 0 else x), x0_pred, 0
-
-    return step
+def _stretches(moves: list[tuple[str, int]]) -> Iterator[tuple[int, int]]:
+    """The walk as stretches between points: ``(a, b)`` with ``a < b`` goes down from point
+    ``a`` to point ``b``, with ``a > b`` back up."""
+    run: list[tuple[str, int]] = []
+    for move in moves:
+        if run and run[-1][0] != move[0]:
+            yield _stretch(run)
+            run = []
+        run.append(move)
+    if run:
+        yield _stretch(run)
 
 
-def _dps_step(
-    net: CheckedModel, plan: StepPlan, x0: torch.Tensor, mask: torch.Tensor, scale: float
-) -> StepDown:
-    """Eq. 12 moved along the normalised gradient of the known pixels' error (DPS)."""
+def _stretch(run: list[tuple[str, int]]) -> tuple[int, int]:
+    kind, first = run[0]
+    last = run[-1][1]
+    return (first, last + 1) if kind == "down" else (first + 1, last)
 
-    def step(i: int, x: torch.Tensor, sigma: float, z: Callable[[], torch.Tensor]):
-        with torch.enable_grad():
-            x_in = x.detach().requires_grad_(True)
-            eps = net(x_in, i, plan.ts[i])
-            x0_pred = (x_in - plan.sigma[i] * eps) / plan.alpha[i]
-            err = ((x0_pred - x0) * mask).flatten(1).norm(dim=1)
-            (grad,) = torch.autograd.grad(err.sum(), x_in)
-        nxt = ddim_step(x0_pred.detach(), eps.detach(), plan.a[i + 1], sigma)
-        nxt = nxt - scale * grad  # d|r|/dx = grad(|r|^2) / (2 |r|): DPS's normalised step
-        return (nxt + sigma * z() if sigma > 0 else nxt), x0_pred.detach(), 1
 
-    return step
+class _Change:
+    """The changes of one inpainting run: DDNM's prediction, DPS's gradient step after each
+    step (its gradient taken at the step's first model call), and the counts of both."""
+
+    def __init__(
+        self, method: str, plan: StepPlan, x0: torch.Tensor, mask: torch.Tensor, scale: float
+    ) -> None:
+        self.method, self.plan, self.x0, self.mask, self.scale = method, plan, x0, mask, scale
+        self.calls = self.grads = 0
+        self.gradient: dict[int, torch.Tensor] = {}
+
+    def at(self, start: int):
+        """The change of the prediction for a part of the plan starting at point ``start``."""
+
+        def change(k: int, x: torch.Tensor, pred: Prediction) -> Prediction:
+            i = start + k
+            self.calls += 1
+            if self.method == "ddnm":
+                x0 = torch.where(self.mask, self.x0, pred.x0)
+                eps = (x - self.plan.alpha[i] * x0) / self.plan.sigma[i]
+                return Prediction(eps, x0)
+            if self.method == "dps":  # a later call at point i (Heun's trial) is overridden
+                err = ((pred.x0 - self.x0) * self.mask).flatten(1).norm(dim=1)
+                (self.gradient[i],) = torch.autograd.grad(err.sum(), x)
+                self.grads += 1
+            return pred
+
+        return change
+
+    def after_step(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        """DPS's move along the normalised gradient of the known pixels' error, taken at the
+        start of step ``i`` (``d|r|/dx``); the state unchanged for the other methods."""
+        if self.method != "dps":
+            return x
+        return x - self.scale * self.gradient.pop(i)
 
 
 def _check_mask(mask: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:

@@ -43,8 +43,10 @@ class Prediction:
 Predict = Callable[[int, torch.Tensor], Prediction]
 #: ``noise(i, x)``: the standard normal ``z`` of step ``i``, shaped and typed like ``x``.
 Noise = Callable[[int, torch.Tensor], torch.Tensor]
-#: ``report(i, x, x0)``: called after step ``i`` with the new state and the step's ``x0``.
-Report = Callable[[int, torch.Tensor, torch.Tensor], None]
+#: ``report(i, x, x0) -> x``: called after step ``i`` with the new state and the step's
+#: ``x0``; the solver goes on from the state it returns (``x`` itself, or the state changed
+#: between steps, as inpainting's replacement of the known pixels does).
+Report = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
 #: ``solver(predict, x, plan, noise, report) -> x``: one solver's walk over a plan.
 SolverFunction = Callable[..., torch.Tensor]
 
@@ -118,6 +120,15 @@ class StepPlan:
         """The steps that may draw noise: all but a last step to ``alpha_bar = 1``. An
         explicit ``noise=`` has this many rows."""
         return self.steps - (self.steps > 0 and self.ends_at_data(self.steps - 1))
+
+    def part(self, start: int, stop: int) -> StepPlan:
+        """The plan of points ``start .. stop`` (steps ``start .. stop - 1``), as a walk that
+        goes down part of the way and back up again (RePaint) runs it."""
+        if not 0 <= start < stop <= self.steps:
+            raise ValueError(f"no part {start}..{stop} of a plan of {self.steps} steps")
+        cut = slice(start, stop + 1)
+        return StepPlan(self.ts[cut], self.a[cut], self.alpha[cut], self.sigma[cut],
+                        self.lam[cut], self.final_step)  # fmt: skip
 
     def h(self, i: int) -> float:
         """``lambda`` gained by step ``i`` (from point ``i`` to ``i + 1``)."""

@@ -17,7 +17,7 @@ import dataclasses
 import functools
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -28,13 +28,13 @@ from ddim.guidance import Classifier, guided
 from ddim.names import DEFAULT_FINAL_STEP, SIGMA_HAT, SOLVERS, VARIANCES
 from ddim.noise import step_noise
 from ddim.parameterization import as_eps_model
-from ddim.plan import Prediction, StepPlan
+from ddim.plan import Noise, Prediction, Report, StepPlan
 from ddim.schedule import NoiseSchedule
 from ddim.solvers import Solver, solver_facts
 from ddim.solvers.eq12 import check_eta, ddim_step, predict_x0
 
 __all__ = ["Callback", "Model", "SamplerOptions", "Step", "Trajectory", "invert", "model_calls",
-           "sample"]  # fmt: skip
+           "sample", "walk"]  # fmt: skip
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -263,22 +263,10 @@ def sample(
             stacklevel=2,
         )
     z = step_noise(x_T, plan.stochastic_steps, seed, generators, noise, options.stochastic)
-    points = [t for t in plan.ts if t >= 0]
-    net = options.condition(model, sched, x_T.shape[0], y, classifier)
-    eps_model = CheckedModel(net, points, x_T.shape[0], x_T.device, options.precision)
-    clip = options.clip
     traj = Trajectory([], [x_T], []) if return_trajectory else None
     bar = tqdm(total=plan.steps, disable=not progress, desc=f"sampling ({options.solver})")
 
-    def predict(i: int, x: torch.Tensor) -> Prediction:
-        eps = eps_model(x, i, plan.ts[i])
-        x0 = (x - plan.sigma[i] * eps) / plan.alpha[i]
-        if clip:
-            x0 = x0.clamp(-1, 1)
-            eps = (x - plan.alpha[i] * x0) / plan.sigma[i]
-        return Prediction(eps, x0)
-
-    def report(i: int, x: torch.Tensor, x0: torch.Tensor) -> None:
+    def report(i: int, x: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
         bar.update()
         if traj is not None:
             traj.timesteps.append(plan.ts[i])
@@ -286,11 +274,64 @@ def sample(
             traj.x0_preds.append(x0)
         if callback is not None:
             callback(Step(i, plan.ts[i], x, x0))
+        return x
 
     with bar:
-        x = options.solver_function()(predict, x_T, plan, z, report)
-    eps_model.raise_if_nonfinite()
+        x = walk(model, x_T, sched, options, plan, z, report, y=y, classifier=classifier)
     return (x, traj) if traj is not None else x
+
+
+#: ``change(i, x, prediction) -> prediction``: a change of the prediction at point ``i``
+#: (DDNM's projection of ``x0`` onto the known pixels, for one).
+ChangePrediction = Callable[[int, torch.Tensor, Prediction], Prediction]
+
+
+def walk(
+    model: Model,
+    x: torch.Tensor,
+    sched: NoiseSchedule,
+    options: SamplerOptions,
+    plan: StepPlan,
+    noise: Noise,
+    report: Report,
+    *,
+    y: torch.Tensor | None = None,
+    classifier: Classifier | None = None,
+    change: ChangePrediction | None = None,
+    with_grad: bool = False,
+) -> torch.Tensor:
+    """One solver walk over ``plan`` (all or part of ``options.plan(sched)``) from state
+    ``x``: the model read as an ε-model and conditioned as ``options`` say
+    (:meth:`SamplerOptions.condition`), each call checked (:class:`CheckedModel`), its
+    prediction clipped if ``options.clip`` and then changed by ``change``; the solver of
+    ``options`` draws ``noise(i, x)`` and calls ``report`` after each step (which may change
+    the state). With ``with_grad``, each prediction is made with the gradient enabled for
+    ``change`` to take (DPS), from a copy of the state that requires it, and handed to the
+    solver detached. Non-finite model outputs raise after the walk."""
+    points = [t for t in plan.ts if t >= 0]
+    net = options.condition(model, sched, x.shape[0], y, classifier)
+    eps_model = CheckedModel(net, points, x.shape[0], x.device, options.precision)
+    clip = options.clip
+
+    def prediction(i: int, x: torch.Tensor) -> Prediction:
+        eps = eps_model(x, i, plan.ts[i])
+        x0 = (x - plan.sigma[i] * eps) / plan.alpha[i]
+        if clip:
+            x0 = x0.clamp(-1, 1)
+            eps = (x - plan.alpha[i] * x0) / plan.sigma[i]
+        pred = Prediction(eps, x0)
+        return pred if change is None else change(i, x, pred)
+
+    def predict(i: int, x: torch.Tensor) -> Prediction:
+        if not with_grad:
+            return prediction(i, x)
+        with torch.enable_grad():
+            pred = prediction(i, x.detach().requires_grad_(True))
+        return Prediction(pred.eps.detach(), pred.x0.detach())
+
+    x = options.solver_function()(predict, x, plan, noise, report)
+    eps_model.raise_if_nonfinite()
+    return x
 
 
 def own_plan(model: object) -> tuple[int, ...] | None:

@@ -4,8 +4,6 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import click
 
 from ddim.cli import common, guide_options, options
@@ -19,9 +17,6 @@ from ddim.names import (
     NAMED_MASKS,
 )
 
-if TYPE_CHECKING:
-    pass
-
 images_argument = click.argument(
     "sources", metavar="IMAGES...", nargs=-1, required=True, type=click.Path(exists=True)
 )
@@ -33,7 +28,8 @@ images_argument = click.argument(
         help="how far to noise, t0 = strength x T: 1 ignores the images")  # fmt: skip
 @out_option("edited.png", "PATH", "a .png grid, a .npz or a folder/ of the edited images")
 @steps_option
-@option("--eta", type=click.FloatRange(min=0.0), default=0.0, help="eta of eq. 16")
+@options.solver_option
+@option("--eta", type=click.FloatRange(min=0.0), default=0.0, help="eta of eq. 16 (ddim only)")
 @guide_options.class_guidance
 @options.seed_option
 @options.model_options
@@ -43,6 +39,7 @@ def edit_command(
     strength: float,
     out: str,
     steps: int,
+    solver: str,
     eta: float,
     guide: guide_options.ClassChoice,
     seed: int,
@@ -56,7 +53,7 @@ def edit_command(
 
     common.check_image_output(out, 1, force)
     model, schedule, x0, _, labels = load_inputs(run, steps, sources, guide.class_)
-    sampler = run.sampler(steps, eta=eta, guidance=guide.guidance)
+    sampler = run.sampler(steps, solver=solver, eta=eta, guidance=guide.guidance)
     x = edit(model, x0, schedule, strength=strength, options=sampler, y=labels, seed=seed)
     click.echo(f"wrote {common.write_images(out, x)}")
 
@@ -81,8 +78,15 @@ def edit_command(
     default=INPAINT_RESAMPLE_BELOW,
     help="resample only at timesteps t < this x T (1: everywhere, as RePaint)",
 )
-@option("--eta", type=click.FloatRange(min=0.0), default=1.0, help="eta of eq. 16")
+@option(
+    "--eta",
+    type=click.FloatRange(min=0.0),
+    default=None,
+    show_default="1 for ddim (RePaint's ancestral step); the other solvers take none",
+    help="eta of eq. 16",
+)
 @steps_option
+@options.solver_option
 @guide_options.class_guidance
 @options.seed_option
 @options.model_options
@@ -95,8 +99,9 @@ def inpaint_command(
     resample: int,
     jump_length: int,
     resample_below: float,
-    eta: float,
+    eta: float | None,
     steps: int,
+    solver: str,
     guide: guide_options.ClassChoice,
     seed: int,
     force: bool,
@@ -110,10 +115,12 @@ def inpaint_command(
     common.check_image_output(out, 1, force)
     model, schedule, x0, _, labels = load_inputs(run, steps, sources, guide.class_)
     keep = read_mask(mask, x0.shape[-1]).to(x0.device)
+    if eta is None:
+        eta = 1.0 if solver == "ddim" else 0.0
+    sampler = run.sampler(steps, solver=solver, eta=eta, guidance=guide.guidance)
     result = inpaint(
-        model, x0, keep, schedule, steps=steps, spacing=run.spacing, method=method, eta=eta,
-        jump_length=jump_length, resample=resample, resample_below=resample_below, y=labels,
-        guidance=guide.guidance, precision=run.precision, seed=seed,
+        model, x0, keep, schedule, options=sampler, method=method, jump_length=jump_length,
+        resample=resample, resample_below=resample_below, y=labels, seed=seed,
     )  # fmt: skip
     click.echo(f"{method}: {result.model_calls} model calls, {result.grad_passes} gradient passes")
     click.echo(f"wrote {common.write_images(out, result.images)}")

@@ -48,7 +48,8 @@ second order (diffusers' ``lower_order_final``).
 A solver is a plain function ``solver(predict, x, plan, noise, report) -> x`` over a
 :class:`~ddim.plan.StepPlan`, which holds the schedule's scalars as host floats;
 ``predict(i, x)`` calls the model at point ``i``, ``noise(i, x)`` draws the ``z`` of step
-``i`` and ``report(i, x, x0)`` follows each step. Multistep history lives in locals.
+``i`` and ``x = report(i, x, x0)`` follows each step (and may change the state between
+steps: :mod:`ddim.inpaint`). Multistep history lives in locals.
 """
 
 from __future__ import annotations

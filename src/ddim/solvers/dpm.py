@@ -34,7 +34,7 @@ def _multistep(
         ds = [predict(i, x).x0, *ds[: order - 1]]
         k = plan.order(i, order, len(ds))
         x = first_order(plan, i, x, ds[0]) if k == 1 else _update(plan, i, x, ds, k)
-        report(i, x, ds[0])
+        x = report(i, x, ds[0])
     return x
 
 
@@ -78,7 +78,7 @@ def dpmpp_2m_sde(
                 x = x + (0.5 * plan.alpha[i + 1] * decay / (plan.h(i - 1) / h)) * (d - d_prev)
             x = x + (plan.sigma[i + 1] * math.sqrt(decay)) * noise(i, x)
         d_prev = d
-        report(i, x, d)
+        x = report(i, x, d)
     return x
 
 

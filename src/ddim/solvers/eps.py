@@ -41,8 +41,7 @@ def plms(
             eps = sum(w * e for w, e in zip(PLMS_WEIGHTS[len(history)], history, strict=True))
         d = (x - plan.sigma[i] * eps) / plan.alpha[i]
         x_next = to_data(plan, i, x, d) if plan.ends_at_data(i) else _eps_step(plan, i, x, eps)
-        report(i, x_next, d)
-        x = x_next
+        x = report(i, x_next, d)
     return x
 
 
@@ -62,7 +61,7 @@ def heun(
             trial = (x_tilde + (s_next - s_i) * pred.eps) * plan.alpha[i + 1]
             eps_next = predict(i + 1, trial).eps
             x = (x_tilde + (s_next - s_i) * 0.5 * (pred.eps + eps_next)) * plan.alpha[i + 1]
-        report(i, x, pred.x0)
+        x = report(i, x, pred.x0)
     return x
 
 

@@ -102,7 +102,7 @@ def ddim_solver(
             x = ddim_step(pred.x0, pred.eps, a_prev, sigma)
             if sigma > 0:
                 x = x + sigma * noise(i, x)
-        report(i, x, pred.x0)
+        x = report(i, x, pred.x0)
     return x
 
 

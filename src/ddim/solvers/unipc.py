@@ -48,7 +48,7 @@ def unipc(
         k_prev = plan.order(i, 2, len(ds))
         x_before = x
         x = first_order(plan, i, x, d) if k_prev == 1 else _unip(plan, i, x, ds)
-        report(i, x, d)
+        x = report(i, x, d)
     return x
 
 
