@@ -12,12 +12,14 @@ solver, η, and classifier-free or classifier guidance reach it (:func:`ddim.sam
   times, so the unknown region can agree with the known one;
 - ``dps`` (Chung et al. 2023) changes the state by a gradient taken through the model call:
   each step is moved along ``-zeta * grad_x |mask * (x0_pred - x_0)|`` at its start point;
-- ``ddnm`` (Wang, Yu & Zhang 2023, the null-space projection for inpainting) changes the
-  prediction: the known pixels of each prediction of ``x_0`` are the input's,
-  ``x0_pred <- mask * x_0 + (1 - mask) * x0_pred``, with the ``eps`` that this ``x0_pred``
-  implies at ``x_t``, so eq. 12 is the step of DDNM's Alg. 1 (the posterior given ``x_t``
-  and the rectified ``x0_pred``); with ``resample > 1`` it goes back up and down as RePaint
-  does (DDNM+'s time travel), by default only at ``t < T / 2``.
+- ``ddnm`` (Wang, Yu & Zhang 2023, the null-space projection for inpainting, as their code
+  takes it) rectifies each prediction of ``x_0``, ``x0_pred <- mask * x_0 + (1 - mask) *
+  x0_pred``, and keeps the model's ``eps``: eq. 12's step with that pair is the plain step
+  moved by ``alpha_next * mask * (x_0 - x0_pred)``, a change of the state after the step
+  that every solver can take (the pair is not consistent, so it cannot be a change of the
+  prediction: with the ``eps`` the rectified ``x0_pred`` implies, the exact oracle's W2²
+  doubles, §4.1 of docs/RESULTS.md); with ``resample > 1`` it goes back up and down as
+  RePaint does (DDNM+'s time travel), by default only at ``t < T / 2``.
 
 A walk down a stretch of the plan is one solver run over that part of it, so a multistep
 solver starts its history again after each trip back up. Every method ends with the known
@@ -151,7 +153,7 @@ def inpaint(
     ...; by default 20 steps, and ``eta = 1`` for the ``ddim`` solver). ``y``,
     ``classifier`` (with ``classifier_scale``) are those of :func:`ddim.sample`.
     ``callback`` sees every step down (the repeated ones too) as a :class:`ddim.Step`,
-    before the known pixels are put back.
+    before the known pixels are put back (with DDNM's rectified prediction of ``x_0``).
     """
     if method not in METHODS:
         raise ValueError(
@@ -183,9 +185,9 @@ def inpaint(
 
         def report(k: int, x: torch.Tensor, x0_pred: torch.Tensor, start: int = start):
             i = start + k
+            x = change.after_step(i, x, x0_pred)
             if callback is not None:
-                callback(Step(i, plan.ts[i], x, x0_pred))
-            x = change.after_step(i, x)
+                callback(Step(i, plan.ts[i], x, change.shown(x0_pred)))
             return known(i + 1, x) if method in REPLACED or plan.a[i + 1] == 1 else x
 
         part = plan.part(start, stop)
@@ -244,10 +246,6 @@ class _Change:
         def change(k: int, x: torch.Tensor, pred: Prediction) -> Prediction:
             i = start + k
             self.calls += 1
-            if self.method == "ddnm":
-                x0 = torch.where(self.mask, self.x0, pred.x0)
-                eps = (x - self.plan.alpha[i] * x0) / self.plan.sigma[i]
-                return Prediction(eps, x0)
             if self.method == "dps":  # a later call at point i (Heun's trial) is overridden
                 err = ((pred.x0 - self.x0) * self.mask).flatten(1).norm(dim=1)
                 (self.gradient[i],) = torch.autograd.grad(err.sum(), x)
@@ -256,12 +254,20 @@ class _Change:
 
         return change
 
-    def after_step(self, i: int, x: torch.Tensor) -> torch.Tensor:
-        """DPS's move along the normalised gradient of the known pixels' error, taken at the
-        start of step ``i`` (``d|r|/dx``); the state unchanged for the other methods."""
-        if self.method != "dps":
-            return x
-        return x - self.scale * self.gradient.pop(i)
+    def after_step(self, i: int, x: torch.Tensor, x0_pred: torch.Tensor) -> torch.Tensor:
+        """The state after step ``i`` (which predicted ``x0_pred``), changed by the method:
+        DDNM puts the known pixels of the prediction onto the input's,
+        ``x + alpha_next * mask * (x_0 - x0_pred)``; DPS moves along the normalised gradient
+        of the known pixels' error taken at the start of the step (``d|r|/dx``)."""
+        if self.method == "ddnm":
+            return x + self.plan.alpha[i + 1] * torch.where(self.mask, self.x0 - x0_pred, 0.0)
+        if self.method == "dps":
+            return x - self.scale * self.gradient.pop(i)
+        return x
+
+    def shown(self, x0_pred: torch.Tensor) -> torch.Tensor:
+        """The prediction of ``x_0`` a step was taken with, as DDNM rectifies it."""
+        return torch.where(self.mask, self.x0, x0_pred) if self.method == "ddnm" else x0_pred
 
 
 def _check_mask(mask: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:

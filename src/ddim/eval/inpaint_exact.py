@@ -100,14 +100,13 @@ def inpainting_law(
         s = ddim_sigma(a_t, a_next, eta)
         eps = oracle.eps_matrix(plan.ts[i])
         to_x0 = (eye - plan.sigma[i] * eps) / plan.alpha[i]
-        coef = math.sqrt(max(1 - a_next - s**2, 0.0))
-        if method == "ddnm":  # x0' = free x0_pred + keep x0, eps' = (x - alpha x0') / sigma
-            on_x0 = math.sqrt(a_next) - coef * plan.alpha[i] / plan.sigma[i]
-            step = on_x0 * free @ to_x0 + (coef / plan.sigma[i]) * eye
-            m = step @ m + on_x0 * (keep @ x0)
+        direction = math.sqrt(max(1 - a_next - s**2, 0.0)) * eps
+        if method == "ddnm":  # x0_pred <- free x0_pred + keep x0, then eq. 12
+            step = math.sqrt(a_next) * free @ to_x0 + direction
+            m = step @ m + math.sqrt(a_next) * (keep @ x0)
             c = step @ c @ step.T + s**2 * eye
             continue
-        step = math.sqrt(a_next) * to_x0 + coef * eps
+        step = math.sqrt(a_next) * to_x0 + direction
         m, c = step @ m, step @ c @ step.T + s**2 * eye
         m = free @ m + math.sqrt(a_next) * (keep @ x0)
         c = free @ c @ free + (1 - a_next) * keep
