@@ -252,5 +252,19 @@ def test_legacy_loader_never_unpickles_code(tmp_path, capsys):
     assert "must never run" not in capsys.readouterr().out
 
 
-def test_check_state_dict_accepts_a_matching_state(states, tiny_config):
-    check_state_dict(tiny_config, states[0], "test weights")
+def test_check_state_dict_accepts_a_matching_state_and_names_each_wrong_key(states, tiny_config):
+    state = states[0]
+    assert check_state_dict(tiny_config, state, "test weights") is None
+    shape = tuple(state["conv_in.weight"].shape)
+    wide = (2 * shape[0], *shape[1:])
+    missing = {k: v for k, v in state.items() if k != "mid.attn_1.k.bias"}
+    unexpected = {**state, "mid.attn_1.extra": torch.zeros(2)}
+    widened = {**state, "conv_in.weight": torch.zeros(wide)}
+    for changed, problem in [
+        (missing, "missing keys (1): mid.attn_1.k.bias"),
+        (unexpected, "unexpected keys (1): mid.attn_1.extra"),
+        (widened, f"shape mismatches (1): conv_in.weight {wide} != {shape}"),
+    ]:
+        with pytest.raises(CheckpointError) as err:
+            check_state_dict(tiny_config, changed, "test weights")
+        assert str(err.value) == f"test weights do not fit the U-Net config: {problem}"

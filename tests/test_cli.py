@@ -23,6 +23,7 @@ from ddim.cli import main
 from ddim.formats import images
 from ddim.formats.checkpoint import load_pretrained, read_metadata
 from ddim.formats.latents import load_latents
+from ddim.models.fast import Setting
 from ddim.models.unet import UNet
 from ddim.workflows import SamplerOptions as Opts
 
@@ -495,19 +496,30 @@ def test_info_text_and_json(files, perturbed_unet) -> None:
 
 
 def test_info_speed_measures_once_and_sample_uses_the_record(files, tmp_path) -> None:
+    """``info --speed`` measures both eager layouts once and picks the faster here (either,
+    by machine); ``sample`` runs the same one from the record and replaces that setting's
+    figure, and no other, with its own time per call."""
     from ddim.formats import speed_record
 
+    field_of = {
+        Setting().describe(): "eager",
+        Setting(channels_last=True).describe(): "eager_channels_last",
+    }
     text = ok("info", files["tiny.safetensors"], "--speed").stdout
+    head = "ddim sample -n 1000 (50 steps, batches of 64) on cpu runs "
     line = text.splitlines()[-1]
-    assert line.startswith("ddim sample -n 1000 (50 steps, batches of 64) on cpu runs eager")
+    assert line.startswith(head)
     assert "800 calls x (" in line and "30.0 s to compile - " in line  # 16 batches x 50
     (probed,) = json.loads(speed_record.path().read_text()).values()
-    assert probed["eager"] > 0 and probed["compiled"] is None
+    assert probed["compiled"] is None and all(probed[f] > 0 for f in field_of.values())
+    faster = min(field_of.values(), key=probed.__getitem__)  # the default layout on a tie
+    chosen = line.removeprefix(head).partition(": ")[0]
+    assert field_of.get(chosen) == faster  # an eager setting: 800 calls do not repay 30 s
     args = ["sample", "--ckpt", files["tiny.safetensors"], "-n", 200, "--steps", 50]
     said = ok(*args, "--out", tmp_path / "a.npz").stdout  # the same shape: 64 rows a call
-    assert "speed: eager" in said and "(200 calls x (" in said
+    assert re.findall(r"^speed: (.+?) \(200 calls x \(", said, re.MULTILINE) == [chosen]
     (entry,) = json.loads(speed_record.path().read_text()).values()
-    assert entry["eager"] != probed["eager"]  # the job's own time per call replaced the probe
+    assert [f for f in entry if entry[f] != probed[f]] == [faster]  # the job's, not the probe's
     fixed = ok(*args, "--no-compile", "--out", tmp_path / "b.npz").stdout
     assert "speed:" not in fixed
 

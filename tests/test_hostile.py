@@ -4,6 +4,7 @@ before anything is read or decoded; and a sample folder never mixes two models."
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import pickle
@@ -18,7 +19,7 @@ import safetensors.torch
 import torch
 import yaml
 from click.testing import CliRunner, Result
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageFile
 
@@ -181,13 +182,83 @@ def test_fuzzed_metadata_is_read_or_refused_as_a_checkpoint_error(ckpt, root, fi
             assert str(bad) in str(e)
 
 
-@settings(max_examples=40, deadline=None)
-@given(fields=st.dictionaries(st.sampled_from(list(UNetConfig.__dataclass_fields__)), JSON))
-def test_fuzzed_unet_configs_raise_value_errors_only(fields) -> None:
-    try:
-        UNetConfig.from_dict(fields)
-    except ValueError:
-        pass
+def _int(v: object) -> bool:
+    return type(v) is int
+
+
+def _ints(v: object, least: int) -> bool:
+    return isinstance(v, list) and all(_int(x) and x >= least for x in v)
+
+
+#: Whether a JSON value is right for a UNetConfig field on its own (the class docstring and
+#: its types, written out independently of the checks in ``__post_init__``).
+VALID = {
+    "in_channels": lambda v: _int(v) and v >= 1,
+    "out_channels": lambda v: _int(v) and v >= 1,
+    "ch": lambda v: _int(v) and v >= 1 and v % 32 == 0,  # GroupNorm's 32 groups
+    "ch_mult": lambda v: _ints(v, 1) and len(v) > 0,
+    "num_res_blocks": lambda v: _int(v) and v >= 1,
+    "attn_resolutions": lambda v: _ints(v, 1),
+    "dropout": lambda v: type(v) in (int, float) and 0 <= v < 1,
+    "resamp_with_conv": lambda v: type(v) is bool,
+    "image_size": lambda v: _int(v) and v >= 1,
+    "num_classes": lambda v: _int(v) and v >= 0,
+    "prediction": lambda v: v in ("eps", "v", "x"),
+    "sampling_plan": lambda v: (
+        v is None or (_ints(v, 0) and len(v) > 0 and v == sorted(set(v), reverse=True))
+    ),
+}
+#: Right values of each field, so that the fuzzing also reaches configs that are accepted.
+GOOD = {
+    "in_channels": [1, 3], "out_channels": [1, 3], "ch": [32, 64],
+    "ch_mult": [[1], [1, 2], [1, 2, 2, 2]], "num_res_blocks": [1, 2],
+    "attn_resolutions": [[], [4], [16]], "dropout": [0, 0.0, 0.5],
+    "resamp_with_conv": [True, False], "image_size": [8, 32], "num_classes": [0, 10],
+    "prediction": ["eps", "v", "x"], "sampling_plan": [None, [999, 500, 0]],
+}  # fmt: skip
+DEFAULTS = {f.name: f.default for f in dataclasses.fields(UNetConfig)}
+
+
+def refused_fields(fields: dict[str, object]) -> set[str]:
+    """The fields a ValueError about ``fields`` may name: those wrong on their own, else the
+    one that the levels of ``ch_mult`` put at odds with the rest (none: the config is fine)."""
+    wrong = {name for name, value in fields.items() if not VALID[name](value)}
+    if wrong:
+        return wrong
+    config = {**DEFAULTS, **fields}
+    levels = len(config["ch_mult"])
+    if config["image_size"] % 2 ** (levels - 1):
+        return {"image_size"}
+    sizes = {config["image_size"] // 2**i for i in range(levels)}
+    return set() if set(config["attn_resolutions"]) <= sizes else {"attn_resolutions"}
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    fields=st.fixed_dictionaries(
+        {}, optional={name: JSON | st.sampled_from(GOOD[name]) for name in VALID}
+    )
+)
+@example(fields={})
+@example(fields={"ch": 48})  # not a multiple of GroupNorm's 32 groups
+@example(fields={"dropout": 1.0})
+@example(fields={"image_size": 8})  # no 16 x 16 level for the default attention
+@example(fields={"ch_mult": [1, 2, 2, 2, 2, 2, 2]})  # 32 is not divisible by 2 ** 6
+@example(fields={"ch_mult": [1, 2], "image_size": 8, "attn_resolutions": [4], "dropout": 0})
+def test_fuzzed_unet_configs_are_built_as_given_or_refused_naming_a_wrong_field(fields) -> None:
+    """A config from JSON fields is either the one they describe (lists as tuples, other
+    fields at their defaults) or a one-line ValueError that names a field that is wrong."""
+    wrong = refused_fields(fields)
+    if wrong:
+        named = "|".join(sorted(wrong))
+        with pytest.raises(ValueError, match=rf"^UNetConfig\.({named})\b") as raised:
+            UNetConfig.from_dict(fields)
+        assert "\n" not in str(raised.value)
+        return
+    config = UNetConfig.from_dict(fields)
+    given_fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
+    assert {name: getattr(config, name) for name in DEFAULTS} == {**DEFAULTS, **given_fields}
+    assert UNetConfig.from_dict(config.to_dict()) == config
 
 
 @pytest.mark.parametrize(

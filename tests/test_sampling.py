@@ -127,14 +127,25 @@ def test_batch_invariance_with_seed(eps_model, sched) -> None:
 
 
 def test_generators_continue_the_stream_of_x_T(eps_model, sched) -> None:
-    gens = ddim.seeded_generators(5, 3)
-    x_T = torch.stack([torch.randn(3, 8, 8, generator=g) for g in gens])
-    out = ddim.sample(eps_model, x_T, sched, steps=10, eta=1.0, generators=gens)
-    again = ddim.seeded_generators(5, 3)
-    x_T2 = torch.stack([torch.randn(3, 8, 8, generator=g) for g in again])
-    assert torch.equal(
-        out, ddim.sample(eps_model, x_T2, sched, steps=10, eta=1.0, generators=again)
-    )
+    """With ``generators=``, sample ``i``'s step noise is its generator's next draws after
+    the one that made its ``x_T``: the run equals one given those draws as ``noise=``."""
+    shape, n, steps = (3, 8, 8), 3, 10
+    rows = ddim.SamplerOptions(steps=steps, eta=1.0).plan(sched).stochastic_steps
+    gens = ddim.seeded_generators(5, n)
+    x_T = torch.stack([torch.randn(shape, generator=g, dtype=torch.float64) for g in gens])
+    out = ddim.sample(eps_model, x_T, sched, steps=steps, eta=1.0, generators=gens)
+
+    streams = [
+        [torch.randn(shape, generator=g, dtype=torch.float64) for _ in range(1 + rows)]
+        for g in ddim.seeded_generators(5, n)
+    ]  # each sample's x_T, then the z of every step that draws one
+    assert torch.equal(torch.stack([s[0] for s in streams]), x_T)
+    noise = torch.stack([torch.stack([s[1 + i] for s in streams]) for i in range(rows)])
+    want = ddim.sample(eps_model, x_T, sched, steps=steps, eta=1.0, noise=noise)
+    assert torch.equal(out, want)
+    restarted = ddim.seeded_generators(5, n)  # not advanced past x_T: z_0 would repeat x_T
+    again = ddim.sample(eps_model, x_T, sched, steps=steps, eta=1.0, generators=restarted)
+    assert not torch.allclose(again, want)
 
 
 def test_eta_zero_is_deterministic(eps_model, sched) -> None:
