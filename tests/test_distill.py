@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import types
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ import torch
 import yaml
 
 import ddim
+from ddim.eval.exact_gaussian import DiagonalGaussian, power_law_spectrum
 from ddim.formats.checkpoint import load_checkpoint, load_pretrained
 from ddim.names import PREDICTIONS
 from ddim.parameterization import from_pair, to_pair
@@ -26,6 +28,7 @@ from ddim.train.loop import NonFiniteLossError
 from ddim.train.progressive import (
     alpha_sigma,
     ddim_move,
+    distillation_loss,
     distillation_plans,
     student_target,
     teacher_two_steps,
@@ -253,3 +256,58 @@ def test_ddim_distill_command_and_sample_with_the_students_plan(tmp_path, teache
     assert "sampling with its own 1-step plan [99]" in sample.stdout
     assert "ddim: 1 model calls a batch" in sample.stdout
     assert out.is_file()
+
+
+# ---------------------------------------------------------------- exact: the Gaussian oracle
+
+
+class PerDirection(torch.nn.Module):
+    """A v-student with one coefficient per plan point and eigendirection: on diagonal
+    Gaussian data every DDIM map is diagonal and linear, so it can match any of them."""
+
+    def __init__(self, plan: tuple[int, ...], dim: int) -> None:
+        super().__init__()
+        self.index = {t: i for i, t in enumerate(plan)}
+        self.c = torch.nn.Parameter(torch.zeros(len(plan), dim, dtype=F64))
+        self.config = types.SimpleNamespace(prediction="v", sampling_plan=plan, num_classes=0)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        rows = torch.tensor([self.index[int(v)] for v in t])
+        return self.c[rows] * x
+
+
+def test_distilled_students_reach_the_teachers_map_on_the_gaussian_oracle() -> None:
+    """Rounds 8 -> 4 -> 2 -> 1 on N(0, diag(lambda)) with the exact eps as the first teacher,
+    trained on the trainer's own loss: every student's map (its gains on unit inputs) is the
+    teacher's 8-step DDIM map to 1e-6, and its W2^2 to the data is the closed form of that
+    map, sum (|g| - sqrt(lambda))^2, far from the 1-step DDIM map's."""
+    sched = ddim.NoiseSchedule.linear()
+    lam = power_law_spectrum(4)
+    teacher = DiagonalGaussian(lam, sched)
+    plans = distillation_plans(sched, 8, 1)
+    eye = torch.eye(4, dtype=F64)
+    target_gain = ddim.sample(teacher, eye, sched, steps=list(plans[0])).diag()
+    prediction, g = "eps", torch.Generator().manual_seed(0)
+    for teacher_plan, student_plan in zip(plans[:-1], plans[1:], strict=True):
+        student = PerDirection(student_plan, 4)
+        opt = torch.optim.Adam(student.parameters(), lr=0.05)
+        ts = torch.tensor([*teacher_plan, -1])
+        for _ in range(400):
+            k = torch.randint(0, len(student_plan), (256,), generator=g)
+            x0 = torch.randn(256, 4, generator=g, dtype=F64) * lam.sqrt()
+            noise = torch.randn(256, 4, generator=g, dtype=F64)
+            loss = distillation_loss(student, teacher, sched, x0, noise,
+                                     (ts[2 * k], ts[2 * k + 1], ts[2 * k + 2]),
+                                     (prediction, "v"))  # fmt: skip
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            gain = ddim.sample(student, eye, sched).diag()  # its own plan
+        torch.testing.assert_close(gain, target_gain, rtol=1e-6, atol=1e-9)
+        teacher, prediction = student.requires_grad_(False), "v"
+    w2 = ((gain.abs() - lam.sqrt()) ** 2).sum().item()
+    closed_form = ((target_gain.abs() - lam.sqrt()) ** 2).sum().item()
+    assert w2 == pytest.approx(closed_form, rel=1e-6, abs=1e-12)
+    one_step = ddim.sample(DiagonalGaussian(lam, sched), eye, sched, steps=[999]).diag()
+    assert ((one_step.abs() - lam.sqrt()) ** 2).sum().item() > 10 * closed_form + 1e-3

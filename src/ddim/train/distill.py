@@ -41,19 +41,12 @@ from ddim.formats.checkpoint import (
 )
 from ddim.formats.datasets import load_dataset, load_labelled_dataset, random_flip
 from ddim.models.unet import UNet, UNetConfig
-from ddim.parameterization import to_pair
 from ddim.precision import autocast, choose
 from ddim.schedule import NoiseSchedule
 from ddim.train.batches import LABELS, STEP, DataOrder, derive_seed
 from ddim.train.distill_config import DistillConfig
 from ddim.train.loop import NonFiniteLossError, learning_rate
-from ddim.train.progressive import (
-    alpha_sigma,
-    distillation_plans,
-    student_target,
-    teacher_two_steps,
-    truncated_snr,
-)
+from ddim.train.progressive import distillation_loss, distillation_plans
 from ddim.train.runtime import Distributed, StopRequest, TrainLog, say
 from ddim.train.state import (
     checkpoint_paths,
@@ -328,19 +321,15 @@ def _step(
     tc = config.training
     x0, k, noise, y = (None if v is None else v.to(device) for v in batch)
     ts = torch.tensor([*rnd.teacher_plan, -1], device=device)
-    t, t_mid, t_end = ts[2 * k], ts[2 * k + 1], ts[2 * k + 2]
-    alpha, sigma = alpha_sigma(sched, t, x0)
-    z_t = alpha * x0 + sigma * noise
-    z_end = teacher_two_steps(rnd.teacher, sched, z_t, (t, t_mid, t_end),
-                              rnd.teacher_prediction, y)  # fmt: skip
-    target = student_target(z_t, z_end, (alpha, sigma, *alpha_sigma(sched, t_end, z_t)))
-    extra = () if y is None else (y,)
-    z_in = z_t.contiguous(memory_format=torch.channels_last) if tc.channels_last else z_t
-    with autocast(precision, device):
-        out = rnd.student(z_in, t, *extra)
-    x0_pred = to_pair(out.float(), z_t, alpha, sigma, rnd.student.config.prediction)[1]
-    weight = truncated_snr(alpha, sigma).flatten()
-    loss = (weight * (x0_pred - target).square().flatten(1).mean(1)).mean()
+
+    def student(z: Tensor, t: Tensor, *y: Tensor) -> Tensor:
+        z = z.contiguous(memory_format=torch.channels_last) if tc.channels_last else z
+        with autocast(precision, device):
+            return rnd.student(z, t, *y).float()
+
+    predictions = (rnd.teacher_prediction, rnd.student.config.prediction)
+    loss = distillation_loss(student, rnd.teacher, sched, x0, noise,
+                             (ts[2 * k], ts[2 * k + 1], ts[2 * k + 2]), predictions, y)  # fmt: skip
     rnd.opt.zero_grad(set_to_none=True)
     loss.backward()
     norm = torch.nn.utils.clip_grad_norm_(rnd.student.parameters(), tc.grad_clip or float("inf"))

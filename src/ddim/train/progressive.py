@@ -98,3 +98,28 @@ def truncated_snr(alpha: Tensor, sigma: Tensor) -> Tensor:
     """Salimans & Ho's loss weight on the data error, ``max(alpha^2 / sigma^2, 1)``: the
     ε-loss at low noise, and still a weight of 1 where ``alpha -> 0``."""
     return (alpha.square() / sigma.square()).clamp(min=1.0)
+
+
+def distillation_loss(
+    student: Model,
+    teacher: Model,
+    sched: NoiseSchedule,
+    x0: Tensor,
+    noise: Tensor,
+    ts: tuple[Tensor, Tensor, Tensor],
+    predictions: tuple[str, str],
+    y: Tensor | None = None,
+) -> Tensor:
+    """Salimans & Ho's loss for one batch: ``x0`` noised by ``noise`` to ``z_t`` at each
+    row's student point ``ts[0]``, the teacher's two steps through ``ts[1]`` to ``ts[2]``,
+    the target of eq. (1), and the batch mean of ``max(SNR_t, 1)`` times the mean squared
+    error of the student's data prediction. ``predictions`` are the teacher's and the
+    student's parameterizations."""
+    alpha, sigma = alpha_sigma(sched, ts[0], x0)
+    z_t = alpha * x0 + sigma * noise
+    z_end = teacher_two_steps(teacher, sched, z_t, ts, predictions[0], y)
+    target = student_target(z_t, z_end, (alpha, sigma, *alpha_sigma(sched, ts[2], z_t)))
+    out = student(z_t, ts[0], *(() if y is None else (y,))).to(z_t.dtype)
+    x0_pred = to_pair(out, z_t, alpha, sigma, predictions[1])[1]
+    per_row = (x0_pred - target).square().flatten(1).mean(1)
+    return (truncated_snr(alpha, sigma).flatten() * per_row).mean()
