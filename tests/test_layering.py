@@ -120,3 +120,42 @@ def test_no_import_cycle() -> None:
 
     for module in sorted(graph):
         visit(module, [])
+
+
+def option_flags(path: Path) -> Iterator[str]:
+    """The flags (``--steps``, ``--clip/--no-clip``) of every ``*option(...)`` call in
+    ``path``."""
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+        if isinstance(node, ast.Call):
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            if name.endswith("option"):
+                yield from (
+                    arg.value
+                    for arg in node.args
+                    if isinstance(arg, ast.Constant)
+                    and isinstance(arg.value, str)
+                    and arg.value.startswith("--")
+                )
+
+
+#: Grid axes of `ddim eval` take several values of a field (``--steps 10,20,50``,
+#: ``--spacing`` repeated): not one run's option.
+GRID_AXES = {("eval_options.py", "--steps"), ("eval.py", "--spacing")}
+
+
+def test_each_sampler_option_is_declared_once_under_cli() -> None:
+    """Every field of SamplerOptions becomes a click option in cli/run_options.py only; the
+    other commands take it from there (with a default of their own at most)."""
+    from ddim.cli.run_options import FLAGS
+    from ddim.sampler_options import declared_fields
+
+    fields = {FLAGS.get(name, (f"--{name.replace('_', '-')}",))[0] for name in declared_fields()}
+    found = sorted(
+        (path.name, flag)
+        for path in under("cli")
+        if path.name != "run_options.py"
+        for flag in option_flags(path)
+        if flag in fields
+    )
+    assert [f for f in found if f not in GRID_AXES] == []

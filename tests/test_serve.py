@@ -200,6 +200,10 @@ def grey_mask() -> str:
         ("sample", {"class": 1, "guidance": 21}, "guidance must lie in [0.0, 20.0]"),
         ("sample", {"seed": -1}, "seed must lie in"),
         ("sample", {"path": "/etc/passwd"}, "unknown field(s): path"),
+        ("sample", {"n": 1, "steps": 1, "mask": [1, 2]}, "unknown field(s): mask (/api/sample"),
+        ("interpolate", {"solver": {}, "eta": "NaN"}, "unknown field(s): eta, solver"),
+        ("reconstruct", {"seed": 1}, "unknown field(s): seed (/api/reconstruct takes class, "
+                                     "guidance, image, steps)"),
         ("interpolate", {"frames": 17}, "frames must lie in 2..16"),
         ("interpolate", {"class": "all"}, "class must be an integer"),
         ("edit", {}, "image must be a PNG"),
@@ -218,6 +222,25 @@ def test_bad_requests_get_400_with_a_message(client, name, body, message) -> Non
     response = client.post(f"/api/{name}", json=body)
     assert response.status_code == 400, response.text
     assert message in response.json()["error"]
+
+
+def test_each_route_takes_its_fields_with_the_commands_defaults(client) -> None:
+    """The defaults the page starts from are the CLI's: the library's sampler options
+    (50 steps, eta 0, ddim), inpainting's DDNM at 20 steps, SDEdit's strength 0.6, 10
+    frames; each route lists exactly the fields it accepts."""
+    from ddim.sampler_options import default_of
+
+    defaults = client.get("/api/info").json()["defaults"]
+    assert set(defaults) == {"sample", "interpolate", "edit", "inpaint", "reconstruct"}
+    sample = defaults["sample"]
+    assert (
+        {k: sample[k] for k in ("steps", "eta", "solver", "guidance")}
+        == {k: default_of(k) for k in ("steps", "eta", "solver", "guidance")}
+        == {"steps": 50, "eta": 0.0, "solver": "ddim", "guidance": None}
+    )
+    assert (defaults["inpaint"]["method"], defaults["inpaint"]["steps"]) == ("ddnm", 20)
+    assert defaults["edit"]["strength"] == 0.6 and defaults["interpolate"]["frames"] == 10
+    assert set(defaults["reconstruct"]) == {"image", "steps", "guidance", "class"}
 
 
 def test_malformed_or_oversized_bodies_and_wrong_routes_get_json_errors(client) -> None:

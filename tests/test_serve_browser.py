@@ -103,6 +103,18 @@ def run_and_wait(page: object, button: str, image: str, timeout_ms: int = 60_000
     )
 
 
+def test_the_page_starts_from_the_commands_defaults(page: object) -> None:
+    """The forms take their defaults from the server, which takes them from the one
+    definition the CLI shares: 50 steps, eta 0, ddim; inpainting's DDNM at 20 steps."""
+    page.wait_for_function("document.getElementById('model-info').textContent.includes('classes')")
+    value = page.input_value
+    assert (value("#sample-form input[name=steps]"), value("#sample-form input[name=eta]"),
+            value("#solver-select")) == ("50", "0", "ddim")  # fmt: skip
+    assert (value("#method-select"), value("#inpaint-form input[name=steps]")) == ("ddnm", "20")
+    assert value("#interpolate-form input[name=frames]") == "10"
+    assert value("#strength") == "0.6" and page.inner_text("#strength-value") == "0.6"
+
+
 def test_sample_with_a_class_and_guidance(page: object, tmp_path: Path) -> None:
     page.wait_for_function("document.getElementById('model-info').textContent.includes('classes')")
     assert "mnist-cond: 10 classes, 28×28" in page.inner_text("#model-info")
@@ -150,7 +162,7 @@ def test_draw_then_sdedit_and_inpaint(page: object, tmp_path: Path) -> None:
     page.fill("#edit-form input[name=steps]", "20")
     run_and_wait(page, "#edit-run", "#edit-result")
     assert shown_png(page, "#edit-result").size == (28, 28)
-    assert "SDEdit: 11 model calls" in page.inner_text("#edit-status")
+    assert "SDEdit: 13 model calls" in page.inner_text("#edit-status")  # strength 0.6
 
     page.check("input[name=brush][value=region]")
     draw(page, [(0.1, 0.6), (0.9, 0.6), (0.9, 0.9), (0.1, 0.9)])

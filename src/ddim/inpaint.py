@@ -41,9 +41,11 @@ from ddim.checked_model import Callback, Step
 from ddim.guidance import Classifier
 from ddim.names import (
     INPAINT_JUMP_LENGTH,
+    INPAINT_METHOD,
     INPAINT_METHODS,
     INPAINT_RESAMPLE,
     INPAINT_RESAMPLE_BELOW,
+    INPAINT_STEPS,
 )
 from ddim.noise import per_sample_randn, seeded_generators
 from ddim.plan import Prediction, StepPlan
@@ -55,9 +57,8 @@ METHODS = INPAINT_METHODS
 #: and those that go back up and down ``resample`` times.
 REPLACED = ("replace", "repaint")
 RESAMPLED = ("repaint", "ddnm")
-#: Inpainting's sampler options where none are given: 20 steps, and for DDIM's eq. 12
-#: RePaint's ancestral step (eta = 1).
-DEFAULT_STEPS, DEFAULT_ETA = 20, 1.0
+#: Inpainting's eta where no options are given: for DDIM's eq. 12, RePaint's ancestral step.
+DEFAULT_ETA = 1.0
 
 
 @dataclass(frozen=True)
@@ -126,7 +127,7 @@ def inpaint(
     sched: NoiseSchedule,
     *,
     options: SamplerOptions | None = None,
-    method: str = "ddnm",
+    method: str = INPAINT_METHOD,
     jump_length: int = INPAINT_JUMP_LENGTH,
     resample: int = INPAINT_RESAMPLE,
     resample_below: float = INPAINT_RESAMPLE_BELOW,
@@ -204,7 +205,7 @@ def _options(options: SamplerOptions | None, fields: dict[str, Any]) -> SamplerO
                 "give the sampler's options either as options= or one by one, not both"
             )
         return options
-    defaults: dict[str, Any] = {"steps": DEFAULT_STEPS}
+    defaults: dict[str, Any] = {"steps": INPAINT_STEPS}
     if fields.get("solver", "ddim") == "ddim":
         defaults["eta"] = DEFAULT_ETA
     return SamplerOptions(**{**defaults, **fields})

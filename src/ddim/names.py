@@ -44,6 +44,8 @@ LOSS_WEIGHTINGS = ("simple", "min-snr")
 #: How the known pixels steer inpainting (``ddim.inpaint``), and the named masks, each after
 #: the region it fills (``ddim.formats.masks``).
 INPAINT_METHODS = ("replace", "repaint", "dps", "ddnm")
+#: Inpainting's method and steps by default (the library's, the CLI's and the page's).
+INPAINT_METHOD, INPAINT_STEPS = "ddnm", 20
 #: Inpainting's resampling by default, the setting that kept the label of inpainted held-out
 #: digits most often (docs/RESULTS.md §4.2): 15 times over jumps of 2 steps, in the low-noise
 #: half of the walk only (t < T / 2); 160 model calls at 20 steps.

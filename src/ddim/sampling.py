@@ -1,4 +1,5 @@
-"""Sampling and deterministic encoding: one options value, one step plan, one solver call.
+"""Sampling and deterministic encoding: one options value (:class:`SamplerOptions`, from
+:mod:`ddim.sampler_options`), one step plan, one solver call.
 
 :func:`sample` builds the :class:`~ddim.plan.StepPlan` of its options once, wraps the model
 into the checked ``predict(i, x)`` every solver calls, and runs the chosen solver of
@@ -14,155 +15,23 @@ once, after the loop (:class:`~ddim.checked_model.CheckedModel`).
 from __future__ import annotations
 
 import dataclasses
-import functools
-import math
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
 
 from ddim.checked_model import Callback, CheckedModel, Model, Step, Trajectory
-from ddim.guidance import Classifier, guided
-from ddim.names import DEFAULT_FINAL_STEP, SIGMA_HAT, SOLVERS, VARIANCES
+from ddim.guidance import Classifier
 from ddim.noise import step_noise
-from ddim.parameterization import as_eps_model
 from ddim.plan import Noise, Prediction, Report, StepPlan
+from ddim.sampler_options import SamplerOptions
 from ddim.schedule import NoiseSchedule
-from ddim.solvers import Solver, solver_facts
-from ddim.solvers.eq12 import check_eta, ddim_step, predict_x0
+from ddim.solvers import solver_facts
+from ddim.solvers.eq12 import ddim_step, predict_x0
 
 __all__ = ["Callback", "Model", "SamplerOptions", "Step", "Trajectory", "invert", "model_calls",
            "sample", "walk"]  # fmt: skip
-
-
-@dataclass(frozen=True, kw_only=True)
-class SamplerOptions:
-    """How to sample: the options of :func:`sample` that define its result, as one value
-    that the batched workflows and the command line pass around.
-
-    ``steps`` (a count ``S`` or explicit timesteps) and ``spacing`` lay out the plan;
-    ``solver`` and ``final_step`` say how it is walked; ``eta`` and ``variance`` apply to
-    the ``ddim`` solver (eq. 12) only; ``clip_denoised=None`` clips for σ̂ only, as the
-    official code does; ``precision`` is the model call's; ``guidance`` (classifier-free)
-    and ``classifier_scale`` steer a class-conditional run (:mod:`ddim.guidance`). See
-    :func:`sample`.
-    """
-
-    steps: int | Sequence[int] = 50
-    spacing: str = "uniform"
-    eta: float = 0.0
-    variance: str = "ddim"
-    clip_denoised: bool | None = None
-    precision: str = "fp32"
-    solver: str = "ddim"
-    final_step: str | None = None
-    guidance: float | None = None
-    classifier_scale: float | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("guidance", "classifier_scale"):
-            value = getattr(self, name)
-            if value is not None and (not math.isfinite(value) or value < 0):
-                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
-        if self.solver not in SOLVERS:
-            raise ValueError(f"unknown solver {self.solver!r}; choose one of {', '.join(SOLVERS)}")
-        if self.variance not in VARIANCES:
-            raise ValueError(
-                f"unknown variance {self.variance!r}; choose one of {', '.join(VARIANCES)}"
-            )
-        if self.solver != "ddim":
-            if self.eta != 0:
-                hint = "; dpmpp-2m-sde is the stochastic multistep solver"
-                hint = "" if self.solver == "dpmpp-2m-sde" else hint
-                raise ValueError(f"eta applies to solver 'ddim' only, not {self.solver!r}{hint}")
-            if self.variance != "ddim":
-                raise ValueError(
-                    f"variance {self.variance!r} applies to solver 'ddim' only, not {self.solver!r}"
-                )
-        elif self.eta != 0 and self.final_step not in (None, "denoise"):
-            raise ValueError(f"eta needs final_step 'denoise' (eq. 12), not {self.final_step!r}")
-
-    @property
-    def clip(self) -> bool:
-        """Whether each ``x0`` prediction is clamped to ``[-1, 1]``."""
-        return self.variance == SIGMA_HAT if self.clip_denoised is None else self.clip_denoised
-
-    @property
-    def stochastic(self) -> bool:
-        """Whether a run draws step noise."""
-        return solver_facts(self.solver).draws_noise(self.eta, self.variance)
-
-    def plan(self, sched: NoiseSchedule) -> StepPlan:
-        """The step plan of a run on ``sched``, checked: enough steps for the solver, and an
-        ``eta`` that keeps eq. 12 defined at every step."""
-        final_step = self.final_step
-        if final_step is None:
-            final_step = "denoise" if self.solver == "ddim" else DEFAULT_FINAL_STEP
-        plan = StepPlan.build(sched, self.steps, self.spacing, final_step)
-        need = solver_facts(self.solver).min_steps
-        if plan.steps < need:
-            given = self.steps if isinstance(self.steps, int) else len(self.steps)
-            raise ValueError(
-                f"solver {self.solver!r} needs at least {need} steps; this run has "
-                f"{plan.steps} (steps={given}, final_step={final_step!r})"
-            )
-        if self.solver == "ddim":
-            check_eta(plan, self.eta, self.variance)
-        return plan
-
-    def check_inverts_encoding(self, what: str) -> None:
-        """A ValueError unless sampling with these options undoes :func:`invert`, as
-        ``what`` (a reconstruction, a translation) needs: the ``ddim`` solver at ``eta = 0``
-        with the ``ddim`` variance and the denoising final step."""
-        if self.solver != "ddim" or self.final_step not in (None, "denoise"):
-            raise ValueError(
-                f"{what} encodes with DDIM, so it must decode with DDIM too: solver 'ddim' "
-                f"with final_step 'denoise', not solver {self.solver!r} with final_step "
-                f"{self.final_step!r}"
-            )
-        if self.eta != 0 or self.variance != "ddim":
-            raise ValueError(f"{what} decodes with DDIM: eta must be 0 and variance 'ddim'")
-
-    def condition(
-        self,
-        model: Model,
-        sched: NoiseSchedule,
-        batch: int,
-        y: torch.Tensor | None,
-        classifier: Classifier | None,
-    ) -> Model:
-        """``model``, read as an ε-model (:func:`ddim.parameterization.as_eps_model`), with
-        labels ``y`` under this run's guidance (:func:`ddim.guidance.guided`)."""
-        return guided(
-            as_eps_model(model, sched), sched, batch, y=y, guidance=self.guidance,
-            classifier=classifier, classifier_scale=self.classifier_scale,
-        )  # fmt: skip
-
-    def solver_function(self) -> Solver:
-        """The solver of :mod:`ddim.solvers` these options run, ``eta`` and ``variance``
-        bound for ``ddim``."""
-        function = solver_facts(self.solver).function
-        if self.solver == "ddim":
-            return functools.partial(function, eta=self.eta, variance=self.variance)
-        return function
-
-    def sample(
-        self, model: Model, x_T: torch.Tensor, sched: NoiseSchedule, **kwargs: object
-    ) -> torch.Tensor | tuple[torch.Tensor, Trajectory]:
-        """:func:`sample` with these options; ``kwargs`` are its other arguments."""
-        return sample(model, x_T, sched, options=self, **kwargs)  # type: ignore[arg-type]
-
-    def invert(
-        self, model: Model, x0: torch.Tensor, sched: NoiseSchedule, **kwargs: object
-    ) -> torch.Tensor:
-        """:func:`invert` with these ``steps``, ``spacing``, ``precision`` and guidance."""
-        return invert(
-            model, x0, sched, steps=self.steps, spacing=self.spacing, precision=self.precision,
-            guidance=self.guidance, classifier_scale=self.classifier_scale,
-            **kwargs,  # type: ignore[arg-type]
-        )  # fmt: skip
 
 
 @torch.no_grad()

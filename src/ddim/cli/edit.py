@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import click
 
-from ddim.cli import common, guide_options, options
+from ddim.cli import common, guide_options, options, run_options
 from ddim.cli.encode import load_inputs
 from ddim.cli.options import choice_option, count_option, option, out_option, steps_option
 from ddim.names import (
     INPAINT_JUMP_LENGTH,
+    INPAINT_METHOD,
     INPAINT_METHODS,
     INPAINT_RESAMPLE,
     INPAINT_RESAMPLE_BELOW,
+    INPAINT_STEPS,
     NAMED_MASKS,
 )
 
@@ -29,7 +31,7 @@ images_argument = click.argument(
 @out_option("edited.png", "PATH", "a .png grid, a .npz or a folder/ of the edited images")
 @steps_option
 @options.solver_option
-@option("--eta", type=click.FloatRange(min=0.0), default=0.0, help="eta of eq. 16 (ddim only)")
+@run_options.eta_option
 @guide_options.class_guidance
 @options.seed_option
 @options.model_options
@@ -67,7 +69,9 @@ def edit_command(
     help=f"a PNG (white keeps, black fills) or the region to fill: {', '.join(NAMED_MASKS)}",
 )
 @out_option("inpainted.png", "PATH", "a .png grid, a .npz or a folder/ of the completed images")
-@choice_option("--method", INPAINT_METHODS, default="ddnm", help="how the known pixels steer")
+@choice_option(
+    "--method", INPAINT_METHODS, default=INPAINT_METHOD, help="how the known pixels steer"
+)
 @count_option("--resample", default=INPAINT_RESAMPLE, help="resamplings per level (repaint, ddnm)")
 @count_option(
     "--jump-length", default=INPAINT_JUMP_LENGTH, help="how far a resampling goes back up, in steps"
@@ -78,14 +82,10 @@ def edit_command(
     default=INPAINT_RESAMPLE_BELOW,
     help="resample only at timesteps t < this x T (1: everywhere, as RePaint)",
 )
-@option(
-    "--eta",
-    type=click.FloatRange(min=0.0),
-    default=None,
-    show_default="1 for ddim (RePaint's ancestral step); the other solvers take none",
-    help="eta of eq. 16",
+@run_options.run_option(
+    "eta", default=None, shown="1 for ddim (RePaint's ancestral step); the other solvers take none"
 )
-@steps_option
+@run_options.run_option("steps", default=INPAINT_STEPS)
 @options.solver_option
 @guide_options.class_guidance
 @options.seed_option

@@ -38,6 +38,7 @@ from ddim.cli.eval_options import (
 )  # fmt: skip
 from ddim.cli.eval_solvers import solvers_command
 from ddim.cli.options import option
+from ddim.cli.run_options import steps_option
 from ddim.names import SPACINGS
 
 
@@ -230,7 +231,7 @@ def consistency_command(run: Run, steps_list: list[int], ref_steps: int, show: i
 
 @eval_group.command("interpolation")
 @run_options(n=8)
-@option("--steps", type=click.IntRange(min=1), default=50, help="DDIM steps S")
+@steps_option
 def interpolation_command(run: Run, steps: int) -> None:
     """Figure 6: an n x n slerp grid between the x_T of seeds seed .. seed+3, decoded."""
     from ddim.eval import experiments

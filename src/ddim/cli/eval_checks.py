@@ -16,6 +16,7 @@ import click
 
 from ddim.cli.eval_options import NumberList, Run, Slice, load_images, run_options
 from ddim.cli.options import option
+from ddim.cli.run_options import eta_option, steps_option
 
 if TYPE_CHECKING:
     import torch
@@ -29,8 +30,7 @@ def sample_source(f: Any) -> Any:
         metavar="PATH",
         help="score these images (.npz or folder) instead of drawing -n samples",
     )(f)
-    f = option("--eta", type=click.FloatRange(min=0.0), default=0.0, help="eta of eq. 16")(f)
-    return option("--steps", type=click.IntRange(min=1), default=50, help="DDIM steps S")(f)
+    return steps_option(eta_option(f))
 
 
 def _samples(run: Run, steps: int, eta: float, samples_path: str | None) -> torch.Tensor:

@@ -16,11 +16,12 @@ from ddim.cli.eval_options import (
     run_options,
 )  # fmt: skip
 from ddim.cli.options import option
+from ddim.cli.run_options import run_option
 
 
 @click.command("guidance")
 @run_options(n=1000)
-@option("--steps", type=click.IntRange(min=1), default=20, help="sampling steps S")
+@run_option("steps", default=20)
 @option("--weights", type=NumberList(float, 0.0), default="0,1,2,3,5",
         help="classifier-free guidance weights w (needs a conditional --ckpt)")  # fmt: skip
 @option("--scales", type=NumberList(float, 0.0), default=None,

@@ -11,6 +11,7 @@ import click
 
 from ddim.cli.eval_options import Run, Slice, load_images, run_options
 from ddim.cli.options import option
+from ddim.cli.run_options import run_option
 from ddim.names import INPAINT_METHODS, NAMED_MASKS
 
 
@@ -56,7 +57,7 @@ def _fraction(text: str) -> float | None:
 @option("--slice", "part", type=Slice(), default="9000:10000", help="the digits to inpaint")
 @option("--train-slice", type=Slice(), default="0:9000", help="the nearest neighbour's pool")
 @option("--mask", type=click.Choice(NAMED_MASKS), default="bottom-half", help="what to fill")
-@option("--steps", type=click.IntRange(min=1), default=20, help="sampling steps S")
+@run_option("steps", default=20)
 @option("--methods", type=MethodList(), default="replace,repaint:5:1,ddnm:5:2,ddnm:15:2:0.5",
         help="the methods to score, each METHOD[:RESAMPLE[:JUMP[:BELOW]]], resampling only at "
         "t < BELOW x T (dps: a gradient pass a step)")  # fmt: skip

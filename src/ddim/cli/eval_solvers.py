@@ -17,7 +17,8 @@ from ddim.cli.eval_options import (
     run_options,
 )  # fmt: skip
 from ddim.cli.options import option
-from ddim.names import DEFAULT_FINAL_STEP, FINAL_STEPS, SOLVERS, SPACINGS
+from ddim.cli.run_options import final_step_option
+from ddim.names import DEFAULT_FINAL_STEP, SOLVERS, SPACINGS
 
 
 class SolverList(click.ParamType):
@@ -43,11 +44,7 @@ class SolverList(click.ParamType):
     "--solver-spacing", type=click.Choice(SPACINGS), default="logsnr",
     help="the timestep layout of the solvers other than ddim (ddim uses --spacing)",
 )  # fmt: skip
-@option(
-    "--final-step", type=click.Choice(FINAL_STEPS), default=None,
-    show_default=f"denoise for ddim, {DEFAULT_FINAL_STEP} for the others",
-    help="how the solvers other than ddim take the last step",
-)  # fmt: skip
+@final_step_option
 @option("--dim", type=click.IntRange(min=1), default=3072, help="oracle dimension D")
 @option("--alpha", type=click.FloatRange(min=0.0), default=1.0, help="lambda_k = k^-alpha")
 @option("--fd-calls", type=NumberList(int, 1), default="10,20", help="FD budgets, solvers")

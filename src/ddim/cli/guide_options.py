@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import click
 from click.core import ParameterSource
 
+from ddim.cli import run_options
 from ddim.cli.options import option, options_as
 
 if TYPE_CHECKING:
@@ -28,19 +29,8 @@ class_option = option(
     help="class K of a class-conditional model (the bundled mnist-cond unless --ckpt is "
     "given) or, with --classifier-scale, of the classifier; all: one grid row per class",
 )
-guidance_option = option(
-    "--guidance",
-    type=click.FloatRange(min=0.0),
-    default=None,
-    show_default="none: the class's conditional model",
-    help="classifier-free guidance weight w (1: conditional, 0: unconditional, >1: stronger)",
-)
-classifier_scale_option = option(
-    "--classifier-scale",
-    type=click.FloatRange(min=0.0),
-    default=None,
-    help="classifier guidance with the noise-aware classifier (--classifier) at this scale",
-)
+guidance_option = run_options.guidance_option
+classifier_scale_option = run_options.classifier_scale_option
 classifier_option = option(
     "--classifier",
     default=None,

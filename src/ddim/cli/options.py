@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from ddim.names import DEFAULT_FINAL_STEP, FINAL_STEPS, PRECISIONS, SOLVERS, SPACINGS
+from ddim.cli import run_options
 
 if TYPE_CHECKING:
     import torch
@@ -89,39 +89,14 @@ ckpt_option = option(
 device_option = option(
     "--device", type=DeviceType(), default="cpu", help="cpu, cuda, cuda:N or mps"
 )
-steps_option = count_option(
-    "--steps", default=50, help="number of DDIM steps S (at most the model's T)"
+steps_option = run_options.steps_option
+sample_steps_option = run_options.run_option(
+    "steps", default=None, shown="a distilled student's own plan, else 50"
 )
-sample_steps_option = count_option(
-    "--steps",
-    default=None,
-    show_default="a distilled student's own plan, else 50",
-    help="number of sampling steps S (at most the model's T)",
-)
-spacing_option = choice_option(
-    "--spacing", SPACINGS, default="uniform", help="how the S timesteps are laid out in 0..T-1"
-)
-solver_option = choice_option(
-    "--solver",
-    SOLVERS,
-    default="ddim",
-    help="ddim: eq. 12 (any --eta); the others solve the same ODE at higher order "
-    "(dpmpp-2m-sde is stochastic); `ddim eval solvers` compares them",
-)
-final_step_option = choice_option(
-    "--final-step",
-    FINAL_STEPS,
-    default=None,
-    show_default=f"denoise for ddim, {DEFAULT_FINAL_STEP} for the others",
-    help="how a solver takes the last step to t = 0",
-)
-precision_option = choice_option(
-    "--precision",
-    PRECISIONS,
-    default="auto",
-    help="the model call's precision; auto: bf16 on GPUs and on CPUs with native bf16, "
-    "else fp32 (see `ddim info --device`)",
-)
+spacing_option = run_options.spacing_option
+solver_option = run_options.solver_option
+final_step_option = run_options.final_step_option
+precision_option = run_options.precision_option
 channels_last_option = option(
     "--channels-last/--no-channels-last",
     default=None,

@@ -8,9 +8,8 @@ from typing import TYPE_CHECKING
 
 import click
 
-from ddim.cli import common, guide_options, options
-from ddim.cli.options import choice_option, count_option, option
-from ddim.names import VARIANCES
+from ddim.cli import common, guide_options, options, run_options
+from ddim.cli.options import choice_option, count_option
 
 if TYPE_CHECKING:
     import torch
@@ -25,24 +24,9 @@ if TYPE_CHECKING:
 @options.spacing_option
 @options.solver_option
 @options.final_step_option
-@option(
-    "--eta",
-    type=click.FloatRange(min=0.0),
-    default=0.0,
-    help="eta of eq. 16: 0 is DDIM (deterministic), 1 is DDPM",
-)
-@choice_option(
-    "--variance",
-    VARIANCES,
-    default="ddim",
-    help="ddim: sigma from --eta; ddpm-large: Table 1's sigma-hat row (ignores --eta)",
-)
-@option(
-    "--clip/--no-clip",
-    default=None,
-    show_default="off for ddim, on for ddpm-large",
-    help="clamp the predicted x0 to [-1, 1] at every step",
-)
+@run_options.eta_option
+@run_options.variance_option
+@run_options.clip_option
 @guide_options.class_option
 @guide_options.guidance_option
 @guide_options.classifier_scale_option

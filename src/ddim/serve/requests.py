@@ -1,9 +1,12 @@
 """The JSON requests of ``ddim serve``, parsed and checked before any work starts.
 
-Every field is typed and bounded (:class:`Limits`); anything else is a :class:`BadRequest`
-whose one-line message names the field. Images arrive as PNG data (a ``data:image/png``
-URL or bare base64) and are decoded in memory: nothing from a request reaches the file
-system.
+Each route accepts exactly its own fields (:data:`ROUTES`): the sampler options it takes,
+whose ranges, choices and defaults are those declared once in
+:mod:`ddim.sampler_options` (the CLI's too), and its own. Every field is typed and bounded
+(:class:`Limits` adds the server's caps); anything else is a :class:`BadRequest` whose
+one-line message names the field. :func:`route_defaults` is what the page starts from.
+Images arrive as PNG data (a ``data:image/png`` URL or bare base64) and are decoded in
+memory: nothing from a request reaches the file system.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ import torch
 from PIL import Image
 
 from ddim.formats.masks import named_mask
-from ddim.names import INPAINT_METHODS, NAMED_MASKS, SOLVERS
+from ddim.names import INPAINT_METHOD, INPAINT_METHODS, INPAINT_STEPS, NAMED_MASKS
+from ddim.sampler_options import declared_fields, default_of
 from ddim.solvers import solver_facts
 
 
@@ -108,19 +112,75 @@ class ReconstructRequest:
 MAX_SEED = 2**63 - 1
 
 
+@dataclass(frozen=True)
+class RouteFields:
+    """The fields of one route: the sampler options it takes (names of
+    :class:`~ddim.sampler_options.SamplerOptions` fields) and its own, with their defaults
+    (those of the matching ``ddim`` command)."""
+
+    run: tuple[str, ...]
+    own: dict[str, Any]
+    steps: int | None = None  # the command's default where it is not the library's
+
+    @property
+    def names(self) -> frozenset[str]:
+        return frozenset(self.run) | frozenset(self.own)
+
+
+#: What each ``/api/<route>`` accepts, and its defaults.
+ROUTES: dict[str, RouteFields] = {
+    "sample": RouteFields(("steps", "eta", "solver", "guidance"),
+                          {"n": 16, "seed": 0, "class": None}),
+    "interpolate": RouteFields(("steps", "guidance"),
+                               {"seed_a": 1, "seed_b": 2, "frames": 10, "class": None}),
+    "edit": RouteFields(("steps", "guidance"),
+                        {"image": None, "strength": 0.6, "seed": 0, "class": None}),
+    "inpaint": RouteFields(("steps", "guidance"), {"image": None, "mask": None,
+                           "method": INPAINT_METHOD, "seed": 0, "class": None},
+                           steps=INPAINT_STEPS),
+    "reconstruct": RouteFields(("steps", "guidance"), {"image": None, "class": None}),
+}  # fmt: skip
+
+
+def route_defaults(route: str) -> dict[str, Any]:
+    """The defaults of every field of ``route`` (``None``: none, or required)."""
+    fields = ROUTES[route]
+    run = {name: default_of(name) for name in fields.run}
+    if fields.steps is not None:
+        run["steps"] = fields.steps
+    return {**run, **fields.own}
+
+
 class Parser:
-    """Reads one request's fields against the served model and the limits."""
+    """Reads one request's fields, those of ``route`` only, against the served model and
+    the limits."""
 
-    def __init__(self, body: dict[str, Any], facts: ModelFacts, limits: Limits) -> None:
-        unknown = sorted(set(body) - self.known)
+    def __init__(self, body: dict[str, Any], route: str, facts: ModelFacts, limits: Limits) -> None:
+        takes = ROUTES[route].names
+        unknown = sorted(set(body) - takes)
         if unknown:
-            raise BadRequest(f"unknown field(s): {', '.join(unknown)}")
+            raise BadRequest(
+                f"unknown field(s): {', '.join(unknown)} (/api/{route} takes "
+                f"{', '.join(sorted(takes))})"
+            )
         self.body, self.facts, self.limits = body, facts, limits
+        self.defaults = route_defaults(route)
 
-    known = frozenset({
-        "n", "steps", "eta", "solver", "seed", "class", "guidance", "seed_a", "seed_b",
-        "frames", "image", "strength", "mask", "method",
-    })  # fmt: skip
+    def run(self, name: str) -> Any:
+        """Sampler option ``name`` (``guidance`` is read with the class, :meth:`guide`): its
+        declared choices or range, with the server's caps on steps and eta, and its route's
+        default when absent."""
+        facts, default = declared_fields()[name], self.defaults[name]
+        if facts.choices is not None:
+            return self.choice(name, default, facts.choices)
+        if name == "steps":
+            return self.steps(default)
+        high = 1.0 if name == "eta" else math.inf  # the page offers eta in [0, 1]
+        return self.number(name, default, facts.low or 0.0, high, facts.low_open)
+
+    def own(self, name: str) -> Any:
+        """The route's default of its own field ``name``."""
+        return self.defaults[name]
 
     def integer(self, name: str, default: int, low: int, high: int) -> int:
         value = self.body.get(name, default)
@@ -148,12 +208,12 @@ class Parser:
             raise BadRequest(f"{name} must be one of {', '.join(choices)}, got {value!r}")
         return value
 
-    def steps(self, default: int = 20) -> int:
+    def steps(self, default: int) -> int:
         most = min(self.limits.max_steps, self.facts.num_timesteps)
-        return self.integer("steps", default, 1, most)
+        return self.integer("steps", default, int(declared_fields()["steps"].low or 1), most)
 
     def seed(self, name: str = "seed") -> int:
-        return self.integer(name, 0, 0, MAX_SEED)
+        return self.integer(name, self.defaults[name], 0, MAX_SEED)
 
     def guide(self, allow_all: bool = False) -> Guide:
         """``class`` (an integer, ``null`` or, where ``allow_all``, ``"all"``) and ``guidance``."""
@@ -169,7 +229,8 @@ class Parser:
         if guidance is not None:
             if label is None:
                 raise BadRequest("guidance needs a class")
-            guidance = self.number("guidance", 0.0, 0.0, self.limits.max_guidance)
+            low = declared_fields()["guidance"].low or 0.0
+            guidance = self.number("guidance", 0.0, low, self.limits.max_guidance)
         return Guide(label, guidance)
 
     def image(self, name: str = "image") -> torch.Tensor:
@@ -226,16 +287,16 @@ class Parser:
 
 
 def sample_request(body: dict[str, Any], facts: ModelFacts, limits: Limits) -> SampleRequest:
-    p = Parser(body, facts, limits)
-    solver = p.choice("solver", "ddim", SOLVERS)
-    steps = p.steps()
+    p = Parser(body, "sample", facts, limits)
+    solver = p.run("solver")
+    steps = p.run("steps")
     need = solver_facts(solver).min_steps
     if steps < need:
         raise BadRequest(f"solver {solver} needs at least {need} steps")
     return SampleRequest(
-        n=p.integer("n", 16, 1, limits.max_images),
+        n=p.integer("n", p.own("n"), 1, limits.max_images),
         steps=steps,
-        eta=p.number("eta", 0.0, 0.0, 1.0),
+        eta=p.run("eta"),
         solver=solver,
         seed=p.seed(),
         guide=p.guide(allow_all=True),
@@ -245,33 +306,33 @@ def sample_request(body: dict[str, Any], facts: ModelFacts, limits: Limits) -> S
 def interpolate_request(
     body: dict[str, Any], facts: ModelFacts, limits: Limits
 ) -> InterpolateRequest:
-    p = Parser(body, facts, limits)
+    p = Parser(body, "interpolate", facts, limits)
     return InterpolateRequest(
         seeds=(p.seed("seed_a"), p.seed("seed_b")),
-        frames=p.integer("frames", 9, 2, limits.max_frames),
-        steps=p.steps(),
+        frames=p.integer("frames", p.own("frames"), 2, limits.max_frames),
+        steps=p.run("steps"),
         guide=p.guide(),
     )
 
 
 def edit_request(body: dict[str, Any], facts: ModelFacts, limits: Limits) -> EditRequest:
-    p = Parser(body, facts, limits)
+    p = Parser(body, "edit", facts, limits)
     return EditRequest(
         image=p.image(),
-        strength=p.number("strength", 0.5, 0.0, 1.0, open_low=True),
-        steps=p.steps(),
+        strength=p.number("strength", p.own("strength"), 0.0, 1.0, open_low=True),
+        steps=p.run("steps"),
         seed=p.seed(),
         guide=p.guide(),
     )
 
 
 def inpaint_request(body: dict[str, Any], facts: ModelFacts, limits: Limits) -> InpaintRequest:
-    p = Parser(body, facts, limits)
+    p = Parser(body, "inpaint", facts, limits)
     return InpaintRequest(
         image=p.image(),
         keep=p.mask(),
-        method=p.choice("method", "ddnm", INPAINT_METHODS),
-        steps=p.steps(),
+        method=p.choice("method", p.own("method"), INPAINT_METHODS),
+        steps=p.run("steps"),
         seed=p.seed(),
         guide=p.guide(),
     )
@@ -280,5 +341,5 @@ def inpaint_request(body: dict[str, Any], facts: ModelFacts, limits: Limits) -> 
 def reconstruct_request(
     body: dict[str, Any], facts: ModelFacts, limits: Limits
 ) -> ReconstructRequest:
-    p = Parser(body, facts, limits)
-    return ReconstructRequest(image=p.image(), steps=p.steps(), guide=p.guide())
+    p = Parser(body, "reconstruct", facts, limits)
+    return ReconstructRequest(image=p.image(), steps=p.run("steps"), guide=p.guide())

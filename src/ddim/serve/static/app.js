@@ -273,6 +273,23 @@ function fill(select, options) {
   for (const [value, text] of options) select.add(new Option(text, value));
 }
 
+// Each form starts from its route's defaults, which the server takes from the one
+// definition of a run that the library and the CLI share.
+const FORMS = {
+  sample: "sample-form", interpolate: "interpolate-form", edit: "edit-form",
+  inpaint: "inpaint-form", reconstruct: "encode-form",
+};
+
+function startFrom(defaults) {
+  for (const [route, id] of Object.entries(FORMS)) {
+    for (const [name, value] of Object.entries(defaults[route])) {
+      const input = $(id).elements.namedItem(name);
+      if (input && value !== null) input.value = String(value);
+    }
+  }
+  $("strength-value").textContent = $("strength").value;
+}
+
 async function start() {
   info = await (await fetch("/api/info")).json();
   const k = info.classes;
@@ -288,6 +305,7 @@ async function start() {
   for (const element of document.querySelectorAll(".conditional")) element.hidden = !k;
   fill($("solver-select"), Object.keys(info.solvers).map((s) => [s, s]));
   fill($("method-select"), info.inpaint_methods.map((m) => [m, m]));
+  startFrom(info.defaults);
   render();
 }
 start();

@@ -1,0 +1,60 @@
+"""The command line's sampling options, made from :class:`ddim.sampler_options.SamplerOptions`.
+
+Each field of a sampling run is declared once, with its help, range and choices, in
+:mod:`ddim.sampler_options`; :func:`run_option` turns a field into its click option
+(``steps`` -> ``--steps``, ``clip_denoised`` -> ``--clip/--no-clip``). A command may change
+the default (inpainting's 20 steps, the CLI's ``--precision auto``), never the declaration.
+Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from ddim.sampler_options import Declared, declared_fields, default_of
+
+#: Fields whose flag is not the field's name: ``clip_denoised`` is ``--clip/--no-clip``.
+FLAGS = {"clip_denoised": ("--clip/--no-clip", "clip")}
+_UNSET: Any = object()
+
+
+def click_type(facts: Declared) -> click.ParamType | None:
+    """The click type of a declaration: a choice, a bounded whole number or a bounded
+    number (``None`` for a flag)."""
+    if facts.choices is not None:
+        return click.Choice(facts.choices)
+    if facts.low is None and facts.high is None:
+        return None
+    if facts.integer:
+        return click.IntRange(min=facts.low, max=facts.high)
+    return click.FloatRange(min=facts.low, max=facts.high, min_open=facts.low_open)
+
+
+def run_option(name: str, *, default: Any = _UNSET, shown: str | None = None) -> Any:
+    """The click option of :class:`SamplerOptions` field ``name``, with the library's
+    default unless ``default`` is given (``shown`` then says what it means in ``--help``)."""
+    facts = declared_fields()[name]
+    flag, param = FLAGS.get(name, (f"--{name.replace('_', '-')}", name))
+    value = default_of(name) if default is _UNSET else default
+    if shown is None:
+        shown = facts.when_none if value is None else True
+    kwargs: dict[str, Any] = {"default": value, "show_default": shown, "help": facts.help}
+    kind = click_type(facts)
+    if kind is not None:
+        kwargs["type"] = kind
+    return click.option(flag, param, **kwargs)
+
+
+#: The options the commands share, each made once here.
+steps_option = run_option("steps")
+spacing_option = run_option("spacing")
+eta_option = run_option("eta")
+variance_option = run_option("variance")
+clip_option = run_option("clip_denoised")
+solver_option = run_option("solver")
+final_step_option = run_option("final_step")
+precision_option = run_option("precision", default="auto", shown="auto (see `ddim info --device`)")
+guidance_option = run_option("guidance")
+classifier_scale_option = run_option("classifier_scale")
