@@ -24,7 +24,7 @@ import torch
 
 from ddim.guidance import Classifier
 from ddim.noise import per_sample_randn, seeded_generators
-from ddim.sampling import Callback, Model, SamplerOptions
+from ddim.sampling import Callback, Model, SamplerOptions, run_of
 from ddim.schedule import NoiseSchedule
 
 
@@ -60,7 +60,7 @@ def edit(
     ``guidance``, ...) say how to sample down from ``t_0``; ``y`` and ``classifier`` guide
     toward a class; ``seed`` or ``generators`` give the noise (module docstring).
     """
-    options = _options(options, fields)
+    options = run_of(options, fields)
     if generators is None:
         generators = seeded_generators(seed, x0.shape[0], x0.device)
     z = per_sample_randn(generators, x0.shape[1:], dtype=x0.dtype, device=x0.device)
@@ -88,8 +88,10 @@ def translate(
 ) -> torch.Tensor:
     """DDIB: encode ``x0`` under class ``source`` and decode under class ``target`` (each an
     int or a LongTensor ``(B,)``) with a class-conditional ``model``; the encoding and the
-    decoding are DDIM's at η = 0, under ``options.guidance`` if set."""
-    options = _options(options, fields)
+    decoding are DDIM's at η = 0, or an exact solver's (``edict``, ``bdia``: then the
+    round trip back to ``source`` returns ``x0`` to rounding), under ``options.guidance``
+    if set."""
+    options = run_of(options, fields)
     options.check_inverts_encoding("translation")
     b = x0.shape[0]
     latents = options.invert(model, x0, sched, y=_labels(source, b))
@@ -100,9 +102,3 @@ def _labels(label: int | torch.Tensor, batch: int) -> torch.Tensor:
     if isinstance(label, torch.Tensor):
         return label
     return torch.full((batch,), int(label), dtype=torch.long)
-
-
-def _options(options: SamplerOptions | None, fields: dict[str, Any]) -> SamplerOptions:
-    if options is not None and fields:
-        raise ValueError("give the sampler's options either as options= or one by one, not both")
-    return options if options is not None else SamplerOptions(**fields)

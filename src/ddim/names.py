@@ -12,7 +12,12 @@ VARIANCES = ("ddim", SIGMA_HAT)
 #: The solvers of ``ddim.sample(solver=...)``; each declares its facts (fewest steps, noise,
 #: model calls) beside its function in ``ddim.solvers`` (its measured order is in the
 #: README's solver table).
-SOLVERS = ("ddim", "dpmpp-2m", "dpmpp-3m", "unipc", "plms", "heun", "dpmpp-2m-sde")
+SOLVERS = ("ddim", "dpmpp-2m", "dpmpp-3m", "unipc", "plms", "heun", "dpmpp-2m-sde", "edict",
+           "bdia")  # fmt: skip
+#: The solvers whose every step inverts in closed form: their encoding is exact. Their
+#: published coupling parameters: EDICT's mixing weight p and BDIA's gamma.
+EXACT_SOLVERS = ("edict", "bdia")
+EDICT_P, BDIA_GAMMA = 0.93, 1.0
 #: How a solver run ends: a step to alpha_bar = 1 (first order or trapezoidal), or at the
 #: smallest timestep.
 FINAL_STEPS = ("denoise", "trapezoid", "none")

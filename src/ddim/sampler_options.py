@@ -20,7 +20,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ddim.names import (
+    BDIA_GAMMA,
     DEFAULT_FINAL_STEP,
+    EDICT_P,
+    EXACT_SOLVERS,
     FINAL_STEPS,
     PRECISIONS,
     SIGMA_HAT,
@@ -29,10 +32,14 @@ from ddim.names import (
     VARIANCES,
 )
 
+#: The solvers whose last step is DDIM's (``final_step`` "denoise" by default).
+DDIM_LAST_STEP = ("ddim", *EXACT_SOLVERS)
+
 if TYPE_CHECKING:
     import torch
 
     from ddim.guidance import Classifier
+    from ddim.latent import CoupledLatent
     from ddim.plan import StepPlan
     from ddim.sampling import Model, Trajectory
     from ddim.schedule import NoiseSchedule
@@ -150,6 +157,14 @@ class SamplerOptions:
     classifier_scale: float | None = declared(
         None, low=0.0, help="classifier guidance with a noise-aware classifier at this scale"
     )
+    edict_p: float = declared(
+        EDICT_P, low=0.0, low_open=True, high=1.0,
+        help="EDICT's mixing weight p (Wallace et al.: 0.93; nearer 1 for hundreds of steps)",
+    )  # fmt: skip
+    bdia_gamma: float = declared(
+        BDIA_GAMMA, low=0.0, low_open=True, high=1.0,
+        help="BDIA's gamma (1: the symmetric two-step form)",
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         for name, facts in declared_fields().items():
@@ -166,6 +181,15 @@ class SamplerOptions:
                 )
         elif self.eta != 0 and self.final_step not in (None, "denoise"):
             raise ValueError(f"eta needs final_step 'denoise' (eq. 12), not {self.final_step!r}")
+        if self.solver in EXACT_SOLVERS and self.final_step not in (None, "denoise"):
+            raise ValueError(
+                f"solver {self.solver!r} ends with DDIM's step to the data: final_step "
+                f"'denoise', not {self.final_step!r}"
+            )
+        for name, owner, default in (("edict_p", "edict", EDICT_P),
+                                     ("bdia_gamma", "bdia", BDIA_GAMMA)):  # fmt: skip
+            if getattr(self, name) != default and self.solver != owner:
+                raise ValueError(f"{name} applies to solver {owner!r} only, not {self.solver!r}")
 
     @property
     def clip(self) -> bool:
@@ -188,7 +212,7 @@ class SamplerOptions:
 
         final_step = self.final_step
         if final_step is None:
-            final_step = "denoise" if self.solver == "ddim" else DEFAULT_FINAL_STEP
+            final_step = "denoise" if self.solver in DDIM_LAST_STEP else DEFAULT_FINAL_STEP
         plan = StepPlan.build(sched, self.steps, self.spacing, final_step)
         need = solver_facts(self.solver).min_steps
         if plan.steps < need:
@@ -203,13 +227,16 @@ class SamplerOptions:
 
     def check_inverts_encoding(self, what: str) -> None:
         """A ValueError unless sampling with these options undoes :func:`ddim.invert`, as
-        ``what`` (a reconstruction, a translation) needs: the ``ddim`` solver at ``eta = 0``
-        with the ``ddim`` variance and the denoising final step."""
+        ``what`` (a reconstruction, a translation) needs: an exact solver (``edict``,
+        ``bdia``), or the ``ddim`` solver at ``eta = 0`` with the ``ddim`` variance and the
+        denoising final step."""
+        if self.solver in EXACT_SOLVERS:
+            return
         if self.solver != "ddim" or self.final_step not in (None, "denoise"):
             raise ValueError(
                 f"{what} encodes with DDIM, so it must decode with DDIM too: solver 'ddim' "
-                f"with final_step 'denoise', not solver {self.solver!r} with final_step "
-                f"{self.final_step!r}"
+                f"with final_step 'denoise' (or an exact solver: edict, bdia), not solver "
+                f"{self.solver!r} with final_step {self.final_step!r}"
             )
         if self.eta != 0 or self.variance != "ddim":
             raise ValueError(f"{what} decodes with DDIM: eta must be 0 and variance 'ddim'")
@@ -242,6 +269,10 @@ class SamplerOptions:
         function = solver_facts(self.solver).function
         if self.solver == "ddim":
             return functools.partial(function, eta=self.eta, variance=self.variance)
+        if self.solver == "edict":
+            return functools.partial(function, p=self.edict_p)
+        if self.solver == "bdia":
+            return functools.partial(function, gamma=self.bdia_gamma)
         return function
 
     def sample(
@@ -254,15 +285,11 @@ class SamplerOptions:
 
     def invert(
         self, model: Model, x0: torch.Tensor, sched: NoiseSchedule, **kwargs: object
-    ) -> torch.Tensor:
-        """:func:`ddim.invert` with these ``steps``, ``spacing``, ``precision`` and guidance."""
+    ) -> torch.Tensor | CoupledLatent:
+        """:func:`ddim.invert` with these options; ``kwargs`` are its other arguments."""
         from ddim.sampling import invert
 
-        return invert(
-            model, x0, sched, steps=self.steps, spacing=self.spacing, precision=self.precision,
-            guidance=self.guidance, classifier_scale=self.classifier_scale,
-            **kwargs,  # type: ignore[arg-type]
-        )  # fmt: skip
+        return invert(model, x0, sched, options=self, **kwargs)  # type: ignore[arg-type]
 
 
 def declared_fields() -> dict[str, Declared]:

@@ -14,21 +14,24 @@ once, after the loop (:class:`~ddim.checked_model.CheckedModel`).
 
 from __future__ import annotations
 
-import dataclasses
 import warnings
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
 from ddim.checked_model import Callback, CheckedModel, Model, Step, Trajectory
 from ddim.guidance import Classifier
+from ddim.latent import CoupledLatent, start_of
+from ddim.names import EXACT_SOLVERS
 from ddim.noise import step_noise
 from ddim.plan import Noise, Prediction, Report, StepPlan
 from ddim.sampler_options import SamplerOptions
 from ddim.schedule import NoiseSchedule
 from ddim.solvers import solver_facts
 from ddim.solvers.eq12 import ddim_step, predict_x0
+from ddim.solvers.exact import bdia_inverse, edict_inverse
 
 __all__ = ["Callback", "Model", "SamplerOptions", "Step", "Trajectory", "invert", "model_calls",
            "sample", "walk"]  # fmt: skip
@@ -37,19 +40,9 @@ __all__ = ["Callback", "Model", "SamplerOptions", "Step", "Trajectory", "invert"
 @torch.no_grad()
 def sample(
     model: Model,
-    x_T: torch.Tensor,
+    x_T: torch.Tensor | CoupledLatent,
     sched: NoiseSchedule,
     *,
-    steps: int | Sequence[int] | None = None,
-    spacing: str = "uniform",
-    eta: float = 0.0,
-    variance: str = "ddim",
-    clip_denoised: bool | None = None,
-    precision: str = "fp32",
-    solver: str = "ddim",
-    final_step: str | None = None,
-    guidance: float | None = None,
-    classifier_scale: float | None = None,
     options: SamplerOptions | None = None,
     y: torch.Tensor | None = None,
     classifier: Classifier | None = None,
@@ -59,12 +52,21 @@ def sample(
     return_trajectory: bool = False,
     progress: bool = False,
     callback: Callback | None = None,
+    **fields: Any,
 ) -> torch.Tensor | tuple[torch.Tensor, Trajectory]:
     """Sample from ``x_T`` down to ``x_0`` with DDIM's eq. 12 or another ``solver``.
 
+    The run is ``options``, or its fields given one by one as keywords (``steps``,
+    ``spacing``, ``eta``, ``variance``, ``clip_denoised``, ``precision``, ``solver``,
+    ``final_step``, ``guidance``, ``classifier_scale``, ``edict_p``, ``bdia_gamma``: those of
+    :class:`~ddim.sampler_options.SamplerOptions`, checked by it), not both.
+
     Args:
-        model: any ``model(x_t, t) -> eps`` with ``t`` a LongTensor ``(B,)`` in ``0..T-1``.
-        x_T: the starting noise; all math runs in its dtype and on its device.
+        model: any ``model(x_t, t) -> eps`` with ``t`` a LongTensor ``(B,)`` in ``0..T-1``
+            (or a model whose ``config.prediction`` says it predicts ``v`` or ``x``).
+        x_T: the starting noise, or an exact solver's latent
+            (:class:`~ddim.latent.CoupledLatent`, from :func:`invert`); all math runs in
+            its dtype and on its device.
         sched: the noise schedule the model was trained with.
         steps: a number of steps ``S`` or an explicit sequence of timesteps. ``None``: the
             model's own plan if it has one (a distilled student's ``config.sampling_plan``),
@@ -82,8 +84,10 @@ def sample(
             the dtype of ``x_T``.
         solver: ``"ddim"`` (eq. 12, any ``eta``, sigma-hat) or one of the probability-flow
             solvers of :mod:`ddim.solvers`: ``dpmpp-2m``, ``dpmpp-3m``, ``unipc``, ``plms``,
-            ``heun`` and the stochastic ``dpmpp-2m-sde``. These take ``eta = 0`` and
-            ``variance = "ddim"`` only; :func:`model_calls` says what a run costs.
+            ``heun``, the stochastic ``dpmpp-2m-sde``, and the exactly invertible ``edict``
+            (mixing weight ``edict_p``) and ``bdia`` (``bdia_gamma``). These take
+            ``eta = 0`` and ``variance = "ddim"`` only; :func:`model_calls` says what a run
+            costs.
         final_step: how a run ends (:mod:`ddim.plan`): ``"denoise"`` steps from the smallest
             timestep to ``alpha_bar = 1`` by returning the data prediction there (DDIM's
             last step); ``"trapezoid"`` takes that step by the trapezoidal rule in
@@ -115,15 +119,8 @@ def sample(
         ``x_0``, or ``(x_0, Trajectory)`` with ``return_trajectory``.
     """
     own = own_plan(model)
-    given = SamplerOptions(
-        steps=(own or 50) if steps is None else steps, spacing=spacing, eta=eta,
-        variance=variance, clip_denoised=clip_denoised, precision=precision, solver=solver,
-        final_step=final_step, guidance=guidance, classifier_scale=classifier_scale,
-    )  # fmt: skip
-    if options is None:
-        options = given
-    elif steps is not None or dataclasses.replace(given, steps=50) != SamplerOptions():
-        raise ValueError("give the sampler's options either as options= or one by one, not both")
+    options = run_of(options, fields, own)
+    start_of(x_T, options.solver)
     plan = options.plan(sched)
     if own is not None and tuple(t for t in plan.ts if t >= 0) != own:
         warnings.warn(
@@ -157,7 +154,7 @@ ChangePrediction = Callable[[int, torch.Tensor, Prediction], Prediction]
 
 def walk(
     model: Model,
-    x: torch.Tensor,
+    x: torch.Tensor | CoupledLatent,
     sched: NoiseSchedule,
     options: SamplerOptions,
     plan: StepPlan,
@@ -170,13 +167,34 @@ def walk(
     with_grad: bool = False,
 ) -> torch.Tensor:
     """One solver walk over ``plan`` (all or part of ``options.plan(sched)``) from state
-    ``x``: the model read as an ε-model and conditioned as ``options`` say
-    (:meth:`SamplerOptions.condition`), each call checked (:class:`CheckedModel`), its
-    prediction clipped if ``options.clip`` and then changed by ``change``; the solver of
-    ``options`` draws ``noise(i, x)`` and calls ``report`` after each step (which may change
-    the state). With ``with_grad``, each prediction is made with the gradient enabled for
-    ``change`` to take (DPS), from a copy of the state that requires it, and handed to the
-    solver detached. Non-finite model outputs raise after the walk."""
+    ``x``, each prediction made by :func:`predictor`; the solver of ``options`` draws
+    ``noise(i, x)`` and calls ``report`` after each step (which may change the state).
+    Non-finite model outputs raise after the walk."""
+    predict, checked = predictor(model, x, sched, options, plan, y=y, classifier=classifier,
+                                 change=change, with_grad=with_grad)  # fmt: skip
+    out = options.solver_function()(predict, x, plan, noise, report)
+    checked.raise_if_nonfinite()
+    return out
+
+
+def predictor(
+    model: Model,
+    x: torch.Tensor | CoupledLatent,
+    sched: NoiseSchedule,
+    options: SamplerOptions,
+    plan: StepPlan,
+    *,
+    y: torch.Tensor | None = None,
+    classifier: Classifier | None = None,
+    change: ChangePrediction | None = None,
+    with_grad: bool = False,
+) -> tuple[Callable[[int, torch.Tensor], Prediction], CheckedModel]:
+    """The ``predict(i, x)`` of a run over ``plan`` for a batch like ``x``: the model read
+    as an ε-model and conditioned as ``options`` say (:meth:`SamplerOptions.condition`),
+    each call checked (:class:`CheckedModel`, returned too), its prediction clipped if
+    ``options.clip`` and then changed by ``change``. With ``with_grad``, each prediction is
+    made with the gradient enabled for ``change`` to take (DPS), from a copy of the state
+    that requires it, and handed to the solver detached."""
     points = [t for t in plan.ts if t >= 0]
     net = options.condition(model, sched, x.shape[0], y, classifier)
     eps_model = CheckedModel(net, points, x.shape[0], x.device, options.precision)
@@ -198,9 +216,23 @@ def walk(
             pred = prediction(i, x.detach().requires_grad_(True))
         return Prediction(pred.eps.detach(), pred.x0.detach())
 
-    x = options.solver_function()(predict, x, plan, noise, report)
-    eps_model.raise_if_nonfinite()
-    return x
+    return predict, eps_model
+
+
+def run_of(
+    options: SamplerOptions | None, fields: dict[str, Any], own: tuple[int, ...] | None = None
+) -> SamplerOptions:
+    """``options``, or the :class:`SamplerOptions` of ``fields`` given one by one (with
+    ``steps``, when not given, the model's ``own`` plan or 50), never both."""
+    if options is not None:
+        if fields:
+            raise ValueError(
+                "give the sampler's options either as options= or one by one, not both"
+            )
+        return options
+    if fields.get("steps") is None:
+        fields = {**fields, "steps": own or 50}
+    return SamplerOptions(**fields)
 
 
 def own_plan(model: object) -> tuple[int, ...] | None:
@@ -232,35 +264,43 @@ def invert(
     x0: torch.Tensor,
     sched: NoiseSchedule,
     *,
-    steps: int | Sequence[int] = 50,
-    spacing: str = "uniform",
-    precision: str = "fp32",
-    guidance: float | None = None,
-    classifier_scale: float | None = None,
+    options: SamplerOptions | None = None,
     y: torch.Tensor | None = None,
     classifier: Classifier | None = None,
     progress: bool = False,
     callback: Callback | None = None,
-) -> torch.Tensor:
-    """Deterministic DDIM encoding ``x_0 -> x_T``: the ``eta = 0`` step run upwards (eq. 13).
+    **fields: Any,
+) -> torch.Tensor | CoupledLatent:
+    """Deterministic encoding ``x_0 -> x_T``: DDIM's ``eta = 0`` step run upwards (eq. 13),
+    or, for the exact solvers ``edict`` and ``bdia``, their steps solved backwards in closed
+    form, which returns their whole state (:class:`~ddim.latent.CoupledLatent`) and is
+    undone by :func:`sample` with the same options to rounding.
 
-    It walks the plan of :func:`sample` (``final_step="denoise"``) backwards, querying the
-    model at ``(x_{t_prev}, t)``, the timestep of the sampling step it undoes; the step is
-    eq. 9 at ``a_prev`` followed by eq. 12 (``sigma = 0``) towards ``a_t``, the
-    :func:`~ddim.solvers.eq12.ddim_step` that sampling takes. ``callback`` gets a
-    :class:`~ddim.checked_model.Step` after every step (``i`` counts encoding steps);
-    ``precision``, ``y``, ``guidance``, ``classifier`` and ``classifier_scale`` are those of
+    The run is ``options`` or its fields as keywords, as for :func:`sample` (``steps``,
+    ``spacing``, ``precision``, ``guidance``, ``classifier_scale``, ``solver``, ...). DDIM's
+    encoding walks the plan of :func:`sample` (``final_step="denoise"``) backwards, querying
+    the model at ``(x_{t_prev}, t)``, the timestep of the sampling step it undoes; the step
+    is eq. 9 at ``a_prev`` followed by eq. 12 (``sigma = 0``) towards ``a_t``, the
+    :func:`~ddim.solvers.eq12.ddim_step` that sampling takes; any solver other than the exact
+    ones encodes this way. ``callback`` gets a :class:`~ddim.checked_model.Step` after every
+    DDIM step (``i`` counts encoding steps); ``y``, ``classifier`` are those of
     :func:`sample` (encoding under a class).
     """
-    options = SamplerOptions(
-        steps=steps, spacing=spacing, precision=precision, guidance=guidance,
-        classifier_scale=classifier_scale,
-    )  # fmt: skip
+    options = run_of(options, fields)
+    if options.solver in EXACT_SOLVERS:
+        plan = options.plan(sched)
+        predict, checked = predictor(model, x0, sched, options, plan, y=y, classifier=classifier)
+        if options.solver == "edict":
+            latent = edict_inverse(predict, x0, plan, p=options.edict_p)
+        else:
+            latent = bdia_inverse(predict, x0, plan, gamma=options.bdia_gamma)
+        checked.raise_if_nonfinite()
+        return latent
     model = options.condition(model, sched, x0.shape[0], y, classifier)
-    plan = StepPlan.build(sched, steps, spacing, "denoise")
+    plan = StepPlan.build(sched, options.steps, options.spacing, "denoise")
     upwards = range(plan.steps - 1, -1, -1)  # the plan's steps, smallest t first
     eps_model = CheckedModel(
-        model, [plan.ts[i] for i in upwards], x0.shape[0], x0.device, precision
+        model, [plan.ts[i] for i in upwards], x0.shape[0], x0.device, options.precision
     )
     x = x0
     for k, i in enumerate(tqdm(upwards, disable=not progress, desc="encoding")):

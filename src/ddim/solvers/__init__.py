@@ -29,6 +29,9 @@ they approximate ``D`` (or ``eps``) over the step from the model calls they have
   ``eps`` at both ends (two calls), as diffusers' ``PNDMScheduler(skip_prk_steps=True)``.
 - ``heun``: Heun's method on ``dx~/dsigma~ = eps`` with ``x~ = x / alpha``,
   ``sigma~ = sigma / alpha`` (Karras et al. 2022, Alg. 1): two calls a step.
+- ``edict``, ``bdia``: EDICT (Wallace et al. 2023) and BDIA (Zhang et al. 2023), whose
+  every step inverts in closed form, so :func:`ddim.invert` with them is exact to rounding
+  (:mod:`ddim.solvers.exact`).
 - ``dpmpp-2m-sde``: the SDE form of DPM-Solver++(2M) (Lu et al. 2022b, App. B; diffusers'
   ``sde-dpmsolver++``)::
 
@@ -63,10 +66,11 @@ from ddim.plan import Noise, Predict, Report, SolverFacts, StepPlan
 from ddim.solvers.dpm import DPMPP_2M, DPMPP_2M_SDE, DPMPP_3M, dpmpp_2m, dpmpp_2m_sde, dpmpp_3m
 from ddim.solvers.eps import HEUN, PLMS, heun, plms
 from ddim.solvers.eq12 import DDIM, ddim_solver
+from ddim.solvers.exact import BDIA, EDICT, bdia, edict
 from ddim.solvers.unipc import UNIPC, unipc
 
-__all__ = ["FACTS", "Solver", "SolverFacts", "ddim_solver", "dpmpp_2m", "dpmpp_2m_sde",
-           "dpmpp_3m", "heun", "plms", "solver_facts", "unipc"]  # fmt: skip
+__all__ = ["FACTS", "Solver", "SolverFacts", "bdia", "ddim_solver", "dpmpp_2m", "dpmpp_2m_sde",
+           "dpmpp_3m", "edict", "heun", "plms", "solver_facts", "unipc"]  # fmt: skip
 
 Solver = Callable[[Predict, torch.Tensor, StepPlan, Noise, Report], torch.Tensor]
 
@@ -80,6 +84,8 @@ FACTS: dict[str, SolverFacts] = {
     "plms": PLMS,
     "heun": HEUN,
     "dpmpp-2m-sde": DPMPP_2M_SDE,
+    "edict": EDICT,
+    "bdia": BDIA,
 }
 
 
