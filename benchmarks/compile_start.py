@@ -2,11 +2,11 @@
 cache a first process left behind.
 
 Each variant runs in two fresh child processes, one after the other, sharing one new cache
-folder (``TORCHINDUCTOR_CACHE_DIR``, which ``ddim.models.fast.compile_cache_dir`` points
-into the ddim cache): the bundled model is loaded and prepared as ``ddim sample --compile``
-prepares it (channels-last, compiled for a fixed batch), and the first call is timed, which
-is the compilation or the cache's load. Variants: the default, and with inductor's weight
-freezing (``torch._inductor.config.freezing``), an option for inference.
+folder (``TORCHINDUCTOR_CACHE_DIR``, which ``ddim.speed.prepared.compile_cache_dir``
+points into the ddim cache): the bundled model is loaded and prepared as ``ddim sample
+--compile`` prepares it (channels-last, compiled for a fixed batch), and the first call is
+timed, which is the compilation or the cache's load. Variants: the default, and with
+inductor's weight freezing (``torch._inductor.config.freezing``), an option for inference.
 
     python benchmarks/compile_start.py [--precision bf16] [--batch-size 64]
 """
@@ -29,8 +29,8 @@ def child(precision: str, batch: int, freezing: bool) -> None:
     import torch._inductor.config
 
     import ddim
-    from ddim.models.fast import for_inference
     from ddim.precision import autocast
+    from ddim.speed.prepared import for_inference
 
     torch._inductor.config.freezing = freezing
     model, _ = ddim.load_pretrained("mnist")

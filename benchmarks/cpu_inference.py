@@ -23,8 +23,8 @@ from collections.abc import Callable
 import torch
 
 import ddim
-from ddim.models.fast import ChannelsLast
 from ddim.precision import autocast, cpu_bf16_flags
+from ddim.speed.prepared import ChannelsLast
 
 Forward = Callable[[], torch.Tensor]
 

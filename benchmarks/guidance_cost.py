@@ -5,7 +5,7 @@ a batch of ``--batch-size`` images for ``--steps`` DDIM steps four ways, taking 
 by run after a warm-up: unguided (the conditional model alone, one call of B rows a step),
 classifier-free guidance (one batched call of 2B rows a step, eq. 1 of ``ddim.guidance``,
 run as one forward pass, and as two passes of B rows: ``for_inference(model, rows=B)``, what
-``speed="auto"`` and ``ddim sample`` pick where it measures faster),
+``ddim.speed.fastest`` and ``ddim sample`` pick where it measures faster),
 and, with the bundled noisy classifier, classifier guidance on top of the unguided call
 (one classifier forward and backward a step). Printed: the median seconds of each and
 their ratios to unguided. The target of issue 24: CFG at most 2.05x.
@@ -23,8 +23,8 @@ import time
 import torch
 
 import ddim
-from ddim.models.fast import for_inference
 from ddim.models.noisy_classifier import load_noisy_classifier
+from ddim.speed.prepared import for_inference
 
 
 def main() -> None:

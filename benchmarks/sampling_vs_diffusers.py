@@ -44,10 +44,10 @@ from ddim.eval import metrics
 from ddim.formats.archives import load_mnist
 from ddim.formats.diffusers import import_diffusers, to_diffusers_unet
 from ddim.formats.diffusers_folder import scheduler_config
-from ddim.models.fast import for_inference
-from ddim.models.speed import cpu_name
 from ddim.noise import seeded_latents
 from ddim.precision import autocast, choose, cpu_bf16_flags
+from ddim.speed.choice import cpu_name
+from ddim.speed.prepared import for_inference
 
 STEPS, BATCH = 50, 64
 Run = Callable[[int, int], torch.Tensor]

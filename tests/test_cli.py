@@ -23,8 +23,8 @@ from ddim.cli import main
 from ddim.formats import images
 from ddim.formats.checkpoint import load_pretrained, read_metadata
 from ddim.formats.latents import load_latents
-from ddim.models.fast import Setting
 from ddim.models.unet import UNet
+from ddim.speed import Setting
 from ddim.workflows import SamplerOptions as Opts
 
 T = 100
@@ -499,7 +499,7 @@ def test_info_speed_measures_once_and_sample_uses_the_record(files, tmp_path) ->
     """``info --speed`` measures both eager layouts once and picks the faster here (either,
     by machine); ``sample`` runs the same one from the record and replaces that setting's
     figure, and no other, with its own time per call."""
-    from ddim.formats import speed_record
+    from ddim.speed import record
 
     field_of = {
         Setting().describe(): "eager",
@@ -510,7 +510,7 @@ def test_info_speed_measures_once_and_sample_uses_the_record(files, tmp_path) ->
     line = text.splitlines()[-1]
     assert line.startswith(head)
     assert "800 calls x (" in line and "30.0 s to compile - " in line  # 16 batches x 50
-    (probed,) = json.loads(speed_record.path().read_text()).values()
+    (probed,) = json.loads(record.path().read_text()).values()
     assert probed["compiled"] is None and all(probed[f] > 0 for f in field_of.values())
     faster = min(field_of.values(), key=probed.__getitem__)  # the default layout on a tie
     chosen = line.removeprefix(head).partition(": ")[0]
@@ -518,7 +518,7 @@ def test_info_speed_measures_once_and_sample_uses_the_record(files, tmp_path) ->
     args = ["sample", "--ckpt", files["tiny.safetensors"], "-n", 200, "--steps", 50]
     said = ok(*args, "--out", tmp_path / "a.npz").stdout  # the same shape: 64 rows a call
     assert re.findall(r"^speed: (.+?) \(200 calls x \(", said, re.MULTILINE) == [chosen]
-    (entry,) = json.loads(speed_record.path().read_text()).values()
+    (entry,) = json.loads(record.path().read_text()).values()
     assert [f for f in entry if entry[f] != probed[f]] == [faster]  # the job's, not the probe's
     fixed = ok(*args, "--no-compile", "--out", tmp_path / "b.npz").stdout
     assert "speed:" not in fixed

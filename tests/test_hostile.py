@@ -29,9 +29,9 @@ from ddim.formats import images
 from ddim.formats.archives import load_npz
 from ddim.formats.checkpoint import BUNDLED, CheckpointError, load_checkpoint, read_metadata
 from ddim.formats.checkpoint_meta import FORMAT_VERSION, digest
-from ddim.formats.sample_folder import MANIFEST
 from ddim.models.unet import UNetConfig
 from ddim.train.runtime import Distributed
+from ddim.workflows.sample_folder import MANIFEST
 
 SCHEDULE = ddim.NoiseSchedule.linear(100, 1e-3, 0.05)
 DROP = object()  # a metadata field to remove

@@ -10,9 +10,9 @@ import ddim
 from ddim.eval.experiments import sample_stats
 from ddim.eval.metrics import FeatureStats, pixel_features
 from ddim.eval.progress import BatchStore, weights_digest
-from ddim.models.fast import for_inference
 from ddim.models.oracle import GaussianMixture
 from ddim.models.unet import UNet, UNetConfig
+from ddim.speed import for_inference
 from ddim.workflows import SamplerOptions
 
 SCHED = ddim.NoiseSchedule.linear(1000)

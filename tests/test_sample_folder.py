@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 import ddim
 from ddim.cli import main
-from ddim.formats.sample_folder import MANIFEST, rank_batches
+from ddim.workflows.sample_folder import MANIFEST, rank_batches
 
 SCHEDULE = ddim.NoiseSchedule.linear(100, 1e-3, 0.05)
 N, BATCH = 7, 3

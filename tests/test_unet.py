@@ -123,7 +123,7 @@ def test_channels_last_computes_the_same_eps():
     """``for_inference(channels_last=True)`` (``--channels-last``) changes the memory layout,
     not the U-Net's ε (to float rounding); the output stays contiguous, the config readable,
     and the model it was given untouched. (``--compile``: tests/test_cli_eval.py.)"""
-    from ddim.models.fast import for_inference
+    from ddim.speed import for_inference
 
     model = build(MNIST_SMALL)
     fast = for_inference(model, channels_last=True)

@@ -15,6 +15,8 @@ import torch
 
 from ddim.precision import autocast, choose
 
+#: A network as every sampler, workflow and wrapper calls it: ``model(x_t, t)``, or
+#: ``model(x_t, t, y)`` for a class-conditional one.
 Model = Callable[..., torch.Tensor]
 
 

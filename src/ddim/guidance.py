@@ -30,9 +30,9 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from ddim.checked_model import Model
 from ddim.schedule import NoiseSchedule
 
-Model = Callable[..., torch.Tensor]
 Classifier = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 

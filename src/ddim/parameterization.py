@@ -16,17 +16,16 @@ re-expresses an ε-model as a v- or x-model (the exact oracles, rewrapped, in th
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
 import torch
 
+from ddim.checked_model import Model
 from ddim.guidance import num_classes
 from ddim.names import PREDICTIONS
 from ddim.schedule import NoiseSchedule
 
-Model = Callable[..., torch.Tensor]
 Coefficient = float | torch.Tensor
 
 

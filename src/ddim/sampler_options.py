@@ -301,3 +301,7 @@ def default_of(name: str) -> Any:
     """The library's default of field ``name``."""
     (found,) = [f for f in dataclasses.fields(SamplerOptions) if f.name == name]
     return found.default
+
+
+#: The library's defaults, as one value (a default argument of the batched workflows).
+DEFAULTS = SamplerOptions()

@@ -17,14 +17,11 @@ from ddim.cli.info import info_command
 from ddim.cli.interpolate import interpolate_command
 from ddim.cli.sample import sample_command
 from ddim.cli.serve import serve_command
-from ddim.cli.train import train_command
+from ddim.exits import CONTEXT_SETTINGS
+from ddim.train.command import train_command
 
 
-@click.group(
-    "ddim",
-    cls=DdimGroup,
-    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
-)
+@click.group("ddim", cls=DdimGroup, context_settings=CONTEXT_SETTINGS)
 @click.version_option(__version__, prog_name="ddim")
 def main() -> None:
     """Denoising diffusion implicit models: sample, encode, interpolate, train, convert.

@@ -1,10 +1,6 @@
-"""What every ``ddim`` subcommand shares: errors and output files (options and model
-loading are in :mod:`ddim.cli.options`).
-
-Every failure a user can cause ends the same way: one line ``error: ...`` on stderr and
-exit status 2 (130 when interrupted). :class:`DdimGroup` turns click's usage errors and
-the library's ``ValueError``/``OSError``/``ImportError``/``RuntimeError`` into that line;
-set ``DDIM_DEBUG=1`` to see the traceback instead.
+"""What every ``ddim`` subcommand shares: its group, output files and progress (options and
+model loading are in :mod:`ddim.cli.options`; how a command fails, one line ``error: ...``
+and exit status 2, in :mod:`ddim.exits`).
 """
 
 from __future__ import annotations
@@ -14,10 +10,11 @@ import os
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING
 
 import click
 
+from ddim.exits import OneLineErrors
 from ddim.formats.atomic import refuse_overwrite
 
 if TYPE_CHECKING:
@@ -25,60 +22,9 @@ if TYPE_CHECKING:
 
     from ddim.sampling import Callback
 
-EXIT_ERROR = 2
-EXIT_INTERRUPTED = 130
-USER_ERRORS = (ValueError, OSError, ImportError, RuntimeError)
 
-
-def one_line(message: str) -> str:
-    """``message`` with every run of whitespace (newlines included) collapsed to one space."""
-    return " ".join(message.split())
-
-
-def describe(error: BaseException) -> str:
-    """A one-line description of a library error for the user."""
-    if isinstance(error, OSError) and error.strerror and error.filename:
-        return f"{error.filename}: {error.strerror}"
-    return str(error).strip() or type(error).__name__
-
-
-def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
-    """Print ``error: message`` to stderr and exit."""
-    click.echo(f"error: {one_line(message)}", err=True)
-    sys.exit(code)
-
-
-class DdimGroup(click.Group):
+class DdimGroup(OneLineErrors, click.Group):
     """A click group whose failures are one ``error:`` line and exit status 2."""
-
-    def main(
-        self,
-        args: Sequence[str] | None = None,
-        prog_name: str | None = None,
-        complete_var: str | None = None,
-        standalone_mode: bool = True,
-        **extra: Any,
-    ) -> Any:
-        """Run the command like click does, reporting every failure as one line."""
-        try:
-            result = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
-        except click.exceptions.NoArgsIsHelpError as e:
-            click.echo(e.format_message())
-            sys.exit(0)
-        except (click.exceptions.Abort, KeyboardInterrupt):
-            fail("interrupted", EXIT_INTERRUPTED)
-        except click.UsageError as e:
-            hint = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None else ""
-            fail(e.format_message() + hint)
-        except click.ClickException as e:
-            fail(e.format_message())
-        except USER_ERRORS as e:
-            if os.environ.get("DDIM_DEBUG"):
-                raise
-            fail(describe(e))
-        if not standalone_mode:
-            return result
-        sys.exit(result if isinstance(result, int) else 0)
 
 
 # ---------------------------------------------------------------- outputs

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from ddim.cli import common
+from ddim.exits import EXIT_INTERRUPTED
 
 
 @click.command("distill", short_help="Distil a model into a few-step student (Salimans & Ho).")
@@ -39,6 +39,6 @@ def distill_command(
     if result.stopped_by:
         click.echo(f"stopped by {result.stopped_by} in round {result.round} at step "
                    f"{result.step}", err=True)  # fmt: skip
-        sys.exit(common.EXIT_INTERRUPTED)
+        sys.exit(EXIT_INTERRUPTED)
     for path in result.students:
         click.echo(f"student: {path}")

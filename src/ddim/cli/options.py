@@ -20,11 +20,10 @@ from ddim.cli import run_options
 if TYPE_CHECKING:
     import torch
 
-    from ddim.models.fast import Setting
     from ddim.models.unet import UNet
     from ddim.sampling import SamplerOptions
     from ddim.schedule import NoiseSchedule
-    from ddim.workflows import Fastest
+    from ddim.speed import Fastest, Setting
 
 DEFAULT_MODEL = "mnist"
 MAX_SEED = 2**63 - 1  # seeds are int64
@@ -193,7 +192,7 @@ def load_model(
 ) -> tuple[UNet, NoiseSchedule]:
     """An eval-mode U-Net on ``device`` and its schedule, from a checkpoint file, a
     diffusers folder or a bundled model name; each of ``steps`` is checked against it.
-    ``channels_last`` and ``compile`` prepare it (:func:`ddim.models.fast.for_inference`);
+    ``channels_last`` and ``compile`` prepare it (:func:`ddim.speed.for_inference`);
     compiled, it always runs ``rows`` rows a pass (the batch size), so a short last batch
     or guidance's ``2B`` rows compile nothing new."""
     from ddim.formats.checkpoint import BUNDLED, load_pretrained
@@ -209,16 +208,16 @@ def load_model(
     for s in steps:
         check_steps(schedule, s)
     if channels_last or compile:
-        from ddim.models.fast import prepare
+        from ddim.speed import prepare
 
         model = prepare(model, flag_setting(channels_last, compile, rows))
     return model, schedule
 
 
 def flag_setting(channels_last: bool | None, compile: bool | None, rows: int | None) -> Setting:
-    """The :class:`~ddim.models.fast.Setting` of ``--channels-last`` and ``--compile``: a
+    """The :class:`~ddim.speed.Setting` of ``--channels-last`` and ``--compile``: a
     compiled model runs ``rows`` rows a pass."""
-    from ddim.models.fast import Setting
+    from ddim.speed import Setting
 
     return Setting(
         channels_last=bool(channels_last), compile=bool(compile), rows=rows if compile else None
@@ -238,14 +237,14 @@ def auto_speed(
     prepared the fastest measured way for sampling ``n`` images (:func:`report_speed` says
     which); else ``model`` as the flags prepared it. Either way the job's figures are
     learned for the next choice (``Fastest.learn``)."""
-    from ddim import workflows
+    from ddim import speed
 
     if flags != (None, None):
         given = flag_setting(*flags, min(n, batch_size))
-        return workflows.as_given(
+        return speed.as_given(
             model, given, schedule, n, batch_size=batch_size, device=device, options=sampler
         )
-    return workflows.fastest(
+    return speed.fastest(
         model, schedule, n, image_shape(model), batch_size=batch_size, device=device,
         options=sampler,
     )  # fmt: skip

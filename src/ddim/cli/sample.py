@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -14,8 +16,10 @@ from ddim.cli.options import choice_option, count_option
 if TYPE_CHECKING:
     import torch
 
-    from ddim.sampling import SamplerOptions
+    from ddim.models.unet import UNet
+    from ddim.sampling import Callback, SamplerOptions
     from ddim.schedule import NoiseSchedule
+    from ddim.speed import Fastest
 
 
 @click.command("sample", short_help="Sample images from a model.")
@@ -124,15 +128,10 @@ def sample_command(
     )  # fmt: skip
     sampler = options.with_own_plan(sampler, steps, model)
     labels, net, n, rows = guide.resolve(model, schedule, sampler, device, n)
-    auto = options.auto_speed(
-        model, schedule, sampler, n, batch_size, device, (channels_last, compile)
-    )
-    model = auto.model
-    total = options.progress_ticks(schedule, sampler, n, batch_size)
-    start = time.perf_counter()
-    with common.progress(total, "sampling") as tick:
+    flags = (channels_last, compile)
+    with _fastest(model, schedule, sampler, n, batch_size, device, flags) as (auto, tick):
         result = workflows.generate(
-            model,
+            auto.model,
             schedule,
             n,
             options.image_shape(model),
@@ -145,11 +144,8 @@ def sample_command(
             return_trajectory=trajectory is not None,
             callback=tick,
         )
-    auto.learn(time.perf_counter() - start)
     x0 = result[0] if trajectory is not None else result
-    options.report_compilation(model)
-    options.report_calls(schedule, sampler, n, batch_size)
-    options.report_speed(auto)
+    _report(auto, schedule, sampler, n, batch_size)
     click.echo(f"wrote {common.write_images(out, x0, nrow or rows)}")
     if trajectory is not None:
         traj = result[1]
@@ -197,7 +193,7 @@ def _sample_to_folder(
 ) -> None:
     """``ddim sample`` into a folder: this process's share, then (rank 0) the summary."""
     from ddim import distributed
-    from ddim.formats import sample_folder
+    from ddim.workflows import sample_folder
 
     common.check_output(npz, (".npz",), "--npz", force)
     device = distributed.init_from_env(device)
@@ -208,25 +204,49 @@ def _sample_to_folder(
     sampler = options.with_own_plan(sampler, steps, model)
     labels, net, n, _ = guide.resolve(model, schedule, sampler, device, n)
     mine = sum(b - a for a, b in sample_folder.rank_batches(n, batch_size, rank, world_size))
-    flags = (fast["channels_last"], fast["compile"])
-    auto = options.auto_speed(model, schedule, sampler, mine, batch_size, device, flags)
-    model = auto.model
-    total = options.progress_ticks(schedule, sampler, mine, batch_size)
-    start = time.perf_counter()
-    with common.progress(total, "sampling", shown=rank == 0) as tick:
+    flags, shown = (fast["channels_last"], fast["compile"]), rank == 0
+    with _fastest(model, schedule, sampler, mine, batch_size, device, flags, shown) as (auto, tick):
         written, kept = sample_folder.sample_to_folder(
-            model, schedule, n, options.image_shape(model), out, seed=seed,
+            auto.model, schedule, n, options.image_shape(model), out, seed=seed,
             batch_size=batch_size, device=device, options=sampler, labels=labels,
             classifier=net, overwrite=force, callback=tick,
         )  # fmt: skip
-    auto.learn(time.perf_counter() - start)
     if rank != 0:
         return
-    options.report_compilation(model)
-    options.report_calls(schedule, sampler, n, batch_size)
-    options.report_speed(auto)
+    _report(auto, schedule, sampler, n, batch_size)
     note = f" (kept {kept} already there)" if kept else ""
     click.echo(f"wrote {written} PNGs in {out}{note} with {world_size} process(es)")
     if npz is not None:
         sample_folder.pack_npz(out, n, npz)
         click.echo(f"wrote {n} images to {npz}")
+
+
+@contextlib.contextmanager
+def _fastest(
+    model: UNet,
+    schedule: NoiseSchedule,
+    sampler: SamplerOptions,
+    n: int,
+    batch_size: int,
+    device: torch.device,
+    flags: tuple[bool | None, bool | None],
+    shown: bool = True,
+) -> Iterator[tuple[Fastest, Callback]]:
+    """``model`` prepared for sampling ``n`` images (:func:`ddim.cli.options.auto_speed`: the
+    fastest measured way unless the speed ``flags`` were given) and the tick of a progress bar
+    over their steps; the seconds the block takes are learned for the next choice."""
+    auto = options.auto_speed(model, schedule, sampler, n, batch_size, device, flags)
+    total = options.progress_ticks(schedule, sampler, n, batch_size)
+    start = time.perf_counter()
+    with common.progress(total, "sampling", shown=shown) as tick:
+        yield auto, tick
+    auto.learn(time.perf_counter() - start)
+
+
+def _report(
+    auto: Fastest, schedule: NoiseSchedule, sampler: SamplerOptions, n: int, batch_size: int
+) -> None:
+    """Say what compiling cost, the model calls of ``n`` images and the speed picked."""
+    options.report_compilation(auto.model)
+    options.report_calls(schedule, sampler, n, batch_size)
+    options.report_speed(auto)

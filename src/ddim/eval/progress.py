@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from ddim.eval.metrics import FeatureStats
-from ddim.models.fast import Compiled
+from ddim.speed.prepared import Compiled
 
 
 def weights_digest(model: torch.nn.Module | Compiled) -> str:

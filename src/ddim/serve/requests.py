@@ -58,8 +58,9 @@ class ModelFacts:
 
 
 @dataclass(frozen=True)
-class Guide:
-    """A class (``None``: unconditional, ``-1``: one row per class) and its CFG weight."""
+class ClassRequest:
+    """The class a request asks for (``None``: unconditional, ``-1``: one row per class) and
+    its CFG weight."""
 
     label: int | None
     guidance: float | None
@@ -72,7 +73,7 @@ class SampleRequest:
     eta: float
     solver: str
     seed: int
-    guide: Guide
+    guide: ClassRequest
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,7 @@ class InterpolateRequest:
     seeds: tuple[int, int]
     frames: int
     steps: int
-    guide: Guide
+    guide: ClassRequest
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,7 @@ class EditRequest:
     strength: float
     steps: int
     seed: int
-    guide: Guide
+    guide: ClassRequest
 
 
 @dataclass(frozen=True)
@@ -99,14 +100,14 @@ class InpaintRequest:
     method: str
     steps: int
     seed: int
-    guide: Guide
+    guide: ClassRequest
 
 
 @dataclass(frozen=True)
 class ReconstructRequest:
     image: torch.Tensor
     steps: int
-    guide: Guide
+    guide: ClassRequest
 
 
 MAX_SEED = 2**63 - 1
@@ -215,7 +216,7 @@ class Parser:
     def seed(self, name: str = "seed") -> int:
         return self.integer(name, self.defaults[name], 0, MAX_SEED)
 
-    def guide(self, allow_all: bool = False) -> Guide:
+    def guide(self, allow_all: bool = False) -> ClassRequest:
         """``class`` (an integer, ``null`` or, where ``allow_all``, ``"all"``) and ``guidance``."""
         label = self.body.get("class")
         k = self.facts.num_classes
@@ -231,7 +232,7 @@ class Parser:
                 raise BadRequest("guidance needs a class")
             low = declared_fields()["guidance"].low or 0.0
             guidance = self.number("guidance", 0.0, low, self.limits.max_guidance)
-        return Guide(label, guidance)
+        return ClassRequest(label, guidance)
 
     def image(self, name: str = "image") -> torch.Tensor:
         """A PNG of the model's size as a ``(1, C, H, W)`` batch in ``[-1, 1]``; transparent

@@ -25,8 +25,8 @@ from ddim.noise import seeded_latents
 from ddim.sampling import Callback, SamplerOptions, model_calls
 from ddim.schedule import NoiseSchedule
 from ddim.serve.requests import (
+    ClassRequest,
     EditRequest,
-    Guide,
     InpaintRequest,
     InterpolateRequest,
     ReconstructRequest,
@@ -56,7 +56,7 @@ class Served:
     def sampler(self, steps: int, guidance: float | None = None, **more: Any) -> SamplerOptions:
         return SamplerOptions(steps=steps, precision=self.precision, guidance=guidance, **more)
 
-    def labels(self, guide: Guide, n: int) -> torch.Tensor | None:
+    def labels(self, guide: ClassRequest, n: int) -> torch.Tensor | None:
         return None if guide.label is None else torch.full((n,), guide.label, device=self.device)
 
 

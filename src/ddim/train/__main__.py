@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import sys
 
-from ddim.cli import main as ddim
+from ddim.train.command import train_command
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``ddim train`` with ``argv`` (default: the command line); return the exit status."""
     args = sys.argv[1:] if argv is None else argv
     try:
-        ddim(["train", *args], prog_name="ddim")
+        train_command.main(args, prog_name="ddim train")
     except SystemExit as done:
         return int(done.code or 0)
     return 0

@@ -1,6 +1,6 @@
-"""The speed measurements of :mod:`ddim.models.speed`, kept per machine in
+"""The speed measurements of :mod:`ddim.speed.choice`, kept per machine in
 ``speed.json`` under :func:`ddim.cache.cache_dir`: one entry per
-:func:`ddim.models.speed.key`, written whole to a temporary name and renamed."""
+:func:`ddim.speed.choice.key`, written whole to a temporary name and renamed."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ddim import cache
 from ddim.formats.atomic import atomic_write_text
-from ddim.models.speed import Measured
+from ddim.speed.choice import Measured
 
 
 def path() -> Path:

@@ -1,7 +1,7 @@
 """The fastest way to run a model for a job on this machine, chosen from measurements
-(``speed="auto"``, ``ddim sample`` without speed flags).
+(:func:`ddim.speed.fastest`, ``ddim sample`` without speed flags).
 
-A :class:`~ddim.models.fast.Setting` trades one-off costs against per-call savings:
+A :class:`~ddim.speed.prepared.Setting` trades one-off costs against per-call savings:
 
 - eager, in the layout that measured faster here (channels-last wins on some CPUs and GPUs
   and loses badly on others: 2.3x slower in bf16 on an AVX512-BF16 EPYC);
@@ -18,7 +18,7 @@ Eager times are measured on the spot (a few forward passes) the first time a mod
 shape and precision meet on a machine; compiled times and compilation costs are learned from
 the compiled runs themselves. Until then :data:`PRIOR_COMPILE_SECONDS` and
 :data:`PRIOR_COMPILED_RATIO` stand in (both from ``benchmarks/sampling_vs_diffusers.py``).
-All of it is stored by the caller (``ddim.formats.speed_record``) under one :func:`key`.
+All of it is stored by the caller (:mod:`ddim.speed.record`) under one :func:`key`.
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ import torch
 from torch import nn
 
 from ddim import precision as precisions
-from ddim.models.fast import Model, Setting, for_inference
+from ddim.checked_model import Model
+from ddim.speed.prepared import Setting, for_inference
 
 #: Seconds of a first torch.compile of the bundled U-Net on 2 EPYC cores: 25-36 s measured.
 PRIOR_COMPILE_SECONDS = 30.0

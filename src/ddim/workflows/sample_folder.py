@@ -34,9 +34,9 @@ from ddim import distributed
 from ddim.formats.atomic import atomic_write_text, refuse_overwrite
 from ddim.formats.images import png_names, save_npz, save_png_folder
 from ddim.guidance import Classifier
-from ddim.sampling import Callback, Model
+from ddim.sampling import Callback, Model, SamplerOptions
 from ddim.schedule import NoiseSchedule
-from ddim.workflows import DEFAULTS, SamplerOptions, generate
+from ddim.workflows.generation import DEFAULTS, generate
 
 MANIFEST = "ddim-sample.json"
 _NUMBERED = re.compile(r"\d{6,}\.png")  # the names png_names gives

@@ -2,7 +2,7 @@
 bound on the rows of one forward pass.
 
 Which of these pays is a property of the hardware and of the amount of work, so the choice
-is measured (:mod:`ddim.models.speed`, ``benchmarks/sampling_vs_diffusers.py``):
+is measured (:mod:`ddim.speed.choice`, ``benchmarks/sampling_vs_diffusers.py``):
 channels-last feeds oneDNN's and cuDNN's fastest convolutions on some machines and slows
 others; ``torch.compile`` fuses the elementwise work between the convolutions but costs
 tens of seconds the first time a model and batch shape are compiled on a machine, and a few
@@ -15,7 +15,6 @@ from __future__ import annotations
 import copy
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,8 +22,8 @@ import torch
 from torch import nn
 
 from ddim import cache
+from ddim.checked_model import Model
 
-Model = Callable[..., torch.Tensor]
 INDUCTOR_CACHE = "TORCHINDUCTOR_CACHE_DIR"
 
 

@@ -1,4 +1,9 @@
-"""``ddim train``: the training loop of :mod:`ddim.train.loop`, from a YAML config."""
+"""``ddim train``: the training loop of :mod:`ddim.train.loop`, from a YAML config.
+
+The command itself, which :mod:`ddim.cli` registers and ``python -m ddim.train`` runs on
+its own (:mod:`ddim.train.__main__`); it imports nothing heavy until it runs, and nothing of
+the CLI. Its failures end as every command's (:mod:`ddim.exits`).
+"""
 
 from __future__ import annotations
 
@@ -6,10 +11,15 @@ import sys
 
 import click
 
-from ddim.cli import common
+from ddim.exits import CONTEXT_SETTINGS, EXIT_INTERRUPTED, OneLineErrors
 
 
-@click.command("train", short_help="Train a model from a YAML config.")
+@click.command(
+    "train",
+    cls=OneLineErrors,
+    context_settings=CONTEXT_SETTINGS,
+    short_help="Train a model from a YAML config.",
+)
 @click.argument("config", type=click.Path(exists=True, dir_okay=False))
 @click.option(
     "--set",
@@ -52,5 +62,5 @@ def train_command(
     result = train(load_config(config, overrides), resume=resume, progress=not no_progress)
     if result.stopped_by:
         click.echo(f"stopped by {result.stopped_by} at step {result.step}", err=True)
-        sys.exit(common.EXIT_INTERRUPTED)
+        sys.exit(EXIT_INTERRUPTED)
     click.echo(f"finished at step {result.step}; weights: {result.weights}")
