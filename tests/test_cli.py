@@ -229,10 +229,18 @@ def test_reconstruct_prints_the_unit_scale_mse(files, tmp_path) -> None:
     assert lines[:3] == [f"{m:.6f}  {s}" for m, s in zip(mse.tolist(), sources, strict=True)]
     mean = re.fullmatch(
         r"per-dim MSE on \[0,1\]-scaled pixels: (\S+) \(mean over 3 images, "
-        r"20 steps\)",
+        r"20 steps, ddim\); clamped to \[-1, 1\] as saved: (\S+)",
         lines[3],
     )
-    assert mean is not None and float(mean.group(1)) == pytest.approx(mse.mean().item(), abs=1e-6)
+    assert mean is not None and float(mean.group(1)) == pytest.approx(mse.mean().item(), rel=1e-5)
+    clamped = (
+        workflows.per_dim_mse(
+            x0, workflows.reconstruct(model, sched, x0, options=Opts(steps=20)).images.clamp(-1, 1)
+        )
+        .mean()
+        .item()
+    )
+    assert float(mean.group(2)) == pytest.approx(clamped, rel=1e-5)
     picture = read_png(out)
     assert picture.shape == (22, 32)
     np.testing.assert_array_equal(tile(picture, 0, 2), read_png(files["g2.png"]))

@@ -74,3 +74,11 @@ def start_of(x_T: torch.Tensor | CoupledLatent, solver: str) -> torch.Tensor | C
             f"not {solver!r}"
         )
     return x_T
+
+
+def concatenate(parts: list[torch.Tensor] | list[CoupledLatent]) -> torch.Tensor | CoupledLatent:
+    """Batches of latents joined along the batch axis (both halves of coupled ones)."""
+    if parts and isinstance(parts[0], CoupledLatent):
+        first = torch.cat([p.first for p in parts])  # type: ignore[union-attr]
+        return CoupledLatent(parts[0].solver, first, torch.cat([p.second for p in parts]))
+    return torch.cat(parts)  # type: ignore[arg-type]

@@ -281,12 +281,15 @@ def invert(
     encoding walks the plan of :func:`sample` (``final_step="denoise"``) backwards, querying
     the model at ``(x_{t_prev}, t)``, the timestep of the sampling step it undoes; the step
     is eq. 9 at ``a_prev`` followed by eq. 12 (``sigma = 0``) towards ``a_t``, the
-    :func:`~ddim.solvers.eq12.ddim_step` that sampling takes; any solver other than the exact
-    ones encodes this way. ``callback`` gets a :class:`~ddim.checked_model.Step` after every
-    DDIM step (``i`` counts encoding steps); ``y``, ``classifier`` are those of
-    :func:`sample` (encoding under a class).
+    :func:`~ddim.solvers.eq12.ddim_step` that sampling takes. ``callback`` gets a
+    :class:`~ddim.checked_model.Step` after every DDIM step (``i`` counts encoding steps);
+    ``y``, ``classifier`` are those of :func:`sample` (encoding under a class).
     """
     options = run_of(options, fields)
+    if options.solver not in ("ddim", *EXACT_SOLVERS):
+        raise ValueError(
+            f"encoding is DDIM's or an exact solver's (edict, bdia), not {options.solver!r}'s"
+        )
     if options.solver in EXACT_SOLVERS:
         plan = options.plan(sched)
         predict, checked = predictor(model, x0, sched, options, plan, y=y, classifier=classifier)

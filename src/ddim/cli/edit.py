@@ -7,7 +7,7 @@ from __future__ import annotations
 import click
 
 from ddim.cli import common, guide_options, options, run_options
-from ddim.cli.encode import load_inputs
+from ddim.cli.encode import Encoding, encoding_options, load_inputs
 from ddim.cli.options import choice_option, count_option, option, out_option, steps_option
 from ddim.names import (
     INPAINT_JUMP_LENGTH,
@@ -132,6 +132,7 @@ def inpaint_command(
 @option("--to", "target", type=click.IntRange(min=0), required=True, help="the new class")
 @out_option("translated.png", "PATH", "a .png grid, a .npz or a folder/ of the translations")
 @steps_option
+@encoding_options
 @guide_options.guidance_option
 @options.model_options
 @options.force_option
@@ -141,6 +142,7 @@ def translate_command(
     target: int,
     out: str,
     steps: int,
+    encoding: Encoding,
     guidance: float | None,
     force: bool,
     run: options.ModelRun,
@@ -160,6 +162,6 @@ def translate_command(
         if label >= k:
             raise click.BadParameter(f"{label} is not a class of this model: give 0..{k - 1}",
                                      param_hint=f"'{name}'")  # fmt: skip
-    x = translate(model, x0, schedule, source=source, target=target,
-                  options=run.sampler(steps, guidance=guidance))  # fmt: skip
+    sampler = run.sampler(steps, guidance=guidance, **encoding.fields())
+    x = translate(model, x0, schedule, source=source, target=target, options=sampler)
     click.echo(f"wrote {common.write_images(out, x)}")

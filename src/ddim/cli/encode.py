@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import click
 
-from ddim.cli import common, guide_options, options
+from ddim.cli import common, guide_options, options, run_options
 from ddim.cli.options import count_option, out_option, steps_option
 
 if TYPE_CHECKING:
@@ -15,6 +16,29 @@ if TYPE_CHECKING:
 
     from ddim.models.unet import UNet
     from ddim.schedule import NoiseSchedule
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """``--solver``, ``--edict-p``, ``--bdia-gamma``: how images are encoded and decoded,
+    DDIM's way or exactly (EDICT, BDIA)."""
+
+    solver: str
+    edict_p: float
+    bdia_gamma: float
+
+    def fields(self) -> dict[str, object]:
+        """The :class:`~ddim.sampler_options.SamplerOptions` fields these set."""
+        return dataclasses.asdict(self)
+
+
+#: ``--solver --edict-p --bdia-gamma``, handed to a command as ``encoding: Encoding``.
+encoding_options = options.options_as(
+    Encoding,
+    [run_options.encoding_solver_option, run_options.edict_p_option,
+     run_options.bdia_gamma_option],
+    name="encoding",
+)  # fmt: skip
 
 images_argument = click.argument(
     "sources", metavar="IMAGES...", nargs=-1, required=True, type=click.Path(exists=True)
@@ -46,8 +70,12 @@ def load_inputs(
 
 @click.command("encode", short_help="Encode images to latents x_T (DDIM inversion).")
 @images_argument
-@out_option("latents.npz", "PATH", "latents file: .npz (arrays latents, sources) or .pt")
+@out_option(
+    "latents.npz", "PATH", "latents file: .npz (arrays latents, sources; with an exact solver "
+    "also latents_second, solver) or .pt"
+)  # fmt: skip
 @steps_option
+@encoding_options
 @guide_options.class_guidance
 @options.model_options
 @options.force_option
@@ -55,11 +83,13 @@ def encode_command(
     sources: tuple[str, ...],
     out: str,
     steps: int,
+    encoding: Encoding,
     guide: guide_options.ClassChoice,
     force: bool,
     run: options.ModelRun,
 ) -> None:
-    """Encode images to their latents x_T by deterministic DDIM inversion.
+    """Encode images to their latents x_T by deterministic DDIM inversion, or exactly with
+    --solver edict or bdia (their latent is two tensors: the sampler's whole state).
 
     IMAGES are image files, .npz arrays or folders of them; they must have the model's
     size and channels.
@@ -69,7 +99,7 @@ def encode_command(
 
     common.check_output(out, SUFFIXES, "--out", force)
     model, schedule, x0, names, classes = load_inputs(run, steps, sources, guide.class_)
-    sampler = run.sampler(steps, guidance=guide.guidance)
+    sampler = run.sampler(steps, guidance=guide.guidance, **encoding.fields())
     total = options.progress_ticks(schedule, sampler, len(x0), run.batch_size)
     with common.progress(total, "encoding") as tick:
         latents = workflows.encode(
@@ -88,6 +118,7 @@ def encode_command(
 @count_option("--ncols", default=8, help="images per row of the picture")
 @click.option("--per-image", is_flag=True, help="also print the error of every image")
 @steps_option
+@encoding_options
 @guide_options.class_guidance
 @options.model_options
 @options.force_option
@@ -97,21 +128,23 @@ def reconstruct_command(
     ncols: int,
     per_image: bool,
     steps: int,
+    encoding: Encoding,
     guide: guide_options.ClassChoice,
     force: bool,
     run: options.ModelRun,
 ) -> None:
     """Encode images and decode them again with the same steps (paper Section 5.4).
 
-    Prints the per-dimension mean squared error between each image and its (unclipped)
-    reconstruction, with pixels scaled to [0, 1] as in the paper.
+    Prints the per-dimension mean squared error between each image and its reconstruction,
+    with pixels scaled to [0, 1] as in the paper, both unclamped (the paper's figure) and
+    clamped to [-1, 1] as every saved image is. --solver edict or bdia encode exactly.
     """
     from ddim import workflows
     from ddim.formats import images
 
     common.check_output(out, (".png",), "--out", force)
     model, schedule, x0, names, classes = load_inputs(run, steps, sources, guide.class_)
-    sampler = run.sampler(steps, guidance=guide.guidance)
+    sampler = run.sampler(steps, guidance=guide.guidance, **encoding.fields())
     total = 2 * options.progress_ticks(schedule, sampler, len(x0), run.batch_size)
     with common.progress(total, "reconstructing") as tick:
         result = workflows.reconstruct(
@@ -123,8 +156,12 @@ def reconstruct_command(
     if per_image:
         for name, mse in zip(names, result.mse.tolist(), strict=True):
             click.echo(f"{mse:.6f}  {name}")
+    from ddim.workflows import per_dim_mse
+
+    clamped = per_dim_mse(x0.to(result.images.device), result.images.clamp(-1, 1)).mean()
     click.echo(
-        f"per-dim MSE on [0,1]-scaled pixels: {result.mse.mean().item():.6f} "
-        f"(mean over {len(names)} images, {steps} steps)"
+        f"per-dim MSE on [0,1]-scaled pixels: {result.mse.mean().item():.6g} "
+        f"(mean over {len(names)} images, {steps} steps, {encoding.solver}); clamped to "
+        f"[-1, 1] as saved: {clamped.item():.6g}"
     )
     click.echo(f"wrote originals and reconstructions to {out}")

@@ -9,6 +9,7 @@ Nothing here imports torch.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import click
@@ -32,10 +33,21 @@ def click_type(facts: Declared) -> click.ParamType | None:
     return click.FloatRange(min=facts.low, max=facts.high, min_open=facts.low_open)
 
 
-def run_option(name: str, *, default: Any = _UNSET, shown: str | None = None) -> Any:
+def run_option(
+    name: str,
+    *,
+    default: Any = _UNSET,
+    shown: str | None = None,
+    choices: tuple[str, ...] | None = None,
+) -> Any:
     """The click option of :class:`SamplerOptions` field ``name``, with the library's
-    default unless ``default`` is given (``shown`` then says what it means in ``--help``)."""
+    default unless ``default`` is given (``shown`` then says what it means in ``--help``),
+    and, for a command that takes only some of them, the declared ``choices`` it takes."""
     facts = declared_fields()[name]
+    if choices is not None:
+        if not set(choices) <= set(facts.choices or ()):
+            raise ValueError(f"{name} offers no {sorted(set(choices) - set(facts.choices or ()))}")
+        facts = dataclasses.replace(facts, choices=choices)
     flag, param = FLAGS.get(name, (f"--{name.replace('_', '-')}", name))
     value = default_of(name) if default is _UNSET else default
     if shown is None:
@@ -58,3 +70,8 @@ final_step_option = run_option("final_step")
 precision_option = run_option("precision", default="auto", shown="auto (see `ddim info --device`)")
 guidance_option = run_option("guidance")
 classifier_scale_option = run_option("classifier_scale")
+edict_p_option = run_option("edict_p")
+bdia_gamma_option = run_option("bdia_gamma")
+#: The solvers whose encoding a command can undo: DDIM's (to within Table 2's error) and
+#: the exact ones.
+encoding_solver_option = run_option("solver", choices=("ddim", "edict", "bdia"))

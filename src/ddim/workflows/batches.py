@@ -4,8 +4,11 @@ a batch size, and a function applied to a batch of rows (and their labels) at a 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
+
+from ddim.latent import CoupledLatent, concatenate
 
 
 def batches(n: int, batch_size: int) -> list[tuple[int, int]]:
@@ -16,14 +19,15 @@ def batches(n: int, batch_size: int) -> list[tuple[int, int]]:
 
 
 def in_batches(
-    fn: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor],
-    x: torch.Tensor,
+    fn: Callable[[Any, torch.Tensor | None], Any],
+    x: torch.Tensor | CoupledLatent,
     labels: torch.Tensor | None,
     batch_size: int,
-) -> torch.Tensor:
-    """``fn(rows, their labels)`` over ``x`` ``batch_size`` rows at a time, concatenated."""
+) -> Any:
+    """``fn(rows, their labels)`` over ``x`` (images, or latents: an exact solver's too)
+    ``batch_size`` rows at a time, concatenated."""
     check_labels(labels, x.shape[0])
-    return torch.cat([
+    return concatenate([
         fn(x[a:b], None if labels is None else labels[a:b])
         for a, b in batches(x.shape[0], batch_size)
     ])  # fmt: skip
