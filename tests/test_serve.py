@@ -172,6 +172,19 @@ def test_reconstruction_is_the_library_s(client, ckpts, drawing) -> None:
     assert got["model_calls"] == 10
 
 
+@pytest.mark.parametrize(("solver", "calls"), [("edict", 4 * 5), ("bdia", 2 * 5 - 1)])
+def test_the_encode_tab_offers_exact_encodings(client, drawing, solver, calls) -> None:
+    """The reconstruct route takes DDIM and the exact solvers (and only those): an exact
+    encoding decodes the drawing to float rounding."""
+    text, _ = drawing
+    assert client.get("/api/info").json()["encoding_solvers"] == ["ddim", "edict", "bdia"]
+    got = result(client, "reconstruct", {"image": text, "steps": 5, "solver": solver})
+    assert got["mse"] < 1e-10 and got["model_calls"] == calls
+    refused = client.post("/api/reconstruct", json={"image": text, "solver": "heun"})
+    assert refused.status_code == 400
+    assert "solver must be one of ddim, edict, bdia" in refused.json()["error"]
+
+
 def bad_png(size: int) -> str:
     buffer = io.BytesIO()
     Image.new("L", (size, size), 128).save(buffer, format="PNG")
@@ -203,7 +216,7 @@ def grey_mask() -> str:
         ("sample", {"n": 1, "steps": 1, "mask": [1, 2]}, "unknown field(s): mask (/api/sample"),
         ("interpolate", {"solver": {}, "eta": "NaN"}, "unknown field(s): eta, solver"),
         ("reconstruct", {"seed": 1}, "unknown field(s): seed (/api/reconstruct takes class, "
-                                     "guidance, image, steps)"),
+                                     "guidance, image, solver, steps)"),
         ("interpolate", {"frames": 17}, "frames must lie in 2..16"),
         ("interpolate", {"class": "all"}, "class must be an integer"),
         ("edit", {}, "image must be a PNG"),
@@ -240,7 +253,7 @@ def test_each_route_takes_its_fields_with_the_commands_defaults(client) -> None:
     )
     assert (defaults["inpaint"]["method"], defaults["inpaint"]["steps"]) == ("ddnm", 20)
     assert defaults["edit"]["strength"] == 0.6 and defaults["interpolate"]["frames"] == 10
-    assert set(defaults["reconstruct"]) == {"image", "steps", "guidance", "class"}
+    assert set(defaults["reconstruct"]) == {"image", "steps", "guidance", "class", "solver"}
 
 
 def test_malformed_or_oversized_bodies_and_wrong_routes_get_json_errors(client) -> None:

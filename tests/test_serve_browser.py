@@ -185,3 +185,11 @@ def test_encode_and_decode_the_drawing(page: object) -> None:
     assert shown_png(page, "#encode-latent").size == (28, 28)
     assert shown_png(page, "#encode-output").size == (28, 28)
     assert page.inner_text("#encode-status").startswith("per-dim MSE")
+    assert ": 20 model calls" in page.inner_text("#encode-status")  # DDIM: 10 up, 10 down
+    page.select_option("#encode-solver", "bdia")  # exact: 10 calls up, 9 down; may look alike
+    page.click("#encode-run")
+    page.wait_for_function(
+        "() => document.getElementById('encode-status').textContent.includes(': 19 model calls')",
+        timeout=60_000,
+    )
+    assert float(page.inner_text("#encode-status").split()[2]) < 1e-8

@@ -94,6 +94,7 @@ def create_app(served: Served, limits: Limits | None = None, max_waiting: int = 
             "num_timesteps": facts.num_timesteps,
             "solvers": {name: f.min_steps for name, f in FACTS.items()},
             "inpaint_methods": list(INPAINT_METHODS),
+            "encoding_solvers": list(requests.ROUTES["reconstruct"].solvers or ()),
             "defaults": {route: requests.route_defaults(route) for route in JOBS},
             "named_masks": list(NAMED_MASKS),
             "limits": vars(limits),

@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from ddim.formats.masks import named_mask
-from ddim.names import INPAINT_METHOD, INPAINT_METHODS, INPAINT_STEPS, NAMED_MASKS
+from ddim.names import EXACT_SOLVERS, INPAINT_METHOD, INPAINT_METHODS, INPAINT_STEPS, NAMED_MASKS
 from ddim.sampler_options import declared_fields, default_of
 from ddim.solvers import solver_facts
 
@@ -107,6 +107,7 @@ class InpaintRequest:
 class ReconstructRequest:
     image: torch.Tensor
     steps: int
+    solver: str
     guide: ClassRequest
 
 
@@ -122,6 +123,7 @@ class RouteFields:
     run: tuple[str, ...]
     own: dict[str, Any]
     steps: int | None = None  # the command's default where it is not the library's
+    solvers: tuple[str, ...] | None = None  # the solvers it takes, where not every one
 
     @property
     def names(self) -> frozenset[str]:
@@ -139,7 +141,8 @@ ROUTES: dict[str, RouteFields] = {
     "inpaint": RouteFields(("steps", "guidance"), {"image": None, "mask": None,
                            "method": INPAINT_METHOD, "seed": 0, "class": None},
                            steps=INPAINT_STEPS),
-    "reconstruct": RouteFields(("steps", "guidance"), {"image": None, "class": None}),
+    "reconstruct": RouteFields(("steps", "guidance", "solver"), {"image": None, "class": None},
+                               solvers=("ddim", *EXACT_SOLVERS)),
 }  # fmt: skip
 
 
@@ -166,12 +169,15 @@ class Parser:
             )
         self.body, self.facts, self.limits = body, facts, limits
         self.defaults = route_defaults(route)
+        self.solvers = ROUTES[route].solvers
 
     def run(self, name: str) -> Any:
         """Sampler option ``name`` (``guidance`` is read with the class, :meth:`guide`): its
         declared choices or range, with the server's caps on steps and eta, and its route's
         default when absent."""
         facts, default = declared_fields()[name], self.defaults[name]
+        if name == "solver" and self.solvers is not None:
+            return self.choice(name, default, self.solvers)
         if facts.choices is not None:
             return self.choice(name, default, facts.choices)
         if name == "steps":
@@ -343,4 +349,5 @@ def reconstruct_request(
     body: dict[str, Any], facts: ModelFacts, limits: Limits
 ) -> ReconstructRequest:
     p = Parser(body, "reconstruct", facts, limits)
-    return ReconstructRequest(image=p.image(), steps=p.run("steps"), guide=p.guide())
+    return ReconstructRequest(image=p.image(), steps=p.run("steps"), solver=p.run("solver"),
+                              guide=p.guide())  # fmt: skip

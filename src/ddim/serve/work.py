@@ -21,6 +21,7 @@ from ddim.edit import edit, sdedit_timesteps
 from ddim.formats.images import png_bytes
 from ddim.guidance import balanced_labels, num_classes
 from ddim.inpaint import inpaint, inpaint_moves
+from ddim.latent import CoupledLatent
 from ddim.noise import seeded_latents
 from ddim.sampling import Callback, SamplerOptions, model_calls
 from ddim.schedule import NoiseSchedule
@@ -154,24 +155,33 @@ def inpaint_job(served: Served, req: InpaintRequest) -> tuple[int, Job]:
 
 
 def reconstruct_job(served: Served, req: ReconstructRequest) -> tuple[int, Job]:
-    """``ddim reconstruct IN --steps S``: DDIM encoding, then decoding; the latent is shown
-    as an image (clamped to [-1, 1] like any output)."""
-    sampler = served.sampler(req.steps, req.guide.guidance)
+    """``ddim reconstruct IN --steps S --solver X``: encoding, then decoding, DDIM's or an
+    exact solver's; the latent (an exact solver's first half) is shown as an image (clamped
+    to [-1, 1] like any output)."""
+    sampler = served.sampler(req.steps, req.guide.guidance, solver=req.solver)
     steps = sampler.plan(served.schedule).steps
+    # Encoding and decoding each cost a sampling run's calls, but BDIA decodes from its two
+    # top points, so its first step (one call) is taken by the encoding instead; DDIM ticks
+    # each encoding and decoding step, an exact encoding ticks nothing
+    calls = 2 * model_calls(served.schedule, sampler.steps, sampler.spacing, sampler.solver)
+    calls -= req.solver == "bdia"
+    ticks = {"ddim": 2 * steps, "edict": steps, "bdia": steps - 1}[req.solver]
 
     def run(tick: Tick) -> dict[str, Any]:
         result = workflows.reconstruct(
             served.model, served.schedule, req.image.to(served.device), options=sampler,
             labels=served.labels(req.guide, 1), callback=_each(tick),
         )  # fmt: skip
+        latent = result.latents
+        first = latent.first if isinstance(latent, CoupledLatent) else latent
         return {
-            "latent": _png(result.latents / 3),
+            "latent": _png(first / 3),
             "image": _png(result.images),
             "mse": float(result.mse[0]),
-            "model_calls": 2 * steps,
+            "model_calls": calls,
         }
 
-    return 2 * steps, run
+    return ticks, run
 
 
 def timed(job: Job) -> Job:

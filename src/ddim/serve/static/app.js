@@ -260,7 +260,9 @@ onSubmit($("inpaint-form"), "edit", async (data) => {
 onSubmit($("encode-form"), "encode", async (data) => {
   const image = drawingPng();
   $("encode-input").src = image;
-  const result = await runJob("reconstruct", { image, steps: int(data, "steps") }, "encode");
+  const result = await runJob("reconstruct", {
+    image, steps: int(data, "steps"), solver: data.get("solver"),
+  }, "encode");
   $("encode-latent").src = png(result.latent);
   $("encode-output").src = png(result.image);
   $("encode-status").textContent =
@@ -272,6 +274,9 @@ onSubmit($("encode-form"), "encode", async (data) => {
 function fill(select, options) {
   for (const [value, text] of options) select.add(new Option(text, value));
 }
+
+// The encodings the Encode tab offers: DDIM's, or one that inverts exactly.
+const ENCODINGS = { ddim: "DDIM", edict: "EDICT (exact)", bdia: "BDIA (exact)" };
 
 // Each form starts from its route's defaults, which the server takes from the one
 // definition of a run that the library and the CLI share.
@@ -305,6 +310,7 @@ async function start() {
   for (const element of document.querySelectorAll(".conditional")) element.hidden = !k;
   fill($("solver-select"), Object.keys(info.solvers).map((s) => [s, s]));
   fill($("method-select"), info.inpaint_methods.map((m) => [m, m]));
+  fill($("encode-solver"), info.encoding_solvers.map((s) => [s, ENCODINGS[s] || s]));
   startFrom(info.defaults);
   render();
 }
