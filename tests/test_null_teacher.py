@@ -9,11 +9,11 @@ from test_conditional_training import CONFIG, conditional_config, save
 
 from ddim.formats.checkpoint import CheckpointError, load_checkpoint
 from ddim.models.unet import UNet, UNetConfig
-from ddim.schedule import NoiseSchedule
+from ddim.schedule import NoiseSchedule, q_sample
 from ddim.train import loop
 from ddim.train.config import config_from_dict
 from ddim.train.init import load_teacher
-from ddim.train.loss import diffusion_loss, loss_weights, q_sample
+from ddim.train.loss import diffusion_loss, loss_weights
 
 SCHED = NoiseSchedule.linear(100, 1e-4, 0.02)
 

@@ -1,15 +1,14 @@
-"""Running an ε-model inside a sampler: the call with its checks, and the record of a run.
+"""Running an ε-model inside a sampler: the call with its checks.
 
 :class:`CheckedModel` runs each call under the chosen autocast, checks the output's shape at
 once and its finiteness on the device, and reports a non-finite step once, after the loop,
-so a step never waits on the device. :class:`Step` is what a callback sees after each step
-and :class:`Trajectory` every state of one run.
+so a step never waits on the device. :data:`Model` is the type of every model the library
+calls.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import torch
 
@@ -18,36 +17,6 @@ from ddim.precision import autocast, choose
 #: A network as every sampler, workflow and wrapper calls it: ``model(x_t, t)``, or
 #: ``model(x_t, t, y)`` for a class-conditional one.
 Model = Callable[..., torch.Tensor]
-
-
-@dataclass(frozen=True)
-class Step:
-    """One step of a sampler, as its callback sees it, the same for every solver: the
-    step's index ``i`` in the run (0 first), the timestep ``t`` it started from, the new
-    state ``x`` and the prediction of ``x_0`` it was taken with (clipped if clipping is on).
-    """
-
-    i: int
-    t: int
-    x: torch.Tensor
-    x0_pred: torch.Tensor
-
-
-Callback = Callable[[Step], None]
-
-
-@dataclass(frozen=True)
-class Trajectory:
-    """Every state of one sampling run (the official ``--sequence`` output).
-
-    ``timesteps`` lists the steps that ran (zero-length steps are left out), ``xs[0]`` is
-    ``x_T`` and ``xs[k + 1]`` the state after the step at ``timesteps[k]``, which predicted
-    ``x0_preds[k]``.
-    """
-
-    timesteps: list[int]
-    xs: list[torch.Tensor]
-    x0_preds: list[torch.Tensor]
 
 
 class CheckedModel:

@@ -16,7 +16,6 @@ gives the images of ``generate(seed=s)``.
 
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 from typing import Any
 
@@ -68,8 +67,7 @@ def edit(
         return options.sample(model, z, sched, y=y, classifier=classifier, generators=generators,
                               callback=callback)  # fmt: skip
     timesteps = sdedit_timesteps(sched, options, strength)
-    a = sched.alpha_bar_at(timesteps[0])
-    x_t0 = math.sqrt(a) * x0 + math.sqrt(1 - a) * z
+    x_t0 = sched.q_sample(x0, timesteps[0], z)
     return replace(options, steps=timesteps).sample(
         model, x_t0, sched, y=y, classifier=classifier, generators=generators, callback=callback
     )

@@ -30,14 +30,12 @@ result.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from ddim.checked_model import Callback, Step
 from ddim.guidance import Classifier
 from ddim.names import (
     INPAINT_JUMP_LENGTH,
@@ -48,7 +46,7 @@ from ddim.names import (
     INPAINT_STEPS,
 )
 from ddim.noise import per_sample_randn, seeded_generators
-from ddim.plan import Prediction, StepPlan
+from ddim.plan import Callback, Prediction, Step, StepPlan
 from ddim.sampling import Model, SamplerOptions, walk
 from ddim.schedule import NoiseSchedule
 
@@ -170,8 +168,7 @@ def inpaint(
         return per_sample_randn(gens, x0.shape[1:], dtype=x0.dtype, device=x0.device)
 
     def known(i: int, x: torch.Tensor) -> torch.Tensor:
-        a = plan.a[i]
-        noised = math.sqrt(a) * x0 + math.sqrt(1 - a) * z() if a < 1 else x0
+        noised = sched.q_sample(x0, plan.ts[i], z()) if plan.a[i] < 1 else x0
         return torch.where(mask, noised, x)
 
     change = _Change(method, plan, x0, mask, dps_scale)
@@ -180,8 +177,7 @@ def inpaint(
     for start, stop in _stretches(moves):
         if start > stop:  # back up from point start to point stop
             for i in range(start - 1, stop - 1, -1):
-                ratio = plan.a[i] / plan.a[i + 1]
-                x = math.sqrt(ratio) * x + math.sqrt(1 - ratio) * z()
+                x = sched.q_renoise(x, plan.ts[i + 1], plan.ts[i], z())
             continue
 
         def report(k: int, x: torch.Tensor, x0_pred: torch.Tensor, start: int = start):

@@ -24,9 +24,8 @@ import torch
 from ddim.checked_model import Model
 from ddim.guidance import num_classes
 from ddim.names import PREDICTIONS
+from ddim.plan import Coefficient, data_prediction, noise_prediction
 from ddim.schedule import NoiseSchedule
-
-Coefficient = float | torch.Tensor
 
 
 def check_prediction(prediction: str) -> str:
@@ -50,11 +49,11 @@ def to_pair(
     """``(eps, x0)`` implied by the network output ``out`` at ``x = x_t`` (module docstring);
     ``alpha`` and ``sigma`` are floats or tensors that broadcast against ``x``."""
     if prediction == "eps":
-        return out, (x - sigma * out) / alpha
+        return out, data_prediction(x, out, alpha, sigma)
     if prediction == "v":
         return sigma * x + alpha * out, alpha * x - sigma * out
     if prediction == "x":
-        return (x - alpha * out) / sigma, out
+        return noise_prediction(x, out, alpha, sigma), out
     raise ValueError(check_prediction(prediction))
 
 

@@ -1,6 +1,9 @@
 """The step plan: the points a sampler visits, built once from ``(sched, steps, spacing,
 final_step)`` and walked by every solver (and backwards by :func:`ddim.invert`).
 
+What a walk reports is plan vocabulary too: a callback sees a :class:`Step` after each
+step, and :class:`Trajectory` holds every state of one run.
+
 A :class:`StepPlan` holds, for each point, its timestep ``t``, ``a_t = alpha_bar_t``, and
 ``alpha_t = sqrt(a_t)``, ``sigma_t = sqrt(1 - a_t)`` and the half log-SNR
 ``lambda_t = log(alpha_t / sigma_t)`` as host floats, so a step issues no device-to-host
@@ -27,6 +30,25 @@ from ddim.schedule import NoiseSchedule
 
 #: With fewer steps than this, the step before the last runs at most at second order.
 LOWER_ORDER_FINAL_BELOW = 15
+
+
+Coefficient = float | torch.Tensor
+
+
+def data_prediction(
+    x: torch.Tensor, eps: torch.Tensor, alpha: Coefficient, sigma: Coefficient
+) -> torch.Tensor:
+    """Eq. 9 of the DDIM paper solved for ``x_0``: ``(x_t - sigma_t eps) / alpha_t``, with
+    ``alpha = sqrt(alpha_bar)`` and ``sigma = sqrt(1 - alpha_bar)`` (floats, or tensors
+    that broadcast against ``x``). The one place the library writes it."""
+    return (x - sigma * eps) / alpha
+
+
+def noise_prediction(
+    x: torch.Tensor, x0: torch.Tensor, alpha: Coefficient, sigma: Coefficient
+) -> torch.Tensor:
+    """Eq. 9 solved for ``eps`` instead: ``(x_t - alpha_t x0) / sigma_t``."""
+    return (x - alpha * x0) / sigma
 
 
 @dataclass(frozen=True)
@@ -72,6 +94,36 @@ class SolverFacts:
 def never(eta: float, variance: str) -> bool:
     """``draws_noise`` of a deterministic (ODE) solver."""
     return False
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of a sampler, as its callback sees it, the same for every solver: the
+    step's index ``i`` in the run (0 first), the timestep ``t`` it started from, the new
+    state ``x`` and the prediction of ``x_0`` it was taken with (clipped if clipping is on).
+    """
+
+    i: int
+    t: int
+    x: torch.Tensor
+    x0_pred: torch.Tensor
+
+
+Callback = Callable[[Step], None]
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    """Every state of one sampling run (the official ``--sequence`` output).
+
+    ``timesteps`` lists the steps that ran (zero-length steps are left out), ``xs[0]`` is
+    ``x_T`` and ``xs[k + 1]`` the state after the step at ``timesteps[k]``, which predicted
+    ``x0_preds[k]``.
+    """
+
+    timesteps: list[int]
+    xs: list[torch.Tensor]
+    x0_preds: list[torch.Tensor]
 
 
 @dataclass(frozen=True)

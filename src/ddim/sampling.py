@@ -21,12 +21,22 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ddim.checked_model import Callback, CheckedModel, Model, Step, Trajectory
+from ddim.checked_model import CheckedModel, Model
 from ddim.guidance import Classifier
 from ddim.latent import CoupledLatent, start_of
 from ddim.names import EXACT_SOLVERS
 from ddim.noise import step_noise
-from ddim.plan import Noise, Prediction, Report, StepPlan
+from ddim.plan import (
+    Callback,
+    Noise,
+    Prediction,
+    Report,
+    Step,
+    StepPlan,
+    Trajectory,
+    data_prediction,
+    noise_prediction,
+)
 from ddim.sampler_options import SamplerOptions
 from ddim.schedule import NoiseSchedule
 from ddim.solvers import solver_facts
@@ -113,7 +123,7 @@ def sample(
             ``z`` comes from the global RNG.
         return_trajectory: also return every ``x_t`` and every ``x0_pred``.
         progress: show a tqdm bar.
-        callback: called with a :class:`~ddim.checked_model.Step` after every step.
+        callback: called with a :class:`~ddim.plan.Step` after every step.
 
     Returns:
         ``x_0``, or ``(x_0, Trajectory)`` with ``return_trajectory``.
@@ -202,10 +212,10 @@ def predictor(
 
     def prediction(i: int, x: torch.Tensor) -> Prediction:
         eps = eps_model(x, i, plan.ts[i])
-        x0 = (x - plan.sigma[i] * eps) / plan.alpha[i]
+        x0 = data_prediction(x, eps, plan.alpha[i], plan.sigma[i])
         if clip:
             x0 = x0.clamp(-1, 1)
-            eps = (x - plan.alpha[i] * x0) / plan.sigma[i]
+            eps = noise_prediction(x, x0, plan.alpha[i], plan.sigma[i])
         pred = Prediction(eps, x0)
         return pred if change is None else change(i, x, pred)
 
@@ -282,7 +292,7 @@ def invert(
     the model at ``(x_{t_prev}, t)``, the timestep of the sampling step it undoes; the step
     is eq. 9 at ``a_prev`` followed by eq. 12 (``sigma = 0``) towards ``a_t``, the
     :func:`~ddim.solvers.eq12.ddim_step` that sampling takes. ``callback`` gets a
-    :class:`~ddim.checked_model.Step` after every DDIM step (``i`` counts encoding steps);
+    :class:`~ddim.plan.Step` after every DDIM step (``i`` counts encoding steps);
     ``y``, ``classifier`` are those of :func:`sample` (encoding under a class).
     """
     options = run_of(options, fields)

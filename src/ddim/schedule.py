@@ -96,6 +96,19 @@ class NoiseSchedule:
             raise ValueError(f"timestep {t} is outside 0..{self.num_timesteps - 1}")
         return self._alpha_bar_host[t]
 
+    def q_sample(self, x0: torch.Tensor, t: int, noise: torch.Tensor) -> torch.Tensor:
+        """The forward process at one timestep ``t`` (DDIM eq. 4):
+        ``x_t = sqrt(a_t) x0 + sqrt(1 - a_t) noise``, the coefficients host floats as the
+        samplers' are (``t = -1`` gives ``x0``); :func:`q_sample` takes one ``t`` a row."""
+        a = self.alpha_bar_at(t)
+        return math.sqrt(a) * x0 + math.sqrt(1 - a) * noise
+
+    def q_renoise(self, x: torch.Tensor, t: int, t_up: int, noise: torch.Tensor) -> torch.Tensor:
+        """The forward process from timestep ``t`` up to ``t_up > t`` (Ho et al. eq. 2,
+        composed): ``sqrt(a_up / a) x + sqrt(1 - a_up / a) noise``, RePaint's way back up."""
+        ratio = self.alpha_bar_at(t_up) / self.alpha_bar_at(t)
+        return math.sqrt(ratio) * x + math.sqrt(1 - ratio) * noise
+
     def timesteps(self, steps: int | Sequence[int], spacing: str = "uniform") -> torch.Tensor:
         """The timesteps to sample at, largest first, as a LongTensor.
 
@@ -154,6 +167,16 @@ class NoiseSchedule:
             )
         t = np.interp(targets, level[::-1], np.arange(T, dtype=np.float64)[::-1])
         return _distinct(np.round(t).astype(np.int64).tolist(), T)
+
+
+def q_sample(x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, alpha_bar: torch.Tensor
+             ) -> torch.Tensor:  # fmt: skip
+    """The forward process with one timestep a row (``t`` a LongTensor ``(B,)``, as training
+    draws them): ``x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) noise``; ``alpha_bar``
+    is the schedule's float64 table on ``x0``'s device (the coefficients are computed in
+    float64)."""
+    a = alpha_bar[t].view(-1, *([1] * (x0.ndim - 1)))
+    return a.sqrt().to(x0.dtype) * x0 + (1 - a).sqrt().to(x0.dtype) * noise
 
 
 def _distinct(ts: list[int], T: int) -> list[int]:

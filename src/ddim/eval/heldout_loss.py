@@ -18,8 +18,7 @@ import torch
 from torch import nn
 
 from ddim.names import HELDOUT_TIMESTEPS
-from ddim.schedule import NoiseSchedule
-from ddim.train.loss import q_sample
+from ddim.schedule import NoiseSchedule, q_sample
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,16 @@ from __future__ import annotations
 
 import torch
 
-from ddim.plan import Noise, Predict, Report, SolverFacts, StepPlan, never, to_data
+from ddim.plan import (
+    Noise,
+    Predict,
+    Report,
+    SolverFacts,
+    StepPlan,
+    data_prediction,
+    never,
+    to_data,
+)
 
 #: PNDM's Adams-Bashforth weights of the newest ``eps`` first, by how many are known.
 PLMS_WEIGHTS = {
@@ -18,7 +27,7 @@ PLMS_WEIGHTS = {
 
 def _eps_step(plan: StepPlan, i: int, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
     """The DDIM step of ``eps`` from point ``i`` to ``i + 1`` (PNDM's transfer, eq. 11)."""
-    d = (x - plan.sigma[i] * eps) / plan.alpha[i]
+    d = data_prediction(x, eps, plan.alpha[i], plan.sigma[i])
     return plan.alpha[i + 1] * d + plan.sigma[i + 1] * eps
 
 
@@ -39,7 +48,7 @@ def plms(
             eps = 0.5 * (pred.eps + predict(1, trial).eps)
         else:
             eps = sum(w * e for w, e in zip(PLMS_WEIGHTS[len(history)], history, strict=True))
-        d = (x - plan.sigma[i] * eps) / plan.alpha[i]
+        d = data_prediction(x, eps, plan.alpha[i], plan.sigma[i])
         x_next = to_data(plan, i, x, d) if plan.ends_at_data(i) else _eps_step(plan, i, x, eps)
         x = report(i, x_next, d)
     return x

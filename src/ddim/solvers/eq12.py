@@ -20,12 +20,12 @@ import math
 import torch
 
 from ddim.names import SIGMA_HAT, VARIANCES
-from ddim.plan import Noise, Predict, Report, SolverFacts, StepPlan, to_data
+from ddim.plan import Noise, Predict, Report, SolverFacts, StepPlan, data_prediction, to_data
 
 
 def predict_x0(x_t: torch.Tensor, eps: torch.Tensor, a_t: float) -> torch.Tensor:
-    """Eq. 9 solved for ``x_0``: ``(x_t - sqrt(1 - a_t) eps) / sqrt(a_t)``."""
-    return (x_t - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)
+    """Eq. 9 solved for ``x_0`` at ``a_t = alpha_bar_t`` (:func:`ddim.plan.data_prediction`)."""
+    return data_prediction(x_t, eps, math.sqrt(a_t), math.sqrt(1 - a_t))
 
 
 def ddim_sigma(a_t: float, a_prev: float, eta: float) -> float:

@@ -20,12 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-
-def q_sample(x0: Tensor, t: Tensor, noise: Tensor, alpha_bar: Tensor) -> Tensor:
-    """``x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) noise``; ``alpha_bar`` is the
-    schedule's float64 table on ``x0``'s device (the coefficients are computed in float64)."""
-    a = alpha_bar[t].view(-1, *([1] * (x0.ndim - 1)))
-    return a.sqrt().to(x0.dtype) * x0 + (1 - a).sqrt().to(x0.dtype) * noise
+from ddim.schedule import q_sample
 
 
 def loss_weights(t: Tensor, alpha_bar: Tensor, weighting: str, gamma: float) -> Tensor | None:

@@ -3,7 +3,7 @@ classifier of classifier guidance (:class:`~ddim.models.noisy_classifier.NoisyCl
 
 Each step draws a batch of the first 9,000 MNIST test images (shifted by up to two pixels),
 a timestep per image uniform in ``0 .. T-1`` and noises them with the forward process of
-the bundled model's schedule (:func:`ddim.train.loss.q_sample`); the loss is the
+the bundled model's schedule (:func:`ddim.schedule.q_sample`); the loss is the
 cross-entropy of the labels. The held-out accuracy on the last 1,000 images at several
 noise levels is recorded in the file's metadata.
 """
@@ -26,9 +26,8 @@ from ddim.formats.archives import load_mnist, load_mnist_labels
 from ddim.formats.atomic import atomic_write_bytes
 from ddim.models.classifier import NUM_TRAIN
 from ddim.models.noisy_classifier import FORMAT, NoisyClassifier, betas_digest
-from ddim.schedule import NoiseSchedule
+from ddim.schedule import NoiseSchedule, q_sample
 from ddim.train.classifier import random_shift
-from ddim.train.loss import q_sample
 
 REPORT_TIMESTEPS = (0, 200, 400, 600, 800, 999)
 
