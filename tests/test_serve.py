@@ -8,11 +8,13 @@ import asyncio
 import base64
 import io
 import json
+import socket
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +42,7 @@ def served(path: Path) -> Served:
 
 @pytest.fixture(scope="module")
 def client(ckpts) -> TestClient:
-    return TestClient(create_app(served(ckpts["cond"])))
+    return TestClient(create_app(served(ckpts["cond"]), allowed_hosts=("testserver",)))
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +52,9 @@ def drawing(ckpts) -> tuple[str, Path]:
     path = Path(ckpts["images"]).parent / "drawing.png"
     Image.fromarray(pixels).save(path)
     return base64.b64encode(path.read_bytes()).decode(), path
+
+
+JSON = {"content-type": "application/json"}
 
 
 def events(response) -> list[dict]:
@@ -257,13 +262,15 @@ def test_each_route_takes_its_fields_with_the_commands_defaults(client) -> None:
 
 
 def test_malformed_or_oversized_bodies_and_wrong_routes_get_json_errors(client) -> None:
-    assert client.post("/api/sample", content=b"{nope").json() == {
+    assert client.post("/api/sample", content=b"{nope", headers=JSON).json() == {
         "error": "the request body is not JSON"
     }
-    assert client.post("/api/sample", content=b"[1, 2]").status_code == 400
-    nan = client.post("/api/sample", content=b'{"eta": NaN}')  # Python's json reads NaN
+    assert client.post("/api/sample", content=b"[1, 2]", headers=JSON).status_code == 400
+    nan = client.post(
+        "/api/sample", content=b'{"eta": NaN}', headers=JSON
+    )  # Python's json reads NaN
     assert nan.status_code == 400 and nan.json()["error"] == "eta must be a number, got nan"
-    huge = client.post("/api/edit", content=b"x" * (Limits().max_body_bytes + 1))
+    huge = client.post("/api/edit", content=b"x" * (Limits().max_body_bytes + 1), headers=JSON)
     assert huge.status_code == 413 and "limit" in huge.json()["error"]
     for response, status in [
         (client.get("/api/sample"), 405),
@@ -276,7 +283,7 @@ def test_malformed_or_oversized_bodies_and_wrong_routes_get_json_errors(client) 
 
 
 def test_an_unconditional_model_refuses_a_class(ckpts) -> None:
-    client = TestClient(create_app(served(ckpts["plain"])))
+    client = TestClient(create_app(served(ckpts["plain"]), allowed_hosts=("testserver",)))
     assert client.get("/api/info").json()["classes"] == 0
     response = client.post("/api/sample", json={"class": 0})
     assert response.status_code == 400
@@ -376,3 +383,127 @@ def test_ddim_serve_prints_its_url_and_serves(ckpts) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+# ---------------------------------------------------------------- hostile probes (issue 40)
+
+
+def png_with_text_bomb(size: int = 8) -> str:
+    """A valid PNG of ``size`` px carrying a zTXt chunk that inflates to 50 MB."""
+    buffer = io.BytesIO()
+    Image.new("L", (size, size), 128).save(buffer, format="PNG")
+    raw = buffer.getvalue()
+    data = b"Comment\0\0" + zlib.compress(b"a" * 50_000_000, 9)
+    chunk = len(data).to_bytes(4, "big") + b"zTXt" + data
+    chunk += zlib.crc32(b"zTXt" + data).to_bytes(4, "big")
+    at = raw.index(b"IDAT") - 4  # before the first IDAT chunk
+    return base64.b64encode(raw[:at] + chunk + raw[at:]).decode()
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"image": "data:image/png;base64"}, "image must be a data URL of base64 PNG data"),
+        ({"image": "data:"}, "image must be a data URL of base64 PNG data"),
+        ({"image": "data:image/png,AAAA"}, "image must be a data URL of base64 PNG data"),
+    ],
+)
+def test_malformed_data_urls_are_400s_naming_the_field(client, body, message) -> None:
+    response = client.post("/api/edit", json=body)
+    assert response.status_code == 400 and message in response.json()["error"]
+    mask = client.post("/api/inpaint", json={"image": bad_png(8), "mask": "data:"})
+    assert mask.status_code == 400 and "mask must be a data URL" in mask.json()["error"]
+
+
+def test_a_png_text_chunk_is_never_inflated(client) -> None:
+    """The zTXt chunk is dropped unread: the image is taken as it is."""
+    got = result(client, "reconstruct", {"image": png_with_text_bomb(), "steps": 2})
+    assert got["model_calls"] == 4
+
+
+def test_requests_from_other_sites_are_refused(client) -> None:
+    foreign_host = client.get("/api/info", headers={"host": "evil.example"})
+    assert foreign_host.status_code == 403 and "evil.example" in foreign_host.json()["error"]
+    assert client.get("/", headers={"host": "evil.example:8000"}).status_code == 403
+    origin = client.post("/api/sample", json={"n": 1, "steps": 1},
+                         headers={"origin": "http://evil.example"})  # fmt: skip
+    assert origin.status_code == 403 and "http://evil.example" in origin.json()["error"]
+    form = client.post("/api/sample", content=b'{"n": 1, "steps": 1}',
+                       headers={"content-type": "text/plain"})  # fmt: skip
+    assert form.status_code == 415 and "application/json" in form.json()["error"]
+    same = client.post(
+        "/api/sample",
+        json={"n": 1, "steps": 1},
+        headers={"origin": "http://localhost:8000", "host": "localhost:8000"},
+    )
+    assert same.status_code == 200  # fmt: skip
+
+
+def test_every_answer_carries_the_security_headers(client) -> None:
+    for response in (
+        client.get("/api/info"),
+        client.get("/api/nothing"),
+        client.post("/api/sample", json={"n": 1, "steps": 1}),
+        client.post("/api/sample", json={"n": 0}),
+        client.get("/"),
+    ):
+        assert response.headers["x-content-type-options"] == "nosniff"
+        assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
+        assert response.headers["referrer-policy"] == "no-referrer"
+    wrong = client.get("/api/sample")
+    assert wrong.status_code == 405 and wrong.headers["allow"] == "POST"
+
+
+def test_an_unexpected_failure_is_a_one_line_500(ckpts, monkeypatch, caplog) -> None:
+    from ddim.serve import app as app_module
+
+    def broken(*args, **kwargs):
+        raise KeyError("secret internals")
+
+    monkeypatch.setitem(app_module.JOBS, "sample", (broken, app_module.JOBS["sample"][1]))
+    client = TestClient(create_app(served(ckpts["cond"]), allowed_hosts=("testserver",)),
+                        raise_server_exceptions=True)  # fmt: skip
+    response = client.post("/api/sample", json={"n": 1})
+    assert response.status_code == 500
+    assert response.json() == {"error": "the server failed on this request; see its log"}
+    assert [r.getMessage() for r in caplog.records] == [
+        "POST /api/sample failed: KeyError('secret internals')"
+    ]
+
+
+def test_a_slow_body_is_cut_off_and_a_departed_client_logged_in_one_line(ckpts, caplog):
+    """On a real server: a body trickled past its deadline gets 408, and the connection
+    still answers the next request; a client that leaves half-way is one log line."""
+    import uvicorn
+
+    from ddim.serve.requests import Limits as L
+
+    app = create_app(served(ckpts["cond"]), limits=L(body_seconds=0.5))
+    server = uvicorn.Server(uvicorn.Config(app, port=0, log_level="warning"))
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        for _ in range(100):
+            if server.started:
+                break
+            time.sleep(0.05)
+        port = sock.getsockname()[1]
+        head = (
+            f"POST /api/sample HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            "Content-Type: application/json\r\nContent-Length: 20\r\n\r\n"
+        ).encode()
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+            conn.sendall(head + b'{"n"')
+            time.sleep(1.0)
+            answer = conn.recv(4096).decode()
+            assert answer.startswith("HTTP/1.1 408") and "took over 0.5 s" in answer
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+            conn.sendall(head + b'{"n"')
+        time.sleep(0.3)
+        assert any("the client left" in r.getMessage() for r in caplog.records)
+        assert not any(r.exc_info for r in caplog.records)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

@@ -20,12 +20,26 @@ from ddim.cli.options import count_option, option
     "bundled model name",
 )
 @option("--host", default="127.0.0.1", help="the address to listen on (0.0.0.0: every network)")
+@option(
+    "--allow-host",
+    "allow_hosts",
+    multiple=True,
+    metavar="NAME",
+    help="also answer requests that name this server NAME (repeatable); loopback names and "
+    "--host are always answered, any other Host is refused (DNS rebinding)",
+)
 @option("--port", type=click.IntRange(0, 65535), default=8000, help="the port (0: any free one)")
 @count_option("--max-queue", default=32, help="requests that may wait behind the running one")
 @options.device_option
 @options.precision_option
 def serve_command(
-    ckpt: str, host: str, port: int, max_queue: int, device: object, precision: str
+    ckpt: str,
+    host: str,
+    allow_hosts: tuple[str, ...],
+    port: int,
+    max_queue: int,
+    device: object,
+    precision: str,
 ) -> None:
     """Serve one model on a local web page: sample (with a class and guidance for a
     conditional model), interpolate between seeds, draw and edit (SDEdit, inpainting),
@@ -40,7 +54,14 @@ def serve_command(
             f"ddim serve needs the serve extra ({e.name} is missing): pip install 'ddim[serve]'"
         ) from None
     model, schedule = options.load_model(ckpt, device)
-    app = create_app(Served(ckpt, model, schedule, device, precision), max_waiting=max_queue)
+    served = Served(ckpt, model, schedule, device, precision)
+    app = create_app(served, max_waiting=max_queue, allowed_hosts=(host, *allow_hosts))
+    if host in ("0.0.0.0", "::", ""):
+        click.echo(
+            f"warning: --host {host} serves this page, and runs its jobs, for anyone who can "
+            f"reach this machine on port {port}; requests must still name an allowed host",
+            err=True,
+        )
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -53,5 +74,6 @@ def serve_command(
     shown = f"[{host}]" if ":" in host else host
     click.echo(f"ddim serve: {ckpt} on http://{shown}:{bound}/ (Ctrl-C stops)")
     sys.stdout.flush()  # the URL before the server blocks, also into a pipe
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    # idle connections are closed after 5 s; a request body has 10 s (ddim.serve.app)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_keep_alive=5))
     server.run(sockets=[sock])

@@ -13,23 +13,26 @@ queue 503; an unexpected failure 500 with a one-line message, never a traceback.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from importlib import resources
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from ddim.exits import one_line
 from ddim.guidance import num_classes
 from ddim.names import INPAINT_METHODS, NAMED_MASKS
 from ddim.precision import choose
 from ddim.serve import requests, work
+from ddim.serve.guard import Guard
 from ddim.serve.requests import BadRequest, Limits, ModelFacts
 from ddim.serve.runner import Runner
 from ddim.serve.work import Served
@@ -45,7 +48,9 @@ ASSETS = {
 }
 #: Everything the page loads comes from this server; images are data URLs.
 SECURITY_HEADERS = {
-    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; object-src 'none'",
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' data:; object-src 'none'; frame-ancestors 'none'"
+    ),
     "X-Content-Type-Options": "nosniff",
 }
 
@@ -65,9 +70,15 @@ def facts_of(served: Served) -> ModelFacts:
     return ModelFacts(num_classes(served.model), served.schedule.num_timesteps, c, size)
 
 
-def create_app(served: Served, limits: Limits | None = None, max_waiting: int = 32) -> Starlette:
+def create_app(
+    served: Served,
+    limits: Limits | None = None,
+    max_waiting: int = 32,
+    allowed_hosts: Sequence[str] = (),
+) -> Guard:
     """The application serving ``served`` within ``limits`` (default :class:`Limits`), with
-    at most ``max_waiting`` jobs queued behind the running one."""
+    at most ``max_waiting`` jobs queued behind the running one, answering requests for the
+    loopback names and ``allowed_hosts`` only (:mod:`ddim.serve.guard`)."""
     limits = limits or Limits()
     facts = facts_of(served)
     runner = Runner(max_waiting)
@@ -81,10 +92,12 @@ def create_app(served: Served, limits: Limits | None = None, max_waiting: int = 
         yield
         runner.shutdown()
 
+    @contained
     async def asset(request: Request) -> Response:
         body, media = pages[request.url.path]
         return Response(body, media_type=media, headers=SECURITY_HEADERS)
 
+    @contained
     async def info(request: Request) -> Response:
         return JSONResponse({
             "model": served.name,
@@ -105,7 +118,7 @@ def create_app(served: Served, limits: Limits | None = None, max_waiting: int = 
 
     def endpoint(parse: Parse, make: MakeJob) -> Callable[[Request], Any]:
         async def run(request: Request) -> Response:
-            req = parse(await read_json(request, limits.max_body_bytes), facts, limits)
+            req = parse(await read_json(request, limits), facts, limits)
             try:
                 total, job = make(served, req)
             except ValueError as e:  # what the library refuses of a combination of options
@@ -115,7 +128,7 @@ def create_app(served: Served, limits: Limits | None = None, max_waiting: int = 
                 return error(503, f"busy: {runner.held} requests are queued; try again shortly")
             return StreamingResponse(stream, media_type="application/x-ndjson")
 
-        return run
+        return contained(run)
 
     routes = [Route(path, asset, methods=["GET"]) for path in ASSETS]
     routes.append(Route("/api/info", info, methods=["GET"]))
@@ -132,19 +145,52 @@ def create_app(served: Served, limits: Limits | None = None, max_waiting: int = 
         lifespan=lifespan,
     )
     app.state.runner = runner
-    return app
+    return Guard(app, allowed_hosts)
 
 
-async def read_json(request: Request, max_bytes: int) -> dict[str, Any]:
-    """The request body as a JSON object, read no further than ``max_bytes``."""
+def contained(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Any]:
+    """``handler`` answering an unexpected failure itself, as a 500 with a one-line JSON
+    message (logged in one line): an exception that left it would reach the ASGI server,
+    which prints a traceback and closes the connection, requests pipelined behind it
+    unanswered."""
+
+    async def run(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except (BadRequest, HTTPException):
+            raise
+        except Exception as e:  # noqa: BLE001 - every other failure is the same 500
+            log.error("%s %s failed: %s", request.method, request.url.path, one_line(repr(e)))
+            return error(500, "the server failed on this request; see its log")
+
+    return run
+
+
+async def read_json(request: Request, limits: Limits) -> dict[str, Any]:
+    """The request body as a JSON object, read no further than ``limits.max_body_bytes`` and
+    for no longer than ``limits.body_seconds`` (408); a client that leaves half-way is
+    logged in one line."""
+    max_bytes = limits.max_body_bytes
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_bytes:
         raise BadRequest(f"the request is {declared} bytes; the limit is {max_bytes}", 413)
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > max_bytes:
-            raise BadRequest(f"the request is over the limit of {max_bytes} bytes", 413)
+
+    async def whole() -> bytes:
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > max_bytes:
+                raise BadRequest(f"the request is over the limit of {max_bytes} bytes", 413)
+        return bytes(body)
+
+    try:
+        body = await asyncio.wait_for(whole(), limits.body_seconds)
+    except asyncio.TimeoutError:
+        raise BadRequest(f"the request body took over {limits.body_seconds:g} s", 408) from None
+    except ClientDisconnect:
+        log.warning("%s %s: the client left before its request arrived", request.method,
+                    request.url.path)  # fmt: skip
+        raise BadRequest("the client left before its request arrived") from None
     try:
         data = json.loads(body or b"{}")
     except (ValueError, RecursionError):
@@ -165,7 +211,9 @@ async def _bad_request(request: Request, exc: Exception) -> Response:
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    return error(exc.status_code, str(exc.detail))
+    answer = error(exc.status_code, str(exc.detail))
+    answer.headers.update(exc.headers or {})  # the Allow of a 405
+    return answer
 
 
 async def _server_error(request: Request, exc: Exception) -> Response:

@@ -45,6 +45,7 @@ class Limits:
     max_frames: int = 16
     max_guidance: float = 20.0
     max_body_bytes: int = 256 * 1024
+    body_seconds: float = 10.0  # a body that takes longer to arrive is cut off (408)
 
 
 @dataclass(frozen=True)
@@ -274,23 +275,53 @@ class Parser:
         value = self.body.get(name)
         if not isinstance(value, str):
             raise BadRequest(f"{name} must be a PNG as a data URL or base64 text")
-        payload = value.split(",", 1)[1] if value.startswith("data:") else value
+        payload = value
+        if value.startswith("data:"):
+            head, comma, payload = value.partition(",")
+            if not comma or not head.endswith(";base64"):
+                raise BadRequest(f"{name} must be a data URL of base64 PNG data: data:image/png;"
+                                 f"base64,...")  # fmt: skip
         try:
             raw = base64.b64decode(payload, validate=True)
         except (binascii.Error, ValueError):
             raise BadRequest(f"{name} is not valid base64") from None
         size = self.facts.image_size
         try:
-            img = Image.open(io.BytesIO(raw))
+            img = Image.open(io.BytesIO(critical_chunks(raw, name)))
             if img.format != "PNG":
                 raise BadRequest(f"{name} must be a PNG, got {img.format}")
             if img.size != (size, size):
                 w, h = img.size
                 raise BadRequest(f"{name} is {w}x{h}; the model takes {size}x{size}: resize it")
             img.load()
-        except (OSError, SyntaxError, Image.DecompressionBombError):
+        except BadRequest:
+            raise
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
             raise BadRequest(f"{name} cannot be read as a PNG") from None
         return img
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+#: The chunks an image needs; every other (text, metadata, profiles) is dropped unread.
+CRITICAL = {b"IHDR", b"PLTE", b"tRNS", b"IDAT", b"IEND"}
+
+
+def critical_chunks(raw: bytes, name: str) -> bytes:
+    """The PNG ``raw`` with only its :data:`CRITICAL` chunks (anything not a PNG is handed
+    back for the decoder to refuse): a text chunk that would inflate to megabytes is never
+    decompressed."""
+    if not raw.startswith(PNG_SIGNATURE):
+        return raw
+    kept, at = [PNG_SIGNATURE], len(PNG_SIGNATURE)
+    while at + 8 <= len(raw):
+        length = int.from_bytes(raw[at : at + 4], "big")
+        end = at + 12 + length
+        if end > len(raw):
+            raise BadRequest(f"{name} is a truncated PNG")
+        if raw[at + 4 : at + 8] in CRITICAL:
+            kept.append(raw[at:end])
+        at = end
+    return b"".join(kept)
 
 
 def sample_request(body: dict[str, Any], facts: ModelFacts, limits: Limits) -> SampleRequest:
