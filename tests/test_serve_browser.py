@@ -193,3 +193,59 @@ def test_encode_and_decode_the_drawing(page: object) -> None:
         timeout=60_000,
     )
     assert float(page.inner_text("#encode-status").split()[2]) < 1e-8
+
+
+def test_a_bad_upload_and_a_seed_out_of_range_are_told(page: object, tmp_path: Path) -> None:
+    page.click("button[data-tab=edit]")
+    text = tmp_path / "notes.txt"
+    text.write_text("not an image")
+    page.set_input_files("#upload", str(text))
+    page.wait_for_function(
+        "() => document.getElementById('upload-status').textContent.includes('notes.txt')"
+    )
+    status = page.locator("#upload-status")
+    assert "notes.txt is not an image this page can read" in status.inner_text()
+    assert "error" in status.get_attribute("class")
+    page.fill("#edit-form input[name=seed]", "1e20")
+    page.click("#edit-run")
+    page.wait_for_function(
+        "() => document.getElementById('edit-status').textContent.includes('seed must')"
+    )
+    assert "got 1e20" in page.inner_text("#edit-status")
+    page.fill("#edit-form input[name=seed]", "0")
+
+
+def test_a_page_of_another_origin_cannot_use_the_api(url: str, page: object) -> None:
+    """A second local page (another port: another origin) posts to the API as a foreign
+    page would (a no-cors form-like POST, and a JSON fetch): both are refused."""
+    import http.server
+
+    other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    thread = threading.Thread(target=other.serve_forever, daemon=True)
+    thread.start()
+    try:
+        second = page.context.browser.new_page()
+        seen: list[tuple[str, int]] = []
+        second.on("response", lambda r: seen.append((r.request.method, r.status))
+                  if "/api/" in r.url else None)  # fmt: skip
+        second.goto(f"http://127.0.0.1:{other.server_address[1]}/")
+        statuses = second.evaluate(
+            """async (api) => {
+                const plain = await fetch(api + "api/sample", {method: "POST", mode: "no-cors",
+                    headers: {"Content-Type": "text/plain"}, body: '{"n": 1, "steps": 1}'});
+                let json;
+                try {
+                    json = (await fetch(api + "api/sample", {method: "POST",
+                        headers: {"Content-Type": "application/json"},
+                        body: '{"n": 1, "steps": 1}'})).status;
+                } catch (e) { json = "blocked"; }
+                return [plain.type, json];
+            }""",
+            url,
+        )
+        second.wait_for_timeout(200)
+        second.close()
+    finally:
+        other.shutdown()
+    assert statuses == ["opaque", "blocked"]  # no CORS answer: the browser keeps it out
+    assert ("POST", 403) in seen and not any(s == 200 for _, s in seen)  # refused: Origin

@@ -5,7 +5,8 @@ DNS rebinding, readable by one. So, as Jupyter does:
 
 - the ``Host`` of every request must name this server: a loopback name, the address it is
   bound to, or a name given with ``--allow-host`` (any port); else 403;
-- a POST that carries an ``Origin`` must come from such a host over http; else 403;
+- a POST that carries an ``Origin`` must come from this server's own page (the origin
+  ``http://<Host>``: another port of the same machine is another site); else 403;
 - a POST must say ``Content-Type: application/json`` (a form or ``text/plain`` POST, which
   a foreign page may send without asking first, is refused with 415);
 - every answer carries ``nosniff``, a ``Referrer-Policy`` and a CSP that forbids framing
@@ -19,7 +20,6 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
-from urllib.parse import urlsplit
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -92,10 +92,8 @@ class Guard:
         if scope["method"] != "POST":
             return None
         origin = headers.get("origin")
-        if origin is not None:
-            parts = urlsplit(origin)
-            if parts.scheme != "http" or host_name(parts.netloc) not in self.allowed:
-                return 403, f"requests from {origin} are refused: this page is for local use"
+        if origin is not None and origin.lower() != f"http://{headers.get('host', '').lower()}":
+            return 403, f"requests from {origin} are refused: only this server's own page may ask"
         media = headers.get("content-type", "").split(";")[0].strip().lower()
         if media != "application/json":
             return 415, f"send the request as application/json, not {media or 'no type'}"

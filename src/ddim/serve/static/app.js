@@ -68,25 +68,35 @@ async function runJob(name, body, prefix) {
   throw new Error("the server closed the connection before the result");
 }
 
-// Run `work` when `form` is submitted, its submit button disabled meanwhile and any error
-// shown in the status line of `prefix`.
-function onSubmit(form, prefix, work) {
+// Run `work` when `form` is submitted, its submit button (and those of the forms that share
+// its progress bar, `shared`) disabled meanwhile and any error shown in the status line of
+// `prefix`.
+function onSubmit(form, prefix, work, shared = []) {
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
-    const button = form.querySelector("button[type=submit]");
-    button.disabled = true;
+    const buttons = [form, ...shared].map((f) => f.querySelector("button[type=submit]"));
+    for (const button of buttons) button.disabled = true;
+    $(prefix + "-status").classList.remove("error");
     try {
       await work(new FormData(form));
     } catch (error) {
       $(prefix + "-status").textContent = error.message;
       $(prefix + "-status").classList.add("error");
     } finally {
-      button.disabled = false;
+      for (const button of buttons) button.disabled = false;
     }
   });
 }
 
-const int = (data, name) => Number.parseInt(data.get(name), 10);
+// A whole number from a form field, or an error that names the field (parseInt would read
+// "1e20" as 1).
+function int(data, name) {
+  const text = String(data.get(name)).trim(), value = Number(text);
+  if (text === "" || !Number.isSafeInteger(value)) {
+    throw new Error(`${name} must be a whole number up to ${Number.MAX_SAFE_INTEGER}, got ${text}`);
+  }
+  return value;
+}
 const num = (data, name) => Number.parseFloat(data.get(name));
 
 // The class and guidance fields of a form, as the API takes them.
@@ -137,10 +147,18 @@ $("interpolate-slider").addEventListener("input", (event) => {
 
 // ------------------------------------------------------------------ the drawing
 
-const SIZE = 28;
-const ink = new Float32Array(SIZE * SIZE);  // 0 black .. 1 white, as MNIST
-const region = new Uint8Array(SIZE * SIZE); // 1 where inpainting fills
+// The model's image size, from /api/info (28 until it answers).
+let SIZE = 28;
+let ink = new Float32Array(SIZE * SIZE);  // 0 black .. 1 white, as MNIST
+let region = new Uint8Array(SIZE * SIZE); // 1 where inpainting fills
 const canvas = $("draw"), context = canvas.getContext("2d");
+
+function resize(size) {
+  SIZE = size;
+  ink = new Float32Array(SIZE * SIZE);
+  region = new Uint8Array(SIZE * SIZE);
+  canvas.width = canvas.height = SIZE;
+}
 
 function render() {
   const image = context.createImageData(SIZE, SIZE);
@@ -210,7 +228,15 @@ $("invert").addEventListener("click", () => { ink.forEach((v, i) => (ink[i] = 1 
 
 // Load an image file into the drawing, resized to 28x28 (with a note when it was resized).
 async function upload(file, status) {
-  const bitmap = await createImageBitmap(file);
+  status.classList.remove("error");
+  let bitmap;
+  try {
+    bitmap = await createImageBitmap(file);
+  } catch {
+    status.textContent = `${file.name} is not an image this page can read (use a PNG)`;
+    status.classList.add("error");
+    return false;
+  }
   const off = document.createElement("canvas");
   off.width = off.height = SIZE;
   const c = off.getContext("2d");
@@ -225,11 +251,11 @@ async function upload(file, status) {
   const resized = bitmap.width !== SIZE || bitmap.height !== SIZE;
   status.textContent = `${file.name}: ${bitmap.width}×${bitmap.height}` +
     (resized ? ` resized to ${SIZE}×${SIZE}` : "");
+  return true;
 }
 $("upload").addEventListener("change", (e) => upload(e.target.files[0], $("upload-status")));
 $("encode-upload").addEventListener("change", async (e) => {
-  await upload(e.target.files[0], $("encode-status"));
-  $("encode-input").src = drawingPng();
+  if (await upload(e.target.files[0], $("encode-status"))) $("encode-input").src = drawingPng();
 });
 
 // ------------------------------------------------------------------ edit, inpaint
@@ -243,7 +269,7 @@ onSubmit($("edit-form"), "edit", async (data) => {
   }, "edit");
   $("edit-result").src = png(result.image);
   $("edit-status").textContent = `SDEdit: ${cost(result)}`;
-});
+}, [$("inpaint-form")]);
 
 onSubmit($("inpaint-form"), "edit", async (data) => {
   if (!region.some((v) => v)) throw new Error("mark the region to fill first (mark region to fill)");
@@ -253,7 +279,7 @@ onSubmit($("inpaint-form"), "edit", async (data) => {
   }, "edit");
   $("edit-result").src = png(result.image);
   $("edit-status").textContent = `${data.get("method")}: ${cost(result)}`;
-});
+}, [$("edit-form")]);
 
 // ------------------------------------------------------------------ encode, decode
 
@@ -312,6 +338,7 @@ async function start() {
   fill($("method-select"), info.inpaint_methods.map((m) => [m, m]));
   fill($("encode-solver"), info.encoding_solvers.map((s) => [s, ENCODINGS[s] || s]));
   startFrom(info.defaults);
+  resize(info.image_size);
   render();
 }
 start();
