@@ -507,3 +507,11 @@ def test_a_slow_body_is_cut_off_and_a_departed_client_logged_in_one_line(ckpts, 
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def test_allow_host_adds_a_name_and_loopback_is_always_answered(ckpts) -> None:
+    app = create_app(served(ckpts["cond"]), allowed_hosts=("testserver", "box.lan"))
+    client = TestClient(app)
+    for host in ("box.lan:8000", "localhost", "127.0.0.1:9", "[::1]:8000"):
+        assert client.get("/api/info", headers={"host": host}).status_code == 200, host
+    assert client.get("/api/info", headers={"host": "box.lan.evil.example"}).status_code == 403

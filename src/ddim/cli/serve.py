@@ -53,8 +53,13 @@ def serve_command(
         raise click.UsageError(
             f"ddim serve needs the serve extra ({e.name} is missing): pip install 'ddim[serve]'"
         ) from None
+    from ddim.sampling import SamplerOptions
+
     model, schedule = options.load_model(ckpt, device)
-    served = Served(ckpt, model, schedule, device, precision)
+    # the measured speed choice of `ddim sample` for a page's largest job (its batch of 64)
+    job = SamplerOptions(precision=precision)
+    auto = options.auto_speed(model, schedule, job, 64, 64, device, (None, None))
+    served = Served(ckpt, auto.model, schedule, device, precision)
     app = create_app(served, max_waiting=max_queue, allowed_hosts=(host, *allow_hosts))
     if host in ("0.0.0.0", "::", ""):
         click.echo(
@@ -73,6 +78,7 @@ def serve_command(
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
     click.echo(f"ddim serve: {ckpt} on http://{shown}:{bound}/ (Ctrl-C stops)")
+    options.report_speed(auto)
     sys.stdout.flush()  # the URL before the server blocks, also into a pipe
     # idle connections are closed after 5 s; a request body has 10 s (ddim.serve.app)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_keep_alive=5))
