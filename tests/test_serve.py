@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import io
 import json
 import socket
@@ -15,6 +16,7 @@ import threading
 import time
 import urllib.request
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -474,22 +476,8 @@ def test_an_unexpected_failure_is_a_one_line_500(ckpts, monkeypatch, caplog) -> 
 def test_a_slow_body_is_cut_off_and_a_departed_client_logged_in_one_line(ckpts, caplog):
     """On a real server: a body trickled past its deadline gets 408, and the connection
     still answers the next request; a client that leaves half-way is one log line."""
-    import uvicorn
-
-    from ddim.serve.requests import Limits as L
-
-    app = create_app(served(ckpts["cond"]), limits=L(body_seconds=0.5))
-    server = uvicorn.Server(uvicorn.Config(app, port=0, log_level="warning"))
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        for _ in range(100):
-            if server.started:
-                break
-            time.sleep(0.05)
-        port = sock.getsockname()[1]
+    app = create_app(served(ckpts["cond"]), limits=Limits(body_seconds=0.5))
+    with running(app) as port:
         head = (
             f"POST /api/sample HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
             "Content-Type: application/json\r\nContent-Length: 20\r\n\r\n"
@@ -504,9 +492,56 @@ def test_a_slow_body_is_cut_off_and_a_departed_client_logged_in_one_line(ckpts, 
         time.sleep(0.3)
         assert any("the client left" in r.getMessage() for r in caplog.records)
         assert not any(r.exc_info for r in caplog.records)
+
+
+@contextlib.contextmanager
+def running(app, **config) -> Iterator[int]:
+    """``app`` on a real uvicorn server on a free local port (yielded), in a thread."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", **config))
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        for _ in range(200):
+            if server.started:
+                break
+            time.sleep(0.05)
+        yield sock.getsockname()[1]
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def test_a_trickled_request_head_is_cut_off_and_keep_alive_still_works(ckpts, caplog):
+    from ddim.serve.protocol import with_header_deadline
+
+    app = create_app(served(ckpts["cond"]))
+    with running(app, http=with_header_deadline(0.5), timeout_keep_alive=5) as port:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+            started = time.monotonic()
+            conn.sendall(b"GET /api/info HTTP/1.1\r\n")
+            closed = False
+            for byte in f"Host: 127.0.0.1:{port}\r\nX-Slow: aaaaaaaaaaaaaaaa".encode():
+                try:
+                    conn.sendall(bytes([byte]))
+                    time.sleep(0.1)
+                except OSError:
+                    closed = True
+                    break
+            closed = closed or conn.recv(4096) == b""
+            assert closed and time.monotonic() - started < 3
+        assert any("request head took over 0.5 s" in r.getMessage() for r in caplog.records)
+        get = f"GET /api/info HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+            conn.sendall(get + get)  # two pipelined requests, both answered
+            answers = b""
+            while answers.count(b"HTTP/1.1 200") < 2:
+                chunk = conn.recv(65536)
+                assert chunk, answers
+                answers += chunk
 
 
 def test_allow_host_adds_a_name_and_loopback_is_always_answered(ckpts) -> None:

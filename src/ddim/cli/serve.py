@@ -48,6 +48,7 @@ def serve_command(
         import uvicorn
 
         from ddim.serve.app import create_app
+        from ddim.serve.protocol import with_header_deadline
         from ddim.serve.work import Served
     except ImportError as e:
         raise click.UsageError(
@@ -80,6 +81,9 @@ def serve_command(
     click.echo(f"ddim serve: {ckpt} on http://{shown}:{bound}/ (Ctrl-C stops)")
     options.report_speed(auto)
     sys.stdout.flush()  # the URL before the server blocks, also into a pipe
-    # idle connections are closed after 5 s; a request body has 10 s (ddim.serve.app)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_keep_alive=5))
+    # idle connections are closed after 5 s, a request head must arrive within 5 s
+    # (ddim.serve.protocol) and its body within 10 s (ddim.serve.app)
+    config = uvicorn.Config(app, log_level="warning", timeout_keep_alive=5,
+                            http=with_header_deadline())  # fmt: skip
+    server = uvicorn.Server(config)
     server.run(sockets=[sock])
