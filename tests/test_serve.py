@@ -550,3 +550,29 @@ def test_allow_host_adds_a_name_and_loopback_is_always_answered(ckpts) -> None:
     for host in ("box.lan:8000", "localhost", "127.0.0.1:9", "[::1]:8000"):
         assert client.get("/api/info", headers={"host": host}).status_code == 200, host
     assert client.get("/api/info", headers={"host": "box.lan.evil.example"}).status_code == 403
+
+
+def test_a_500_leaves_a_keep_alive_connection_usable(ckpts, monkeypatch) -> None:
+    """On a real server: a request that fails unexpectedly is answered 500, and the request
+    pipelined behind it on the same connection is still answered."""
+    from ddim.serve import app as app_module
+
+    def broken(*args, **kwargs):
+        raise KeyError("secret internals")
+
+    monkeypatch.setitem(app_module.JOBS, "sample", (broken, app_module.JOBS["sample"][1]))
+    with running(create_app(served(ckpts["cond"]))) as port:
+        body = b'{"n": 1}'
+        post = (
+            f"POST /api/sample HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: "
+            f"application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode() + body
+        get = f"GET /api/info HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+            conn.sendall(post + get)
+            answers = b""
+            while b"HTTP/1.1 200" not in answers:
+                chunk = conn.recv(65536)
+                assert chunk, answers  # the connection was not closed after the 500
+                answers += chunk
+        assert answers.startswith(b"HTTP/1.1 500") and b"secret" not in answers
