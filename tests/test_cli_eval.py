@@ -106,8 +106,31 @@ def test_table2(files, tmp_path):
     code, out = run("table2", "--ckpt", ckpt, "--data", data, "-n", "2", "--steps", "2,20",
                     "--out-dir", str(tmp_path))  # fmt: skip
     assert code == 0, out
-    mse = json.loads((tmp_path / "table2.json").read_text())["mse"]
-    assert list(mse) == ["2", "20"] and all(v > 0 for v in mse.values())
+    rows = json.loads((tmp_path / "table2.json").read_text())["mse"]
+    assert list(rows) == ["ddim", "ddim, clamped"]
+    assert list(rows["ddim"]) == ["2", "20"] and all(v > 0 for v in rows["ddim"].values())
+    assert all(rows["ddim, clamped"][s] <= rows["ddim"][s] for s in ("2", "20"))
+    code, out = run(
+        "table2",
+        "--ckpt",
+        ckpt,
+        "--data",
+        data,
+        "-n",
+        "2",
+        "--steps",
+        "4",
+        "--solvers",
+        "ddim",
+        "--solvers",
+        "bdia",
+        "--out-dir",
+        str(tmp_path / "x"),
+    )
+    assert code == 0, out  # fmt: skip
+    rows = json.loads((tmp_path / "x" / "table2.json").read_text())["mse"]
+    assert rows["bdia"]["4"] < 1e-8 < rows["ddim"]["4"]
+    assert "| bdia, clamped |" in (tmp_path / "x" / "table2.md").read_text()
 
 
 COMPILED = pytest.param(["--channels-last", "--compile"], marks=pytest.mark.slow)
@@ -123,7 +146,7 @@ def test_eval_runs_the_model_channels_last_or_compiled_to_the_same_result(files,
         code, out = run("table2", "--ckpt", ckpt, "--data", data, "-n", "3", "--steps", "2",
                         *extra, "--out-dir", str(tmp_path / name))  # fmt: skip
         assert code == 0, out
-        mse[name] = json.loads((tmp_path / name / "table2.json").read_text())["mse"]["2"]
+        mse[name] = json.loads((tmp_path / name / "table2.json").read_text())["mse"]["ddim"]["2"]
     assert mse["plain"] > 1e-5
     assert mse["fast"] == pytest.approx(mse["plain"], rel=1e-4)
     assert ("torch.compile took" in out) == ("--compile" in how)
@@ -207,7 +230,7 @@ def test_merge_refuses_what_does_not_fit(files, tmp_path):
     copy = tmp_path / "copy.json"
     copy.write_text((tmp_path / "a/table2.json").read_text())
     code, out = run("merge", a, str(copy), "--out-dir", out_dir)
-    assert (code, out) == (2, f"error: the cell MSE, S = 2 is in both {a} and {copy}\n")
+    assert (code, out) == (2, f"error: the cell ddim, S = 2 is in both {a} and {copy}\n")
     oracle = tmp_path / "oracle.json"
     oracle.write_text('{"rows": []}')
     code, out = run("merge", str(oracle), "--out-dir", out_dir)
@@ -220,3 +243,16 @@ def test_merge_refuses_what_does_not_fit(files, tmp_path):
     code, out = run("merge", str(bad), "--out-dir", out_dir)
     assert code == 2 and out.startswith(f"error: {bad} is not JSON (")
     assert not (tmp_path / "merged").exists()
+
+
+def test_merge_reads_table2_files_from_before_the_rows(tmp_path):
+    """A table2.json of one unclamped DDIM row ("mse": {S: value}) merges as the row ddim."""
+    meta = {"ckpt": "mnist", "data": "d", "n": 2, "spacing": "uniform"}
+    (tmp_path / "old.json").write_text(json.dumps({"meta": meta, "mse": {"10": 0.03}}))
+    new = {"meta": meta, "mse": {"ddim": {"20": 0.01}, "ddim, clamped": {"20": 0.002}}}
+    (tmp_path / "new.json").write_text(json.dumps(new))
+    code, out = run("merge", str(tmp_path / "old.json"), str(tmp_path / "new.json"),
+                    "--out-dir", str(tmp_path / "m"))  # fmt: skip
+    assert code == 0, out
+    rows = json.loads((tmp_path / "m" / "table2.json").read_text())["mse"]
+    assert rows == {"ddim": {"10": 0.03, "20": 0.01}, "ddim, clamped": {"20": 0.002}}

@@ -87,13 +87,18 @@ def test_fd_markdown_layout():
 def test_table2_reconstruction_error_falls_with_steps(tmp_path):
     mix = image_mixture()
     images = mix.sample(16, torch.Generator().manual_seed(1)).float().clamp(-1, 1)
-    mse = experiments.table2(mix, SCHED, images, [10, 50, 200], batch_size=8)
+    rows = experiments.table2(mix, SCHED, images, [10, 50, 200], batch_size=8,
+                              solvers=("ddim", "bdia"))  # fmt: skip
+    mse = rows["ddim"]
     assert list(mse) == [10, 50, 200]
     assert mse[10] > mse[50] > mse[200] > 0
     assert mse[200] < 1e-3
-    experiments.write_table2(mse, tmp_path, {"n": 16})
-    assert (tmp_path / "table2.md").read_text().startswith("| S | 10 | 50 | 200 |")
-    assert json.loads((tmp_path / "table2.json").read_text())["mse"]["10"] == mse[10]
+    assert all(rows["ddim, clamped"][s] <= mse[s] for s in mse)  # the images lie in [-1, 1]
+    assert max(rows["bdia"].values()) < 1e-9  # float32 rounding: exact
+    experiments.write_table2(rows, tmp_path, {"n": 16})
+    table = (tmp_path / "table2.md").read_text()
+    assert table.startswith("| S | 10 | 50 | 200 |") and "\n| bdia, clamped | " in table
+    assert json.loads((tmp_path / "table2.json").read_text())["mse"]["ddim"]["10"] == mse[10]
 
 
 def test_consistency_figure(tmp_path):

@@ -140,14 +140,17 @@ def write_fd_grid(
     return [md, js, png]
 
 
-def mse_markdown(mse: Mapping[int, float]) -> str:
-    """Table 2's layout: one column per ``S``, the per-dimension MSE below."""
-    steps = sorted(mse)
+def mse_markdown(rows: Mapping[str, Mapping[int, float]]) -> str:
+    """Table 2's layout: one column per ``S``, one row of per-dimension MSE per encoding and
+    reading (``ddim``, ``ddim, clamped``, ``bdia``, ...); a cell a row lacks is blank."""
+    steps = sorted({s for row in rows.values() for s in row})
+    cell = lambda row, s: f"{row[s]:.4g}" if s in row else ""  # noqa: E731
     return (
         "| S | " + " | ".join(str(s) for s in steps) + " |\n"
         "|---|" + "---:|" * len(steps) + "\n"
-        "| MSE | " + " | ".join(f"{mse[s]:.4g}" for s in steps) + " |\n"
-    )
+        + "".join(f"| {label} | " + " | ".join(cell(row, s) for s in steps) + " |\n"
+                  for label, row in rows.items())
+    )  # fmt: skip
 
 
 # What makes two runs' cells comparable: the model, the features and reference, n and the
@@ -159,13 +162,13 @@ _SAME_TABLE2 = ("ckpt", "data", "n", "spacing")
 
 def merge_results(
     results: Mapping[str, Mapping[str, Any]],
-) -> tuple[str, list[Row] | dict[int, float], dict[str, Any]]:
+) -> tuple[str, list[Row] | dict[str, dict[int, float]], dict[str, Any]]:
     """Join the ``table1.json`` (or ``table2.json``) contents of separate runs into one table.
 
     ``results`` maps a name (the file) to its parsed JSON. Each run contributes its cells;
     the runs must agree on everything that makes cells comparable (for Table 1: checkpoint,
     features, reference, ``n``, seed and spacing) and no cell may come from two runs.
-    Returns ``("table1", rows, meta)`` or ``("table2", mse, meta)``.
+    Returns ``("table1", rows, meta)`` or ``("table2", rows, meta)`` (MSE by label and S).
     """
     if not results:
         raise ValueError("nothing to merge")
@@ -186,7 +189,10 @@ def merge_results(
             merged[key], source[key] = cell, name
     if kind == "table1":
         return kind, _in_table_order(list(merged.values())), meta
-    return kind, {s: v for (_, s), v in sorted(merged.items())}, meta
+    rows: dict[str, dict[int, float]] = {}
+    for (label, s), v in sorted(merged.items(), key=lambda kv: kv[0][1]):
+        rows.setdefault(label, {})[s] = v
+    return kind, rows, meta
 
 
 def _cells(kind: str, doc: Mapping[str, Any]) -> dict[tuple[str, int], Any]:
@@ -194,7 +200,17 @@ def _cells(kind: str, doc: Mapping[str, Any]) -> dict[tuple[str, int], Any]:
     if kind == "table1":
         rows = [Row(**{k: r[k] for k in Row.__dataclass_fields__}) for r in doc["rows"]]
         return {(r.label, r.steps): r for r in rows}
-    return {("MSE", int(s)): float(v) for s, v in doc["mse"].items()}
+    return {(label, int(s)): float(v) for label, row in table2_rows(doc).items()
+            for s, v in row.items()}  # fmt: skip
+
+
+def table2_rows(doc: Mapping[str, Any]) -> dict[str, dict[str, float]]:
+    """A ``table2.json``'s rows by label; a file from before the rows (``mse`` holding one
+    unclamped DDIM row by ``S``) reads as the row ``ddim``."""
+    mse = doc["mse"]
+    if all(isinstance(v, Mapping) for v in mse.values()):
+        return {label: dict(row) for label, row in mse.items()}
+    return {"ddim": dict(mse)}
 
 
 def _kind(name: str, doc: Mapping[str, Any]) -> str:
