@@ -235,3 +235,18 @@ def test_exact_encoding_from_the_command_line(ckpts, tmp_path, solver) -> None:
     bad = run("encode", ckpts["images"], "--ckpt", ckpts["plain"], "--solver", "dpmpp-2m",
               "--out", tmp_path / "x.npz")  # fmt: skip
     assert bad.exit_code == 2 and "'dpmpp-2m' is not one of 'ddim', 'edict', 'bdia'" in bad.output
+
+
+def test_interpolate_between_images_encoded_exactly(ckpts, tmp_path) -> None:
+    """ddim interpolate --images A B --solver bdia: the strip's ends are the images."""
+    first, second = tmp_path / "a.png", tmp_path / "b.png"
+    x = inputs(ckpts)
+    images.save_png(first, x[:1])
+    images.save_png(second, x[1:2])
+    out = tmp_path / "strip.png"
+    ok("interpolate", "--images", first, second, "--ckpt", ckpts["plain"], "--steps", 5,
+       "--frames", 3, "--solver", "bdia", "--out", out)  # fmt: skip
+    strip = np.asarray(Image.open(out))
+    a = np.asarray(Image.open(first))
+    assert np.array_equal(strip[2:10, 2:10], a)  # the first frame is image a, to the pixel
+    assert np.array_equal(strip[2:10, 22:30], np.asarray(Image.open(second)))  # the last: b

@@ -143,3 +143,17 @@ def test_a_coupled_latent_saves_and_loads_with_its_solver(tmp_path, suffix) -> N
     plain = ddim.invert(ORACLE.marginal, X0[:4], SCHED, steps=8)
     save_latents(tmp_path / f"p{suffix}", plain, list("abcd"))
     assert isinstance(load_latents(tmp_path / f"p{suffix}")[0], torch.Tensor)
+
+
+def test_interpolating_coupled_latents_half_by_half_keeps_the_ends_exact() -> None:
+    """Both halves are slerped with the same weights: the first and last frames decode to
+    the two images to rounding; the frames between are new points."""
+    from ddim.workflows import decode, encode, interpolation_latents
+
+    options = ddim.SamplerOptions(steps=8, solver="bdia")
+    corners = encode(ORACLE.marginal, SCHED, X0[:2], options=options)
+    latents = interpolation_latents(corners, 5)
+    assert isinstance(latents, CoupledLatent) and latents.shape[0] == 5
+    frames = decode(ORACLE.marginal, SCHED, latents, options=options)
+    assert (frames[0] - X0[0]).abs().max() < 1e-12 and (frames[4] - X0[1]).abs().max() < 1e-12
+    assert (frames[2] - X0[0]).abs().max() > 0.1 and (frames[2] - X0[1]).abs().max() > 0.1

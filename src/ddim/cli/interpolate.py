@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from ddim.cli import common, options
+from ddim.cli.encode import Encoding, encoding_options
 from ddim.cli.options import count_option, out_option
 
 SEED = click.IntRange(0, options.MAX_SEED)
@@ -44,6 +45,7 @@ IMAGE = click.Path(exists=True, dir_okay=False)
 )
 @click.option("--gif", default=None, metavar="PATH.gif", help="also write the strip as a GIF")
 @options.steps_option
+@encoding_options
 @options.model_options
 @options.force_option
 def interpolate_command(
@@ -54,10 +56,13 @@ def interpolate_command(
     out: str,
     gif: str | None,
     steps: int,
+    encoding: Encoding,
     force: bool,
     run: options.ModelRun,
 ) -> None:
-    """Interpolate spherically between latents x_T and decode with DDIM (eta = 0)."""
+    """Interpolate spherically between latents x_T and decode with DDIM (eta = 0), or with
+    --solver edict or bdia (images are then encoded exactly, and both halves of their
+    latents are slerped with the same weights)."""
     from ddim import workflows
     from ddim.formats import images
     from ddim.noise import seeded_latents
@@ -81,7 +86,7 @@ def interpolate_command(
     shape = options.image_shape(model)
     ends = [item for pair in pairs for item in pair]
     n = frames * frames if grid else frames
-    sampler = run.sampler(steps)
+    sampler = run.sampler(steps, **encoding.fields())
     total = options.progress_ticks(schedule, sampler, n, run.batch_size)
     if image_pairs:
         total += options.progress_ticks(schedule, sampler, len(ends), run.batch_size)

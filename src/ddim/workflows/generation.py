@@ -14,6 +14,7 @@ import torch
 
 from ddim.guidance import Classifier
 from ddim.interpolate import slerp, slerp_grid
+from ddim.latent import CoupledLatent
 from ddim.noise import seeded_latents
 from ddim.sampler_options import DEFAULTS
 from ddim.sampling import Callback, Model, SamplerOptions, Trajectory
@@ -96,13 +97,19 @@ def decode(
     )  # fmt: skip
 
 
-def interpolation_latents(corners: torch.Tensor, frames: int) -> torch.Tensor:
+def interpolation_latents(
+    corners: torch.Tensor | CoupledLatent, frames: int
+) -> torch.Tensor | CoupledLatent:
     """Latents to decode for an interpolation, flattened into one batch.
 
     Two corners give ``frames`` slerps from the first to the second; four (top-left,
     top-right, bottom-left, bottom-right) give the paper's ``frames x frames`` grid, row by
-    row (:func:`ddim.slerp_grid`).
+    row (:func:`ddim.slerp_grid`). An exact solver's latents are interpolated half by half
+    with the same weights (what that means: :mod:`ddim.latent`).
     """
+    if isinstance(corners, CoupledLatent):
+        first = interpolation_latents(corners.first, frames)
+        return CoupledLatent(corners.solver, first, interpolation_latents(corners.second, frames))
     if frames < 2:
         raise ValueError(f"an interpolation needs at least 2 frames, got {frames}")
     if corners.shape[0] == 2:
