@@ -576,3 +576,23 @@ def test_a_500_leaves_a_keep_alive_connection_usable(ckpts, monkeypatch) -> None
                 assert chunk, answers  # the connection was not closed after the 500
                 answers += chunk
         assert answers.startswith(b"HTTP/1.1 500") and b"secret" not in answers
+
+
+def test_a_distilled_student_is_served_with_its_own_plan(ckpts, tmp_path) -> None:
+    """The page's steps default to the student's own, which run its own timesteps, as
+    ``ddim sample --ckpt STUDENT`` does (the same grid, byte for byte)."""
+    from ddim.formats.checkpoint import load_checkpoint, save_weights
+
+    teacher = load_checkpoint(ckpts["plain"])
+    config = {**teacher.model_config.to_dict(), "prediction": "v", "sampling_plan": [99, 49]}
+    path = tmp_path / "student.safetensors"
+    save_weights(path, None, teacher.ema_state, model_config=config, schedule=teacher.schedule,
+                 data_shape=teacher.data_shape, step=0)  # fmt: skip
+    client = TestClient(create_app(served(str(path)), allowed_hosts=("testserver",)))
+    info = client.get("/api/info").json()
+    assert info["sampling_plan"] == [99, 49] and info["defaults"]["sample"]["steps"] == 2
+    got = result(client, "sample", {"n": 2, "seed": 1})
+    assert got["model_calls"] == 2
+    out = tmp_path / "cli.png"
+    ok("sample", "--ckpt", path, "-n", 2, "--seed", 1, "--out", out)
+    assert png_of(got["image"]) == out.read_bytes()

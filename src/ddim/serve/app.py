@@ -31,6 +31,7 @@ from ddim.exits import one_line
 from ddim.guidance import num_classes
 from ddim.names import INPAINT_METHODS, NAMED_MASKS
 from ddim.precision import choose
+from ddim.sampling import own_plan
 from ddim.serve import requests, work
 from ddim.serve.guard import Guard
 from ddim.serve.requests import BadRequest, Limits, ModelFacts
@@ -67,7 +68,9 @@ JOBS: dict[str, tuple[Parse, MakeJob]] = {
 
 def facts_of(served: Served) -> ModelFacts:
     c, size, _ = served.shape
-    return ModelFacts(num_classes(served.model), served.schedule.num_timesteps, c, size)
+    plan = own_plan(served.model)
+    return ModelFacts(num_classes(served.model), served.schedule.num_timesteps, c, size,
+                      None if plan is None else len(plan))  # fmt: skip
 
 
 def create_app(
@@ -108,7 +111,8 @@ def create_app(
             "solvers": {name: f.min_steps for name, f in FACTS.items()},
             "inpaint_methods": list(INPAINT_METHODS),
             "encoding_solvers": list(requests.ROUTES["reconstruct"].solvers or ()),
-            "defaults": {route: requests.route_defaults(route) for route in JOBS},
+            "defaults": {route: requests.route_defaults(route, facts) for route in JOBS},
+            "sampling_plan": facts.plan_steps and list(own_plan(served.model) or ()),
             "named_masks": list(NAMED_MASKS),
             "limits": vars(limits),
             "device": str(served.device),

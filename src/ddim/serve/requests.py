@@ -50,12 +50,14 @@ class Limits:
 
 @dataclass(frozen=True)
 class ModelFacts:
-    """What the served model takes: its classes (0 if unconditional), timesteps and images."""
+    """What the served model takes: its classes (0 if unconditional), timesteps and images,
+    and a distilled student's own number of steps (``None`` for other models)."""
 
     num_classes: int
     num_timesteps: int
     channels: int
     image_size: int
+    plan_steps: int | None = None
 
 
 @dataclass(frozen=True)
@@ -147,12 +149,15 @@ ROUTES: dict[str, RouteFields] = {
 }  # fmt: skip
 
 
-def route_defaults(route: str) -> dict[str, Any]:
-    """The defaults of every field of ``route`` (``None``: none, or required)."""
+def route_defaults(route: str, facts: ModelFacts | None = None) -> dict[str, Any]:
+    """The defaults of every field of ``route`` (``None``: none, or required); for a
+    distilled student, its own number of steps (as ``ddim sample`` does)."""
     fields = ROUTES[route]
     run = {name: default_of(name) for name in fields.run}
     if fields.steps is not None:
         run["steps"] = fields.steps
+    if facts is not None and facts.plan_steps is not None and "steps" in run:
+        run["steps"] = facts.plan_steps
     return {**run, **fields.own}
 
 
@@ -169,7 +174,7 @@ class Parser:
                 f"{', '.join(sorted(takes))})"
             )
         self.body, self.facts, self.limits = body, facts, limits
-        self.defaults = route_defaults(route)
+        self.defaults = route_defaults(route, facts)
         self.solvers = ROUTES[route].solvers
 
     def run(self, name: str) -> Any:

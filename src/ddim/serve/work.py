@@ -23,7 +23,7 @@ from ddim.guidance import balanced_labels, num_classes
 from ddim.inpaint import inpaint, inpaint_moves
 from ddim.latent import CoupledLatent
 from ddim.noise import seeded_latents
-from ddim.sampling import Callback, SamplerOptions, model_calls
+from ddim.sampling import Callback, SamplerOptions, model_calls, own_plan
 from ddim.schedule import NoiseSchedule
 from ddim.serve.requests import (
     ClassRequest,
@@ -55,7 +55,11 @@ class Served:
         return (config.in_channels, config.image_size, config.image_size)
 
     def sampler(self, steps: int, guidance: float | None = None, **more: Any) -> SamplerOptions:
-        return SamplerOptions(steps=steps, precision=self.precision, guidance=guidance, **more)
+        """The run of ``steps`` steps; for a distilled student asked for its own number of
+        steps, its own timesteps (as ``ddim sample`` runs it)."""
+        plan = own_plan(self.model)
+        run: int | tuple[int, ...] = plan if plan is not None and steps == len(plan) else steps
+        return SamplerOptions(steps=run, precision=self.precision, guidance=guidance, **more)
 
     def labels(self, guide: ClassRequest, n: int) -> torch.Tensor | None:
         return None if guide.label is None else torch.full((n,), guide.label, device=self.device)
