@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -217,12 +217,20 @@ def load_config(
     path: str | os.PathLike[str], overrides: list[str] | tuple[str, ...] = ()
 ) -> TrainConfig:
     """Read a YAML config and apply ``key.sub=value`` overrides (values parsed as YAML)."""
+    return config_from_dict(read_sections(path, overrides, _SECTIONS), source=str(path))
+
+
+def read_sections(
+    path: str | os.PathLike[str], overrides: Sequence[str], sections: Mapping[str, type]
+) -> dict[str, Any]:
+    """The mapping of sections a YAML config file holds, with ``key.sub=value`` overrides
+    (into ``sections``) applied: what a config class is then built from."""
     raw = read_yaml(path)
     if not isinstance(raw, dict):
         raise ValueError(f"config {path} must be a mapping of sections, got {type(raw).__name__}")
     for item in overrides:
-        apply_override(raw, item)
-    return config_from_dict(raw, source=str(path))
+        apply_override(raw, item, sections)
+    return raw
 
 
 def apply_override(

@@ -24,11 +24,11 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from ddim.formats.config_file import build_section, read_yaml
+from ddim.formats.config_file import build_section
 from ddim.formats.datasets import DataConfig
 from ddim.names import PREDICTIONS
 from ddim.schedule import DiffusionConfig
-from ddim.train.config import TrainingConfig, apply_override
+from ddim.train.config import TrainingConfig, read_sections
 
 
 @dataclass(frozen=True)
@@ -107,12 +107,7 @@ def load_distill_config(
     path: str | os.PathLike[str], overrides: list[str] | tuple[str, ...] = ()
 ) -> DistillConfig:
     """Read a YAML distillation config and apply ``key.sub=value`` overrides."""
-    raw = read_yaml(path)
-    if not isinstance(raw, dict):
-        raise ValueError(f"config {path} must be a mapping of sections, got {type(raw).__name__}")
-    for item in overrides:
-        apply_override(raw, item, _SECTIONS)
-    return distill_config_from_dict(raw, source=str(path))
+    return distill_config_from_dict(read_sections(path, overrides, _SECTIONS), source=str(path))
 
 
 def distill_config_from_dict(raw: dict[str, Any], source: str = "config") -> DistillConfig:
