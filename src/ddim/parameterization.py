@@ -75,7 +75,14 @@ def coefficients(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``alpha_t = sqrt(alpha_bar_t)`` and ``sigma_t = sqrt(1 - alpha_bar_t)`` per row of the
     LongTensor ``t``, computed in float64 and shaped to broadcast against ``like``."""
-    a = sched.alpha_bar.to(t.device)[t].view(-1, *([1] * (like.ndim - 1)))
+    return coefficients_of(sched.alpha_bar.to(t.device), t, like)
+
+
+def coefficients_of(
+    alpha_bar: torch.Tensor, t: torch.Tensor, like: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`coefficients` from a schedule's ``alpha_bar`` table already on ``t``'s device."""
+    a = alpha_bar[t].view(-1, *([1] * (like.ndim - 1)))
     return a.sqrt().to(like.dtype), (1 - a).sqrt().to(like.dtype)
 
 
@@ -85,10 +92,13 @@ class _EpsView:
     def __init__(self, model: Model, sched: NoiseSchedule, prediction: str) -> None:
         self.model, self.sched, self.prediction = model, sched, prediction
         self.config = getattr(model, "config", None)
+        self.alpha_bar: dict[torch.device, torch.Tensor] = {}  # the table per device, once
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, *y: torch.Tensor) -> torch.Tensor:
         out = self.model(x, t, *y)
-        alpha, sigma = coefficients(self.sched, t, out)
+        if t.device not in self.alpha_bar:
+            self.alpha_bar[t.device] = self.sched.alpha_bar.to(t.device)
+        alpha, sigma = coefficients_of(self.alpha_bar[t.device], t, out)
         return to_pair(out, x.to(out.dtype), alpha, sigma, self.prediction)[0]
 
     def __getattr__(self, name: str) -> Any:
