@@ -10,7 +10,7 @@ import yaml
 from test_training import TINY
 
 from ddim.formats.checkpoint import CheckpointError, load_checkpoint, save_weights
-from ddim.formats.datasets import DataConfig, load_dataset, load_labelled_dataset
+from ddim.formats.datasets import DataConfig, load_dataset, load_labelled_dataset, open_image_set
 from ddim.models.unet import UNet, UNetConfig
 from ddim.schedule import NoiseSchedule
 from ddim.train import loop
@@ -95,24 +95,26 @@ def test_the_digits_carry_their_labels_and_other_kinds_need_them():
     assert x.shape == (1797, 1, 8, 8) and y[:10].tolist() == list(range(10))
     with pytest.raises(ValueError, match="needs labels: set data.labels"):
         load_labelled_dataset(DataConfig(kind="npz", image_size=8, channels=1, path="a.npz"), 10)
-    with pytest.raises(ValueError, match="labels applies only to kinds mnist, npz"):
-        DataConfig(kind="folder", image_size=8, channels=1, path="a", labels="b")
+    with pytest.raises(ValueError, match="labels applies only to kinds folder, mnist, npz"):
+        DataConfig(kind="cifar10", image_size=8, channels=1, path="a", labels="b")
 
 
 def test_label_dropout_replaces_a_seeded_share_of_labels_by_the_null_label():
     config = config_from_dict(conditional_config())
-    x, labels = load_labelled_dataset(config.data, 10)
-    order = DataOrder(len(x), 0)
-    drawn = [step_batch(x, order, s, config, 100, labels) for s in range(1, 401)]
+    images, _ = open_image_set(config.data, 10)
+    labels = images.labels
+    order = DataOrder(len(images), 0)
+    drawn = [step_batch(images, order, s, config, 100) for s in range(1, 401)]
     y = torch.cat([d[3] for d in drawn])
     truth = torch.cat([labels[order.indices((s - 1) * 8, 8)] for s in range(1, 401)])
     null = y == 10
     assert torch.equal(y[~null], truth[~null])  # kept labels are the images' own
     share = null.double().mean().item()  # 3,200 draws: std of the share 0.0077
     assert abs(share - 0.25) < 0.03
-    again = step_batch(x, order, 7, config, 100, labels)
+    again = step_batch(images, order, 7, config, 100)
     assert all(torch.equal(a, b) for a, b in zip(again, drawn[6], strict=True))
-    plain = step_batch(x, order, 7, config, 100)  # the images, t and noise do not move
+    unlabelled = open_image_set(config.data)[0]  # the images, t and noise do not move
+    plain = step_batch(unlabelled, order, 7, config, 100)
     assert all(torch.equal(a, b) for a, b in zip(plain[:3], drawn[6][:3], strict=True))
 
 

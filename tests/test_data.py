@@ -15,14 +15,12 @@ import pytest
 import torch
 from PIL import Image
 
+from ddim.formats.archives import load_cifar10, load_mnist, load_npz
 from ddim.formats.datasets import (
     DataConfig,
-    load_cifar10,
     load_dataset,
     load_digits,
     load_image_folder,
-    load_mnist,
-    load_npz,
     random_flip,
 )
 
@@ -350,6 +348,9 @@ def test_data_config_round_trip(tmp_path):
         "start": None,
         "stop": 9000,
         "labels": None,
+        "preprocess": "center-crop",
+        "strict": False,
+        "workers": "auto",
         "key": None,
     }
 
@@ -357,7 +358,7 @@ def test_data_config_round_trip(tmp_path):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"kind": "svhn", "path": "x"}, "kind must be one of folder, mnist"),
+        ({"kind": "svhn", "path": "x"}, "kind must be one of folder, packed, mnist"),
         ({"kind": "mnist"}, "kind 'mnist' needs a path"),
         ({"kind": "digits", "path": "x"}, "kind 'digits' takes no path"),
         ({"kind": "mnist", "path": "x", "image_size": 0}, "image_size must be positive"),
@@ -366,6 +367,15 @@ def test_data_config_round_trip(tmp_path):
         ({"kind": "mnist", "path": "x", "start": -1}, "start must be a non-negative"),
         ({"kind": "mnist", "path": "x", "start": 5, "stop": 5}, "start=5 must be below stop=5"),
         ({"kind": "mnist", "path": "x", "key": "a"}, "key applies only to kind 'npz'"),
+        (
+            {"kind": "folder", "path": "x", "labels": "y.npz"},
+            "labels of a folder must be 'folders'",
+        ),
+        ({"kind": "packed", "path": "x", "labels": "folders"}, "labels applies only to kinds"),
+        ({"kind": "folder", "path": "x", "preprocess": "crop"}, "preprocess must be one of"),
+        ({"kind": "folder", "path": "x", "strict": 1}, "strict must be a bool"),
+        ({"kind": "folder", "path": "x", "workers": -1}, "workers must be 'auto' or a non-neg"),
+        ({"kind": "folder", "path": "x", "workers": "many"}, "workers must be 'auto' or a non"),
     ],
 )
 def test_data_config_rejects_bad_values(kwargs, message):

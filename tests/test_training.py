@@ -19,6 +19,7 @@ import yaml
 from PIL import Image
 
 from ddim.formats.checkpoint import load_checkpoint, load_pretrained
+from ddim.formats.image_sets import ArraySet
 from ddim.models.unet import UNet
 from ddim.train import __main__ as train_cli
 from ddim.train.batches import DataOrder, sample_timesteps, step_batch
@@ -299,7 +300,7 @@ def test_data_order_is_a_fresh_permutation_per_epoch_from_any_position():
 
 def test_step_batch_depends_only_on_seed_and_step():
     config = load_config_dict()
-    data = torch.linspace(-1, 1, 50 * 64).reshape(50, 1, 8, 8)
+    data = ArraySet(torch.linspace(-1, 1, 50 * 64).reshape(50, 1, 8, 8), "ramp")
     a = step_batch(data, DataOrder(50, 0), 7, config, 100)
     b = step_batch(data, DataOrder(50, 0), 7, config, 100)
     c = step_batch(data, DataOrder(50, 0), 8, config, 100)

@@ -43,9 +43,11 @@ NOISE_LEVEL_SPACINGS = ("logsnr", "karras")
 WEIGHTS = ("ema", "model")
 #: Training data kinds (``data.kind``), the kinds that take ``data.labels``, and the loss
 #: weightings across t (``training.loss_weighting``).
-DATA_KINDS = ("folder", "mnist", "cifar10", "npz", "digits")
-LABELLED_KINDS = ("mnist", "npz")
+DATA_KINDS = ("folder", "packed", "mnist", "cifar10", "npz", "digits")
+LABELLED_KINDS = ("folder", "mnist", "npz")
 LOSS_WEIGHTINGS = ("simple", "min-snr")
+#: How a folder's images become squares (``data.preprocess``, ``ddim.formats.preprocess``).
+PREPROCESSINGS = ("center-crop", "resize-crop", "celeba")
 #: How the known pixels steer inpainting (``ddim.inpaint``), and the named masks, each after
 #: the region it fills (``ddim.formats.masks``).
 INPAINT_METHODS = ("replace", "repaint", "dps", "ddnm")

@@ -1,5 +1,5 @@
 """The ``ddim`` command: ``ddim sample``, ``encode``, ``reconstruct``, ``interpolate``,
-``edit``, ``inpaint``, ``translate``, ``train``, ``distill``, ``convert``, ``info``,
+``edit``, ``inpaint``, ``translate``, ``train``, ``distill``, ``data``, ``convert``, ``info``,
 ``serve`` and ``eval`` (``ddim COMMAND --help`` for each)."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import click
 from ddim import __version__
 from ddim.cli.common import DdimGroup
 from ddim.cli.convert import convert_command
+from ddim.cli.data import data_group
 from ddim.cli.distill import distill_command
 from ddim.cli.edit import edit_command, inpaint_command, translate_command
 from ddim.cli.encode import encode_command, reconstruct_command
@@ -40,6 +41,7 @@ for command in (
     translate_command,
     train_command,
     distill_command,
+    data_group,
     convert_command,
     info_command,
     serve_command,

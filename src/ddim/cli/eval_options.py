@@ -142,7 +142,7 @@ def reference_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 def load_images(path: str, part: slice, shape: tuple[int, int, int]) -> torch.Tensor:
     """An MNIST idx3 file (``*idx3-ubyte[.gz]``) or any images ``read_images`` takes, sliced."""
-    from ddim.formats.datasets import load_mnist
+    from ddim.formats.archives import load_mnist
     from ddim.formats.images import read_images
 
     if "idx3-ubyte" in Path(path).name:

@@ -1,8 +1,9 @@
 """The file formats of the classic image data sets, read without executing code.
 
 MNIST's idx files (raw or gzip), CIFAR-10's python batches (unpickled with only numpy
-arrays allowed) and ``.npz``/``.npy`` arrays of images, each as float32 ``(N, C, H, W)``
-in ``[-1, 1]``.
+arrays allowed) and ``.npz``/``.npy`` arrays of images. The ``read_*`` functions keep the
+bytes (uint8 ``(N, C, H, W)``, the form a training set holds); the ``load_*`` ones give
+float32 in ``[-1, 1]``.
 """
 
 from __future__ import annotations
@@ -77,7 +78,12 @@ def read_idx(path: PathLike, what: str, magic: int, ndim: int) -> tuple[list[int
 
 
 def load_mnist(path: PathLike) -> Tensor:
-    """An idx3-ubyte images file (raw or gzip-compressed): ``(N, 1, rows, cols)``."""
+    """An idx3-ubyte images file (raw or gzip-compressed): float ``(N, 1, rows, cols)``."""
+    return uint8_to_tensor(read_mnist(path))
+
+
+def read_mnist(path: PathLike) -> np.ndarray:
+    """An idx3-ubyte images file (raw or gzip-compressed): uint8 ``(N, 1, rows, cols)``."""
     (n, rows, cols), raw = read_idx(path, "MNIST file", MNIST_MAGIC, 3)
     if n == 0 or rows == 0 or cols == 0:
         raise ValueError(f"MNIST file {path} holds no images ({n} x {rows} x {cols})")
@@ -85,8 +91,7 @@ def load_mnist(path: PathLike) -> Tensor:
     if len(raw) != expected:
         problem = "truncated" if len(raw) < expected else "longer than its header says"
         raise ValueError(f"MNIST file {path} is {problem}: {len(raw)} bytes, expected {expected}")
-    images = np.frombuffer(raw, dtype=np.uint8, offset=16).reshape(n, 1, rows, cols)
-    return uint8_to_tensor(images)
+    return np.frombuffer(raw, dtype=np.uint8, offset=16).reshape(n, 1, rows, cols)
 
 
 # ---------------------------------------------------------------- CIFAR-10 batches
@@ -142,7 +147,12 @@ def _load_cifar_batch(file: Path) -> np.ndarray:
 
 
 def load_cifar10(path: PathLike, split: str = "train") -> Tensor:
-    """CIFAR-10 python batches: ``(N, 3, 32, 32)``.
+    """:func:`read_cifar10` as float32 in ``[-1, 1]``."""
+    return uint8_to_tensor(read_cifar10(path, split))
+
+
+def read_cifar10(path: PathLike, split: str = "train") -> np.ndarray:
+    """CIFAR-10 python batches: uint8 ``(N, 3, 32, 32)``.
 
     ``path`` is either one batch file, or the ``cifar-10-batches-py`` directory, from which
     ``split="train"`` reads ``data_batch_1`` .. ``data_batch_5`` and ``split="test"`` reads
@@ -157,7 +167,7 @@ def load_cifar10(path: PathLike, split: str = "train") -> Tensor:
         files = [root / name for name in CIFAR_SPLITS[split]]
     else:
         files = [root]
-    return uint8_to_tensor(np.concatenate([_load_cifar_batch(f) for f in files]))
+    return np.concatenate([_load_cifar_batch(f) for f in files])
 
 
 # ---------------------------------------------------------------- npz arrays
@@ -239,7 +249,14 @@ def _check_npy_header(f: IO[bytes], size: int, what: str) -> None:
 
 
 def load_npz(path: PathLike, key: str | None = None) -> Tensor:
-    """An image array from an ``.npz`` (or ``.npy``) file: ``(N, C, H, W)``.
+    """:func:`read_npz` as float32 in ``[-1, 1]``."""
+    array = read_npz(path, key)
+    return array.to(torch.float32).div_(127.5).sub_(1.0) if array.dtype == torch.uint8 else array
+
+
+def read_npz(path: PathLike, key: str | None = None) -> Tensor:
+    """An image array from an ``.npz`` (or ``.npy``) file: ``(N, C, H, W)``, uint8 for
+    integer arrays, float32 for float ones.
 
     Accepted layouts are ``(N, H, W)``, ``(N, H, W, C)`` and ``(N, C, H, W)`` with C = 1
     or 3. Values: unsigned/signed integers must lie in ``0..255`` and map to ``[-1, 1]``
@@ -274,7 +291,7 @@ def load_npz(path: PathLike, key: str | None = None) -> Tensor:
     if np.issubdtype(array.dtype, np.integer):
         if array.size and (array.min() < 0 or array.max() > 255):
             raise ValueError(f"integer array in {file} has values outside 0..255")
-        return uint8_to_tensor(array.astype(np.uint8))
+        return torch.from_numpy(np.ascontiguousarray(array, dtype=np.uint8))
     if np.issubdtype(array.dtype, np.floating):
         if not np.isfinite(array).all() or array.min() < -1.0 or array.max() > 1.0:
             raise ValueError(f"float array in {file} must lie in [-1, 1] with no NaN or inf")

@@ -53,7 +53,19 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        return _coerce(value, next(a for a in args if a is not type(None)), key, source)
+        kinds = [a for a in args if a is not type(None)]
+        for kind in kinds[:-1]:
+            try:
+                return _coerce(value, kind, key, source)
+            except ValueError:
+                continue
+        try:
+            return _coerce(value, kinds[-1], key, source)
+        except ValueError:
+            if len(kinds) == 1:
+                raise
+        names = " or ".join(k.__name__ for k in kinds)
+        raise ValueError(f"config key {key!r} in {source} must be {names}, got {value!r}")
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise ValueError(f"config key {key!r} in {source} must be a list, got {value!r}")

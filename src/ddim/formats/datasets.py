@@ -1,76 +1,66 @@
-"""Image data sets as float32 tensors ``(N, C, H, W)`` scaled to ``[-1, 1]``.
+"""Training data sets: which one a config names, opened as an :class:`ImageSet`.
 
-Every loader returns the whole set in memory: image folders, MNIST idx files, CIFAR-10
-python batches, ``.npz`` arrays and scikit-learn's bundled 8x8 digits. A
-:class:`DataConfig` names one of them, and :func:`load_dataset` loads it, takes the
-configured index slice and checks the image shape.
+A :class:`DataConfig` names an image folder (read lazily), a packed set
+(:mod:`ddim.formats.packed`), MNIST idx files, CIFAR-10 python batches, an ``.npz`` array
+or scikit-learn's bundled 8x8 digits. :func:`open_image_set` opens it as uint8 images
+(the small sets in memory, the folders and packs image by image), takes the configured
+index slice and checks the image shape; :func:`load_dataset` gives the whole set as
+float32 ``(N, C, H, W)`` in ``[-1, 1]`` for the small uses that want it at once.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import Tensor
 
 from ddim.checks import dataclass_kwargs, is_int
 from ddim.formats.archives import (
-    load_cifar10,
-    load_mnist,
     load_mnist_labels,
-    load_npz,
     load_npz_labels,
-    uint8_to_tensor,
+    read_cifar10,
+    read_mnist,
+    read_npz,
 )
-from ddim.formats.images import IMAGE_EXTENSIONS, find_files, opened_image
-from ddim.names import DATA_KINDS, LABELLED_KINDS
+from ddim.formats.image_sets import (
+    ArraySet,
+    FolderScan,
+    FolderSet,
+    ImageSet,
+    Reading,
+    scan_folder,
+    to_model_range,
+)
+from ddim.formats.packed import PackedSet
+from ddim.names import DATA_KINDS, LABELLED_KINDS, PREPROCESSINGS
 
 PathLike = str | os.PathLike
+#: ``data.labels`` of a folder: the class subfolders (torchvision's ``ImageFolder``).
+FOLDER_LABELS = "folders"
 
 
 # ---------------------------------------------------------------- image folders
 
 
-def _read_image(file: Path, image_size: int, mode: str) -> np.ndarray:
-    """One image as uint8 ``(H, W)`` or ``(H, W, 3)``: centre square crop, bicubic resize."""
-    with opened_image(file) as img:
-        img = img.convert(mode)
-    width, height = img.size
-    side = min(width, height)
-    left, top = (width - side) // 2, (height - side) // 2
-    img = img.crop((left, top, left + side, top + side))
-    if side != image_size:
-        img = img.resize((image_size, image_size), Image.BICUBIC)
-    return np.asarray(img, dtype=np.uint8)
-
-
 def load_image_folder(path: PathLike, image_size: int, channels: int) -> Tensor:
-    """Every .png/.jpg/.jpeg/.webp under ``path`` (recursive, sorted by relative path).
+    """Every .png/.jpg/.jpeg/.webp under ``path`` (recursive, sorted by relative path), as
+    float32 in ``[-1, 1]``; an unreadable file is an error.
 
     Images are converted to L (``channels=1``) or RGB (``channels=3``), centre-cropped to a
     square and resized with Pillow's bicubic filter to ``image_size``.
     """
-    root = Path(path)
-    if not root.is_dir():
-        raise ValueError(f"image folder {root} does not exist or is not a directory")
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
     if image_size < 1:
         raise ValueError(f"image_size must be positive, got {image_size}")
-    files = find_files(root, IMAGE_EXTENSIONS)
-    if not files:
-        raise ValueError(f"no {'/'.join(IMAGE_EXTENSIONS)} images found in folder {root}")
-    out = np.empty((len(files), image_size, image_size, channels), dtype=np.uint8)
-    mode = "L" if channels == 1 else "RGB"
-    for i, file in enumerate(files):
-        out[i] = _read_image(file, image_size, mode).reshape(image_size, image_size, channels)
-    return uint8_to_tensor(out.transpose(0, 3, 1, 2))
+    reading = Reading(image_size, channels, "center-crop")
+    images = FolderSet(scan_folder(path, reading, strict=True), reading)
+    return to_model_range(images.batch(torch.arange(len(images))))
 
 
 # ---------------------------------------------------------------- scikit-learn digits
@@ -108,14 +98,21 @@ def load_digits(image_size: int = 8) -> Tensor:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Which data set to load and how.
+    """Which data set to open and how.
 
-    ``kind`` is one of ``folder``, ``mnist``, ``cifar10``, ``npz``, ``digits`` (the only one
-    without a ``path``). ``start``/``stop`` slice the loaded images like ``x[start:stop]``
-    (the bundled MNIST model trains on ``[0, 9000)``); ``key`` picks the array of an npz.
-    ``labels`` says where the class labels are, for class-conditional training: the idx1
-    labels file for ``mnist``, the name of the integer array in the same file for ``npz``;
-    ``digits`` carries its labels and needs none.
+    ``kind`` is one of ``folder``, ``packed``, ``mnist``, ``cifar10``, ``npz``, ``digits``
+    (the only one without a ``path``). ``start``/``stop`` slice the images like
+    ``x[start:stop]`` (the bundled MNIST model trains on ``[0, 9000)``); ``key`` picks the
+    array of an npz. ``labels`` says where the class labels are, for class-conditional
+    training: ``folders`` (class subfolders) for ``folder``, the idx1 labels file for
+    ``mnist``, the name of the integer array in the same file for ``npz``; ``digits`` and a
+    pack made with labels carry their own and need none.
+
+    A folder's images are prepared as ``preprocess`` says (:mod:`ddim.formats.preprocess`);
+    a pack was prepared when it was made. ``strict`` makes an unreadable image in a folder
+    an error instead of a skipped file. ``workers`` is the number of processes that decode
+    a folder or pack during training (``"auto"``: chosen from the machine's cores; in-memory
+    kinds need none). ``random_flip`` mirrors images per training step.
     """
 
     kind: str
@@ -127,6 +124,9 @@ class DataConfig:
     stop: int | None = None
     key: str | None = None
     labels: str | None = None
+    preprocess: str = "center-crop"
+    strict: bool = False
+    workers: int | str = "auto"
 
     def __post_init__(self) -> None:
         if self.kind not in DATA_KINDS:
@@ -142,8 +142,9 @@ class DataConfig:
             raise ValueError(f"DataConfig.image_size must be positive, got {self.image_size!r}")
         if self.channels not in (1, 3) or not is_int(self.channels):
             raise ValueError(f"DataConfig.channels must be 1 or 3, got {self.channels!r}")
-        if not isinstance(self.random_flip, bool):
-            raise ValueError(f"DataConfig.random_flip must be a bool, got {self.random_flip!r}")
+        for name in ("random_flip", "strict"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"DataConfig.{name} must be a bool, got {getattr(self, name)!r}")
         for name in ("start", "stop"):
             value = getattr(self, name)
             if value is not None and (not is_int(value) or value < 0):
@@ -157,8 +158,22 @@ class DataConfig:
                 f"DataConfig.labels applies only to kinds {', '.join(LABELLED_KINDS)}, "
                 f"not {self.kind!r}"
             )
+        if self.kind == "folder" and self.labels not in (None, FOLDER_LABELS):
+            raise ValueError(
+                f"DataConfig.labels of a folder must be {FOLDER_LABELS!r} (class subfolders), "
+                f"got {self.labels!r}"
+            )
         if self.labels is not None:
             object.__setattr__(self, "labels", os.fspath(self.labels))
+        if self.preprocess not in PREPROCESSINGS:
+            raise ValueError(
+                f"DataConfig.preprocess must be one of {', '.join(PREPROCESSINGS)}: "
+                f"{self.preprocess!r}"
+            )
+        if self.workers != "auto" and (not is_int(self.workers) or self.workers < 0):
+            raise ValueError(
+                f"DataConfig.workers must be 'auto' or a non-negative integer, got {self.workers!r}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-friendly dict that :meth:`from_dict` reads back."""
@@ -169,81 +184,135 @@ class DataConfig:
         """Build a config from a dict; unknown or missing required keys are an error."""
         return cls(**dataclass_kwargs(cls, d, required=("kind", "image_size", "channels")))
 
+    @property
+    def reading(self) -> Reading:
+        """How a folder's images become pixels."""
+        return Reading(self.image_size, self.channels, self.preprocess)
 
-def _load(cfg: DataConfig) -> Tensor:
-    if cfg.kind == "folder":
-        return load_image_folder(cfg.path, cfg.image_size, cfg.channels)
+
+def decode_workers(cfg: DataConfig) -> int:
+    """The processes that decode ``cfg``'s images: none for the kinds held in memory; else
+    ``cfg.workers``, where ``"auto"`` is one per core but one (left to the training step),
+    at most 8, at least 1."""
+    if cfg.kind not in ("folder", "packed"):
+        return 0
+    if cfg.workers != "auto":
+        return int(cfg.workers)
+    return min(8, max(1, (os.cpu_count() or 1) - 1))
+
+
+def _in_memory(cfg: DataConfig) -> Tensor:
     if cfg.kind == "mnist":
-        return load_mnist(cfg.path)
+        return torch.from_numpy(np.require(read_mnist(cfg.path), requirements=["C", "W"]))
     if cfg.kind == "cifar10":
-        return load_cifar10(cfg.path)
+        return torch.from_numpy(read_cifar10(cfg.path))
     if cfg.kind == "npz":
-        return load_npz(cfg.path, cfg.key)
+        return read_npz(cfg.path, cfg.key)
     return load_digits(cfg.image_size)
 
 
-def load_dataset(cfg: DataConfig) -> Tensor:
-    """Load the configured data, slice ``[start:stop]`` and check ``(C, H, W)``."""
-    return _checked(cfg, _sliced(cfg, _load(cfg)))
-
-
-def load_labelled_dataset(cfg: DataConfig, num_classes: int) -> tuple[Tensor, Tensor]:
-    """The images of :func:`load_dataset` and their class labels, a LongTensor ``(N,)``
-    sliced alike and checked to lie in ``0 .. num_classes - 1``."""
-    if cfg.labels is None and cfg.kind != "digits":
+def open_image_set(
+    cfg: DataConfig, num_classes: int | None = None, *, workers: int = 0
+) -> tuple[ImageSet, FolderScan | None]:
+    """The configured images (with their labels when ``num_classes`` is given: a
+    conditional run), sliced and checked, and for a folder what its scan found. ``workers``
+    processes decode a folder's scan."""
+    scan = None
+    labelled = num_classes is not None
+    if labelled and cfg.labels is None and cfg.kind not in ("digits", "packed"):
         kinds = ", ".join(LABELLED_KINDS)
         raise ValueError(
             f"class-conditional training needs labels: set data.labels (kinds {kinds}) "
-            f"or use kind 'digits'"
+            f"or use kind 'digits' or a pack made with labels"
         )
-    x = _load(cfg)
+    if cfg.kind == "folder":
+        scan = scan_folder(cfg.path, cfg.reading, labelled=labelled, strict=cfg.strict,
+                           workers=workers)  # fmt: skip
+        images: ImageSet = FolderSet(scan, cfg.reading)
+    elif cfg.kind == "packed":
+        images = PackedSet(cfg.path)
+        if labelled and images.labels is None:
+            raise ValueError(
+                f"packed set {cfg.path} holds no labels; pack its folder again with --labels"
+            )
+    else:
+        x = _in_memory(cfg)
+        y = _labels(cfg, len(x)) if labelled else None
+        images = ArraySet(x, cfg.path or "scikit-learn digits", y)
+    images = _sliced(cfg, images)
+    _checked(cfg, images)
+    if labelled:
+        _check_labels(images, num_classes)
+    return images, scan
+
+
+def _labels(cfg: DataConfig, n: int) -> Tensor:
     if cfg.kind == "digits":
         y = load_digit_labels()
     elif cfg.kind == "mnist":
         y = load_mnist_labels(cfg.labels)
     else:
         y = load_npz_labels(cfg.path, cfg.labels)
-    if len(y) != len(x):
-        raise ValueError(
-            f"{cfg.labels} holds {len(y)} labels for the {len(x)} images of {cfg.path}"
-        )
-    y = _sliced(cfg, y)
+    if len(y) != n:
+        raise ValueError(f"{cfg.labels} holds {len(y)} labels for the {n} images of {cfg.path}")
+    return y
+
+
+def _check_labels(images: ImageSet, num_classes: int) -> None:
+    y = images.labels
     if len(y) and (int(y.min()) < 0 or int(y.max()) >= num_classes):
         raise ValueError(
-            f"the labels of {cfg.path or 'scikit-learn digits'} lie in "
-            f"{int(y.min())}..{int(y.max())}, outside 0..{num_classes - 1} "
-            f"(model.num_classes={num_classes})"
+            f"the labels of {images.source} lie in {int(y.min())}..{int(y.max())}, outside "
+            f"0..{num_classes - 1} (model.num_classes={num_classes})"
         )
-    return _checked(cfg, _sliced(cfg, x)), y.contiguous()
 
 
-def _sliced(cfg: DataConfig, x: Tensor) -> Tensor:
-    source = cfg.path if cfg.path is not None else "scikit-learn digits"
-    if cfg.stop is not None and cfg.stop > len(x):
-        raise ValueError(f"DataConfig.stop={cfg.stop} exceeds the {len(x)} images in {source}")
-    if cfg.start is not None and cfg.start >= len(x):
-        raise ValueError(f"DataConfig.start={cfg.start} is past the {len(x)} images in {source}")
-    return x[cfg.start : cfg.stop]
+def load_dataset(cfg: DataConfig) -> Tensor:
+    """The configured images, sliced and checked, as float32 in ``[-1, 1]`` all at once."""
+    images = open_image_set(cfg)[0]
+    return to_model_range(images.batch(torch.arange(len(images)))).contiguous()
 
 
-def _checked(cfg: DataConfig, x: Tensor) -> Tensor:
-    source = cfg.path if cfg.path is not None else "scikit-learn digits"
+def load_labelled_dataset(cfg: DataConfig, num_classes: int) -> tuple[Tensor, Tensor]:
+    """The images of :func:`load_dataset` and their class labels, a LongTensor ``(N,)``
+    checked to lie in ``0 .. num_classes - 1``."""
+    images = open_image_set(cfg, num_classes)[0]
+    x = to_model_range(images.batch(torch.arange(len(images)))).contiguous()
+    return x, images.labels.contiguous()
+
+
+def _sliced(cfg: DataConfig, images: ImageSet) -> ImageSet:
+    n = len(images)
+    if cfg.stop is not None and cfg.stop > n:
+        raise ValueError(f"DataConfig.stop={cfg.stop} exceeds the {n} images in {images.source}")
+    if cfg.start is not None and cfg.start >= n:
+        raise ValueError(f"DataConfig.start={cfg.start} is past the {n} images in {images.source}")
+    return images.sliced(cfg.start, cfg.stop)
+
+
+def _checked(cfg: DataConfig, images: ImageSet) -> None:
     expected = (cfg.channels, cfg.image_size, cfg.image_size)
-    if tuple(x.shape[1:]) != expected:
+    if tuple(images.shape) != expected:
         raise ValueError(
-            f"images in {source} have shape (C, H, W) = {tuple(x.shape[1:])}, "
+            f"images in {images.source} have shape (C, H, W) = {tuple(images.shape)}, "
             f"config expects {expected}"
         )
-    return x.contiguous()
+
+
+def flip_mask(n: int, generator: torch.Generator) -> Tensor:
+    """Which of ``n`` images to mirror: one uniform draw each on the generator's device,
+    ``< 1/2``; so the flips depend only on the generator state and ``n``."""
+    return torch.rand(n, generator=generator, device=generator.device) < 0.5
+
+
+def apply_flip(x: Tensor, mask: Tensor) -> Tensor:
+    """Mirror left-right the images of ``(B, C, H, W)`` ``x`` where ``mask`` is true."""
+    return torch.where(mask.to(x.device)[:, None, None, None], x.flip(-1), x)
 
 
 def random_flip(x: Tensor, generator: torch.Generator) -> Tensor:
-    """Mirror each image of ``x`` left-right with probability 1/2, drawn from ``generator``.
-
-    One uniform draw per image, made on the generator's device, so the flips depend only
-    on the generator state and the batch size.
-    """
+    """Mirror each image of ``x`` left-right with probability 1/2, drawn from ``generator``
+    (:func:`flip_mask`)."""
     if x.ndim != 4:
         raise ValueError(f"random_flip expects a (B, C, H, W) batch, got shape {tuple(x.shape)}")
-    flip = torch.rand(x.shape[0], generator=generator, device=generator.device) < 0.5
-    return torch.where(flip.to(x.device)[:, None, None, None], x.flip(-1), x)
+    return apply_flip(x, flip_mask(x.shape[0], generator))

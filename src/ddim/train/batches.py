@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from ddim.formats.datasets import random_flip
+from ddim.formats.datasets import apply_flip, flip_mask
+from ddim.formats.image_sets import ImageSet, to_model_range
 from ddim.train.config import TrainConfig
 
 # Stream tags that keep the seeds of different kinds of draws apart.
@@ -68,28 +70,61 @@ def sample_timesteps(n: int, T: int, generator: torch.Generator, antithetic: boo
     return torch.cat([t, T - 1 - t])[:n]
 
 
-def step_batch(
-    data: Tensor,
-    order: DataOrder,
-    step: int,
-    config: TrainConfig,
-    T: int,
-    labels: Tensor | None = None,
-) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-    """The global batch of ``step`` (from 1): ``x0``, ``t``, ``noise`` and, with ``labels``
-    (a conditional run), ``y``, each label replaced by the null label ``model.num_classes``
-    with probability ``training.label_dropout``; all on the CPU."""
+@dataclass(frozen=True)
+class Draws:
+    """The random draws of one global batch: timesteps, noise, which images to mirror
+    (None without ``data.random_flip``) and which labels to drop (None, unconditional)."""
+
+    t: Tensor
+    noise: Tensor
+    flip: Tensor | None
+    dropped: Tensor | None
+
+
+def step_indices(order: DataOrder, step: int, batch_size: int) -> Tensor:
+    """The data-set indices of the global batch of ``step`` (from 1)."""
+    return order.indices((step - 1) * batch_size, batch_size)
+
+
+def step_draws(step: int, config: TrainConfig, shape: tuple[int, ...], T: int) -> Draws:
+    """The draws of ``step``'s global batch of images of ``shape`` ``(C, H, W)``, from one
+    generator seeded by ``(seed, step)`` (``t``, then the noise, then the flips) and, for a
+    conditional run, another seeded by ``(seed, LABELS, step)``; all on the CPU."""
     tc = config.training
     g = torch.Generator().manual_seed(derive_seed(tc.seed, STEP, step))
-    index = order.indices((step - 1) * tc.batch_size, tc.batch_size)
-    x0 = data[index]
     t = sample_timesteps(tc.batch_size, T, g, tc.antithetic)
-    noise = torch.randn(x0.shape, generator=g)
-    if config.data.random_flip:
-        x0 = random_flip(x0, g)
-    if labels is None:
-        return x0, t, noise, None
-    g_labels = torch.Generator().manual_seed(derive_seed(tc.seed, LABELS, step))
-    dropped = torch.rand(tc.batch_size, generator=g_labels) < tc.label_dropout
-    y = torch.where(dropped, config.model.num_classes, labels[index])
-    return x0, t, noise, y
+    noise = torch.randn((tc.batch_size, *shape), generator=g)
+    flip = flip_mask(tc.batch_size, g) if config.data.random_flip else None
+    dropped = None
+    if config.model.num_classes:
+        g_labels = torch.Generator().manual_seed(derive_seed(tc.seed, LABELS, step))
+        dropped = torch.rand(tc.batch_size, generator=g_labels) < tc.label_dropout
+    return Draws(t, noise, flip, dropped)
+
+
+def assemble(
+    images: Tensor, labels: Tensor | None, draws: Draws, part: slice, null_label: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """``x0``, ``t``, ``noise`` and ``y`` of the rows ``part`` of a global batch, given
+    those rows' images (uint8 or float) and labels: the images in ``[-1, 1]``, mirrored
+    where drawn, and each label replaced by ``null_label`` where dropped."""
+    x0 = to_model_range(images)
+    if draws.flip is not None:
+        x0 = apply_flip(x0, draws.flip[part])
+    y = None
+    if labels is not None and draws.dropped is not None:
+        y = torch.where(draws.dropped[part], null_label, labels)
+    return x0, draws.t[part], draws.noise[part], y
+
+
+def step_batch(
+    data: ImageSet, order: DataOrder, step: int, config: TrainConfig, T: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """The global batch of ``step`` (from 1), read in this process: ``x0``, ``t``,
+    ``noise`` and, for a conditional run, ``y`` with label dropout; all on the CPU."""
+    index = step_indices(order, step, config.training.batch_size)
+    draws = step_draws(step, config, tuple(data.shape), T)
+    labelled = draws.dropped is not None and data.labels is not None
+    labels = data.labels[index] if labelled else None
+    whole = slice(None)
+    return assemble(data.batch(index), labels, draws, whole, config.model.num_classes)

@@ -42,9 +42,19 @@ from ddim.exits import CONTEXT_SETTINGS, EXIT_INTERRUPTED, OneLineErrors
     help="start from this checkpoint's EMA weights (a path or a bundled name such as mnist); "
     "the same as --set training.init=CKPT",
 )
+@click.option(
+    "--accept-data-change",
+    is_flag=True,
+    help="with --resume: go on although the data differ from those the run started on",
+)
 @click.option("--no-progress", is_flag=True, help="hide the progress bar")
 def train_command(
-    config: str, overrides: tuple[str, ...], resume: bool, init: str | None, no_progress: bool
+    config: str,
+    overrides: tuple[str, ...],
+    resume: bool,
+    init: str | None,
+    accept_data_change: bool,
+    no_progress: bool,
 ) -> None:
     """Train an eps-model as CONFIG describes.
 
@@ -59,7 +69,8 @@ def train_command(
 
     if init is not None:
         overrides = (*overrides, f"training.init={init}")
-    result = train(load_config(config, overrides), resume=resume, progress=not no_progress)
+    result = train(load_config(config, overrides), resume=resume, progress=not no_progress,
+                   accept_data_change=accept_data_change)  # fmt: skip
     if result.stopped_by:
         click.echo(f"stopped by {result.stopped_by} at step {result.step}", err=True)
         sys.exit(EXIT_INTERRUPTED)

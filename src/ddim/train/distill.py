@@ -39,7 +39,8 @@ from ddim.formats.checkpoint import (
     read_metadata,
     save_weights,
 )
-from ddim.formats.datasets import load_dataset, load_labelled_dataset, random_flip
+from ddim.formats.datasets import open_image_set, random_flip
+from ddim.formats.image_sets import ImageSet, to_model_range
 from ddim.models.unet import UNet, UNetConfig
 from ddim.precision import autocast, choose
 from ddim.schedule import NoiseSchedule
@@ -134,10 +135,10 @@ def _rounds(
             f"{config.out_dir} already holds distillation rounds; pass --resume to continue "
             f"or pick another out_dir"
         )
-    if first.model_config.num_classes:
-        data, labels = load_labelled_dataset(config.data, first.model_config.num_classes)
-    else:
-        data, labels = load_dataset(config.data), None
+    data, scan = open_image_set(config.data, first.model_config.num_classes or None)
+    if scan is not None:
+        say(scan.summary())
+    labels = data.labels
     teacher_path = first.path or Path(config.distill.teacher)
     students: list[Path] = []
     for r in range(1, len(plans)):
@@ -242,7 +243,7 @@ def _train_round(
     config: DistillConfig,
     rnd: _Round,
     sched: NoiseSchedule,
-    data: Tensor,
+    data: ImageSet,
     labels: Tensor | None,
     device: torch.device,
     progress: bool,
@@ -286,7 +287,7 @@ def round_batch(
     config: DistillConfig,
     rnd: _Round,
     step: int,
-    data: Tensor,
+    data: ImageSet,
     labels: Tensor | None,
     order: DataOrder,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
@@ -295,7 +296,7 @@ def round_batch(
     tc = config.training
     g = torch.Generator().manual_seed(derive_seed(tc.seed, STEP, rnd.index, step))
     index = order.indices((step - 1) * tc.batch_size, tc.batch_size)
-    x0 = data[index]
+    x0 = to_model_range(data.batch(index))
     k = torch.randint(0, len(rnd.student_plan), (tc.batch_size,), generator=g)
     noise = torch.randn(x0.shape, generator=g)
     if config.data.random_flip:

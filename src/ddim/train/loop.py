@@ -24,6 +24,7 @@ SIGINT or SIGTERM arrives (the run then stops at the end of the current step; se
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -38,7 +39,8 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from ddim.formats.checkpoint import save_weights
-from ddim.formats.datasets import load_dataset, load_labelled_dataset
+from ddim.formats.datasets import decode_workers, open_image_set
+from ddim.formats.image_sets import ImageSet
 from ddim.formats.images import save_png
 from ddim.models.unet import UNet
 from ddim.noise import seeded_latents
@@ -47,6 +49,7 @@ from ddim.sampling import sample
 from ddim.train import batches
 from ddim.train.config import TrainConfig
 from ddim.train.init import load_teacher, param_groups, start_from
+from ddim.train.loader import Share, StepShares, own_part, step_loader
 from ddim.train.loss import diffusion_loss, loss_weights
 from ddim.train.runtime import Distributed, StopRequest, TrainLog, say
 from ddim.train.state import (
@@ -83,8 +86,8 @@ class _Run:
 
     config: TrainConfig
     ctx: Distributed
-    data: Tensor
-    labels: Tensor | None
+    data: ImageSet
+    workers: int
     order: batches.DataOrder
     alpha_bar: Tensor
     model: UNet
@@ -95,6 +98,12 @@ class _Run:
     opt: torch.optim.Optimizer
     describe: dict[str, Any]
     teacher: nn.Module | None
+
+    @functools.cached_property
+    def data_record(self) -> dict[str, Any]:
+        """What the run trains on, kept with each checkpoint to check a resume against."""
+        return {"source": self.data.source, "count": len(self.data),
+                "fingerprint": self.data.fingerprint()}  # fmt: skip
 
     @property
     def ckpt_dir(self) -> Path:
@@ -122,16 +131,19 @@ def train(
     resume: bool = False,
     progress: bool = True,
     on_step: StepHook | None = None,
+    accept_data_change: bool = False,
 ) -> TrainResult:
     """Train (or, with ``resume``, continue) the run that ``config`` describes.
 
     Under torchrun (``WORLD_SIZE`` > 1) every process calls this; rank 0 writes all files.
-    ``on_step(step, loss)`` runs after each step and its checkpoint. Raises
-    :class:`NonFiniteLossError` on a non-finite loss, ``ValueError`` on a bad setup.
+    ``on_step(step, loss)`` runs after each step and its checkpoint. A resumed run
+    refuses data that differ from those it started on, unless ``accept_data_change``.
+    Raises :class:`NonFiniteLossError` on a non-finite loss, ``ValueError`` on a bad setup.
     """
     ctx = Distributed.start(config.training.device)
     try:
-        return _run(config, ctx, resume=resume, progress=progress, on_step=on_step)
+        return _run(config, ctx, resume=resume, progress=progress, on_step=on_step,
+                    accept_data_change=accept_data_change)  # fmt: skip
     finally:
         ctx.close()
 
@@ -143,6 +155,7 @@ def _run(
     resume: bool,
     progress: bool,
     on_step: StepHook | None,
+    accept_data_change: bool,
 ) -> TrainResult:
     tc, out = config.training, Path(config.out_dir)
     ckpt_dir = out / "checkpoints"
@@ -160,7 +173,10 @@ def _run(
     run = _setup(config, ctx)
     if latest is None and tc.init is not None:
         start_from(tc.init, run.model, run.ema, config.diffusion.build())
-    step, moved = restore(latest, config, run.model, run.ema, run.opt) if latest else (0, [])
+    step, moved = 0, []
+    if latest:
+        step, moved = restore(latest, config, run.model, run.ema, run.opt, run.data_record,
+                              accept_data_change)  # fmt: skip
     if ctx.is_main:
         prepare_out_dir(config, step, fresh=latest is None)
         note = f"no checkpoint in {ckpt_dir} yet; " if resume else ""
@@ -176,13 +192,19 @@ def _run(
     x_T = _grid_noise(config).to(ctx.device) if tc.sample_every and ctx.is_main else None
     stop, log = StopRequest(), TrainLog(out / "log.jsonl", tc, enabled=ctx.is_main)
     weights, stopped_by = latest.weights if latest else None, None
+    labelled = bool(config.model.num_classes)
+    part = own_part(tc.batch_size, ctx.rank, ctx.world)
+    shares = step_loader(
+        StepShares(run.data, run.order, tc.batch_size, part, labelled),
+        step + 1, tc.total_steps, run.workers, ctx.device.type == "cuda",
+    )  # fmt: skip
     bar = tqdm(total=tc.total_steps, initial=step, disable=not (progress and ctx.is_main),
                desc="training", dynamic_ncols=True)  # fmt: skip
     with stop.installed(), bar:
         while step < tc.total_steps:
             step += 1
             started = time.perf_counter()
-            loss, grad_norm, lr, stopping = _train_step(run, step, stop.requested)
+            loss, grad_norm, lr, stopping = _train_step(run, next(shares), stop.requested)
             run.ema.update_parameters(run.model)
             log.add(step, loss, lr, grad_norm, time.perf_counter() - started)
             bar.update(1)
@@ -211,10 +233,10 @@ def _setup(config: TrainConfig, ctx: Distributed) -> _Run:
     """The data, the model (initialised from the run's seed), its EMA and optimiser."""
     tc = config.training
     sched = config.diffusion.build()
-    if config.model.num_classes:
-        data, labels = load_labelled_dataset(config.data, config.model.num_classes)
-    else:
-        data, labels = load_dataset(config.data), None
+    workers = decode_workers(config.data)
+    data, scan = open_image_set(config.data, config.model.num_classes or None, workers=workers)
+    if scan is not None and ctx.is_main:
+        say(scan.summary())
     torch.manual_seed(batches.derive_seed(tc.seed, batches.INIT))
     model = UNet(config.model).to(ctx.device)
     if tc.channels_last:
@@ -235,7 +257,7 @@ def _setup(config: TrainConfig, ctx: Distributed) -> _Run:
     describe = {
         "model_config": config.model.to_dict(),
         "schedule": sched,
-        "data_shape": tuple(data.shape[1:]),
+        "data_shape": tuple(data.shape),
         "extra_meta": {"train_config": config.to_dict()},
     }
     order = batches.DataOrder(len(data), tc.seed)
@@ -244,12 +266,12 @@ def _setup(config: TrainConfig, ctx: Distributed) -> _Run:
     precision = choose(tc.precision, ctx.device)[0]
     teacher = None
     if tc.null_teacher:
-        teacher = load_teacher(tc.null_teacher, sched, tuple(data.shape[1:])).to(ctx.device)
+        teacher = load_teacher(tc.null_teacher, sched, tuple(data.shape)).to(ctx.device)
     return _Run(
         config,
         ctx,
         data,
-        labels,
+        workers,
         order,
         alpha_bar,
         model,
@@ -263,21 +285,19 @@ def _setup(config: TrainConfig, ctx: Distributed) -> _Run:
     )
 
 
-def _train_step(run: _Run, step: int, stop_requested: bool) -> tuple[float, float, float, bool]:
+def _train_step(run: _Run, share: Share, stop_requested: bool) -> tuple[float, float, float, bool]:
     """One optimiser step; returns (loss, grad norm, lr, whether any rank must stop).
 
     It waits for the device once, to read the loss, the gradient norm and the ranks' stop
     votes together before the step is applied.
     """
     tc, ctx = run.config.training, run.ctx
-    share = tc.batch_size // ctx.world
-    micro = share // tc.grad_accum
-    x0, t, noise, y = batches.step_batch(
-        run.data, run.order, step, run.config, len(run.alpha_bar), run.labels
-    )
-    own = slice(ctx.rank * share, (ctx.rank + 1) * share)
-    x0, t, noise = (v[own].to(ctx.device, non_blocking=True) for v in (x0, t, noise))
-    y = None if y is None else y[own].to(ctx.device, non_blocking=True)
+    step, images, labels = share
+    micro = tc.batch_size // ctx.world // tc.grad_accum
+    draws = batches.step_draws(step, run.config, tuple(run.data.shape), len(run.alpha_bar))
+    own = own_part(tc.batch_size, ctx.rank, ctx.world)
+    batch = batches.assemble(images, labels, draws, own, run.model.config.num_classes)
+    x0, t, noise, y = (None if v is None else v.to(ctx.device, non_blocking=True) for v in batch)
     if tc.channels_last:
         x0, noise = (v.contiguous(memory_format=torch.channels_last) for v in (x0, noise))
 
@@ -336,6 +356,7 @@ def _save_checkpoint(run: _Run, step: int) -> Path:
                 "rng": rng_state(run.ctx.device),
                 "config": run.config.to_dict(),
                 "world_size": run.ctx.world,
+                "data": run.data_record,
             },
         )
         write_latest(run.ckpt_dir, step)

@@ -48,7 +48,7 @@ ARITHMETIC_KEYS = frozenset(
 # Config keys that may change when a run is resumed without changing its plan
 # (total_steps and cooldown_steps only while no cooldown has begun: see cooldown_change).
 RESUMABLE_KEYS = ARITHMETIC_KEYS | frozenset(
-    {"out_dir", "data.path"}
+    {"out_dir", "data.path", "data.workers", "data.strict"}
     | {
         f"training.{k}"
         for k in (
@@ -153,9 +153,15 @@ def restore(
     model: nn.Module,
     ema: AveragedModel,
     opt: torch.optim.Optimizer,
+    data: Mapping[str, Any] | None = None,
+    accept_data_change: bool = False,
 ) -> tuple[int, list[str]]:
     """Load the checkpoint ``latest`` names into the model, EMA and optimiser; its step, and
-    the :data:`ARITHMETIC_KEYS` that ``config`` changes, as ``"key: old -> new"``."""
+    the :data:`ARITHMETIC_KEYS` that ``config`` changes, as ``"key: old -> new"``.
+
+    ``data`` describes the data the run goes on with (source, count, fingerprint); if the
+    checkpoint recorded other data, resuming is refused unless ``accept_data_change`` (the
+    change is then named among the returned changes)."""
     ckpt = load_checkpoint(latest.weights)
     state = read_state(latest.state)
     if not ckpt.step == state["step"] == latest.step:
@@ -174,6 +180,12 @@ def restore(
     problem = cooldown_change(state["config"], config.to_dict(), latest.step)
     if problem:
         raise ValueError(problem)
+    changed_data = data_change(state.get("data"), data)
+    if changed_data and not accept_data_change:
+        raise ValueError(
+            f"the training data changed since step {latest.step}: {changed_data}; pass "
+            f"--accept-data-change to go on with the new data"
+        )
     model.load_state_dict(ckpt.model_state)
     ema.module.load_state_dict(ckpt.ema_state)
     ema.n_averaged.fill_(state["ema_updates"])
@@ -184,7 +196,18 @@ def restore(
         torch.cuda.set_rng_state_all(cuda_states)
     old, new = flatten(state["config"]), flatten(config.to_dict())
     moved = [k for k in sorted(ARITHMETIC_KEYS) if old.get(k) != new.get(k)]
-    return latest.step, [f"{k}: {old.get(k)} -> {new.get(k)}" for k in moved]
+    notes = [f"{k}: {old.get(k)} -> {new.get(k)}" for k in moved]
+    return latest.step, notes + ([f"data: {changed_data}"] if changed_data else [])
+
+
+def data_change(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> str | None:
+    """How the data a run resumes on differ from those recorded at its checkpoint, or
+    None (also when either is unknown: checkpoints from before data were recorded)."""
+    if not old or not new or old["fingerprint"] == new["fingerprint"]:
+        return None
+    if old["count"] != new["count"]:
+        return f"{new['source']} holds {new['count']} images, {old['count']} when it was saved"
+    return f"{new['source']} holds other images than when it was saved (same count, {new['count']})"
 
 
 def cooldown_change(old: dict[str, Any], new: dict[str, Any], step: int) -> str | None:
