@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from ddim.guidance import Classifier
+from ddim.latent import CoupledLatent
 from ddim.noise import per_sample_randn, seeded_generators
 from ddim.sampling import Callback, Model, SamplerOptions, run_of
 from ddim.schedule import NoiseSchedule
@@ -76,24 +77,29 @@ def edit(
 @torch.no_grad()
 def translate(
     model: Model,
-    x0: torch.Tensor,
+    x0: torch.Tensor | CoupledLatent,
     sched: NoiseSchedule,
     *,
     source: int | torch.Tensor,
     target: int | torch.Tensor,
     options: SamplerOptions | None = None,
+    return_state: bool = False,
     **fields: Any,
-) -> torch.Tensor:
+) -> torch.Tensor | CoupledLatent:
     """DDIB: encode ``x0`` under class ``source`` and decode under class ``target`` (each an
     int or a LongTensor ``(B,)``) with a class-conditional ``model``; the encoding and the
-    decoding are DDIM's at η = 0, or an exact solver's (``edict``, ``bdia``: then the
-    round trip back to ``source`` returns ``x0`` to rounding), under ``options.guidance``
-    if set."""
+    decoding are DDIM's at η = 0, or an exact solver's (``edict``, ``bdia``), under
+    ``options.guidance`` if set.
+
+    With an exact solver and ``return_state``, the result is the decoder's whole end state
+    (:class:`~ddim.latent.CoupledLatent`, its ``first`` the image), and ``x0`` may be such a
+    state: translating it back to ``source`` then returns the original image to rounding,
+    where an image alone (half the state) would start the other half afresh."""
     options = run_of(options, fields)
     options.check_inverts_encoding("translation")
     b = x0.shape[0]
     latents = options.invert(model, x0, sched, y=_labels(source, b))
-    return options.sample(model, latents, sched, y=_labels(target, b))
+    return options.sample(model, latents, sched, y=_labels(target, b), return_state=return_state)
 
 
 def _labels(label: int | torch.Tensor, batch: int) -> torch.Tensor:

@@ -70,7 +70,7 @@ def start_of(x_T: torch.Tensor | CoupledLatent, solver: str) -> torch.Tensor | C
     """``x_T`` checked against ``solver``: a coupled latent only for its own solver."""
     if isinstance(x_T, CoupledLatent) and x_T.solver != solver:
         raise ValueError(
-            f"this latent is {x_T.solver}'s state; decode it with solver {x_T.solver!r}, "
+            f"this state is {x_T.solver}'s; sample or encode it with solver {x_T.solver!r}, "
             f"not {solver!r}"
         )
     return x_T

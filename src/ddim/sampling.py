@@ -60,10 +60,11 @@ def sample(
     generators: Sequence[torch.Generator] | None = None,
     noise: torch.Tensor | None = None,
     return_trajectory: bool = False,
+    return_state: bool = False,
     progress: bool = False,
     callback: Callback | None = None,
     **fields: Any,
-) -> torch.Tensor | tuple[torch.Tensor, Trajectory]:
+) -> torch.Tensor | CoupledLatent | tuple[torch.Tensor | CoupledLatent, Trajectory]:
     """Sample from ``x_T`` down to ``x_0`` with DDIM's eq. 12 or another ``solver``.
 
     The run is ``options``, or its fields given one by one as keywords (``steps``,
@@ -122,15 +123,24 @@ def sample(
             draw noise (every distinct step but a last one to ``alpha_bar = 1``). With none,
             ``z`` comes from the global RNG.
         return_trajectory: also return every ``x_t`` and every ``x0_pred``.
+        return_state: (``edict``, ``bdia``) return the sampler's whole end state, a
+            :class:`~ddim.latent.CoupledLatent` whose ``first`` is ``x_0``, instead of
+            ``x_0``: :func:`invert` from it retraces this run exactly, so an image
+            translated under another class (DDIB) encodes back to its own latent.
         progress: show a tqdm bar.
         callback: called with a :class:`~ddim.plan.Step` after every step.
 
     Returns:
-        ``x_0``, or ``(x_0, Trajectory)`` with ``return_trajectory``.
+        ``x_0`` (or the end state), and the ``Trajectory`` with ``return_trajectory``.
     """
     own = own_plan(model)
     options = run_of(options, fields, own)
     start_of(x_T, options.solver)
+    if return_state and options.solver not in EXACT_SOLVERS:
+        raise ValueError(
+            f"return_state is for the exact solvers ({', '.join(EXACT_SOLVERS)}), whose end "
+            f"state is more than the image; {options.solver!r} ends with x_0 alone"
+        )
     plan = options.plan(sched)
     if own is not None and tuple(t for t in plan.ts if t >= 0) != own:
         warnings.warn(
@@ -153,7 +163,8 @@ def sample(
         return x
 
     with bar:
-        x = walk(model, x_T, sched, options, plan, z, report, y=y, classifier=classifier)
+        x = walk(model, x_T, sched, options, plan, z, report, y=y, classifier=classifier,
+                 keep_state=return_state)  # fmt: skip
     return (x, traj) if traj is not None else x
 
 
@@ -175,16 +186,18 @@ def walk(
     classifier: Classifier | None = None,
     change: ChangePrediction | None = None,
     with_grad: bool = False,
-) -> torch.Tensor:
+    keep_state: bool = False,
+) -> torch.Tensor | CoupledLatent:
     """One solver walk over ``plan`` (all or part of ``options.plan(sched)``) from state
     ``x``, each prediction made by :func:`predictor`; the solver of ``options`` draws
     ``noise(i, x)`` and calls ``report`` after each step (which may change the state).
+    Returns the end state's image, or with ``keep_state`` an exact solver's whole end state.
     Non-finite model outputs raise after the walk."""
     predict, checked = predictor(model, x, sched, options, plan, y=y, classifier=classifier,
                                  change=change, with_grad=with_grad)  # fmt: skip
     out = options.solver_function()(predict, x, plan, noise, report)
     checked.raise_if_nonfinite()
-    return out
+    return out.first if isinstance(out, CoupledLatent) and not keep_state else out
 
 
 def predictor(
@@ -271,7 +284,7 @@ def model_calls(
 @torch.no_grad()
 def invert(
     model: Model,
-    x0: torch.Tensor,
+    x0: torch.Tensor | CoupledLatent,
     sched: NoiseSchedule,
     *,
     options: SamplerOptions | None = None,
@@ -293,13 +306,16 @@ def invert(
     is eq. 9 at ``a_prev`` followed by eq. 12 (``sigma = 0``) towards ``a_t``, the
     :func:`~ddim.solvers.eq12.ddim_step` that sampling takes. ``callback`` gets a
     :class:`~ddim.plan.Step` after every DDIM step (``i`` counts encoding steps);
-    ``y``, ``classifier`` are those of :func:`sample` (encoding under a class).
+    ``y``, ``classifier`` are those of :func:`sample` (encoding under a class). An exact
+    solver's end state (``sample(..., return_state=True)``) may stand for ``x0``: its
+    encoding then retraces that run exactly.
     """
     options = run_of(options, fields)
     if options.solver not in ("ddim", *EXACT_SOLVERS):
         raise ValueError(
             f"encoding is DDIM's or an exact solver's (edict, bdia), not {options.solver!r}'s"
         )
+    start_of(x0, options.solver)
     if options.solver in EXACT_SOLVERS:
         plan = options.plan(sched)
         predict, checked = predictor(model, x0, sched, options, plan, y=y, classifier=classifier)

@@ -48,7 +48,9 @@ order 1 and raise their order as calls accumulate; with fewer than
 :data:`ddim.plan.LOWER_ORDER_FINAL_BELOW` steps the step before the last is at most
 second order (diffusers' ``lower_order_final``).
 
-A solver is a plain function ``solver(predict, x, plan, noise, report) -> x`` over a
+A solver is a plain function ``solver(predict, x, plan, noise, report) -> x`` (the exactly
+invertible ones return their whole end state, a :class:`~ddim.latent.CoupledLatent` whose
+first half is ``x``) over a
 :class:`~ddim.plan.StepPlan`, which holds the schedule's scalars as host floats;
 ``predict(i, x)`` calls the model at point ``i``, ``noise(i, x)`` draws the ``z`` of step
 ``i`` and ``x = report(i, x, x0)`` follows each step (and may change the state between
@@ -61,6 +63,7 @@ from collections.abc import Callable
 
 import torch
 
+from ddim.latent import CoupledLatent
 from ddim.names import SOLVERS
 from ddim.plan import Noise, Predict, Report, SolverFacts, StepPlan
 from ddim.solvers.dpm import DPMPP_2M, DPMPP_2M_SDE, DPMPP_3M, dpmpp_2m, dpmpp_2m_sde, dpmpp_3m
@@ -72,7 +75,7 @@ from ddim.solvers.unipc import UNIPC, unipc
 __all__ = ["FACTS", "Solver", "SolverFacts", "bdia", "ddim_solver", "dpmpp_2m", "dpmpp_2m_sde",
            "dpmpp_3m", "edict", "heun", "plms", "solver_facts", "unipc"]  # fmt: skip
 
-Solver = Callable[[Predict, torch.Tensor, StepPlan, Noise, Report], torch.Tensor]
+Solver = Callable[[Predict, torch.Tensor, StepPlan, Noise, Report], torch.Tensor | CoupledLatent]
 
 #: Every solver's facts by name, in the order of :data:`ddim.names.SOLVERS` (the names
 #: ``--help`` offers without importing torch; a test checks that the two agree).

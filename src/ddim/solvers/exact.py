@@ -23,7 +23,10 @@ with a noise prediction ``e`` made elsewhere (``a_ij = alpha_j / alpha_i``,
   first step, with no ``z_{-1}``, is DDIM's. ``gamma = 1`` is the fully symmetric form.
 
 Their latent is the whole state at the top of the plan (:class:`ddim.latent.CoupledLatent`);
-a plain ``x_T`` starts EDICT with ``x = y = x_T`` and BDIA with DDIM's first step.
+a plain ``x_T`` starts EDICT with ``x = y = x_T`` and BDIA with DDIM's first step. Both
+return their whole state at the end of the plan too (the image first), and their inverses
+start from it as well as from an image: from the end state an encoding retraces the
+sampling run exactly, which a round trip through another condition (DDIB) needs.
 """
 
 from __future__ import annotations
@@ -62,9 +65,9 @@ def edict(
     report: Report,
     *,
     p: float = EDICT_P,
-) -> torch.Tensor:
+) -> CoupledLatent:
     """Eq. (2) at every step of ``plan`` from ``x`` (a tensor, or EDICT's latent); returns
-    the ``x`` sequence's end."""
+    the end state ``(x, y)``, ``x`` the image."""
     check_coupling("edict_p", p)
     xs, ys = (x.first, x.second) if isinstance(x, CoupledLatent) else (x, x)
     for i in range(plan.steps):
@@ -74,16 +77,16 @@ def edict(
         xs = p * x_mid + (1 - p) * y_mid
         ys = p * y_mid + (1 - p) * xs
         xs = report(i, xs, first.x0)
-    return xs
+    return CoupledLatent("edict", xs, ys)
 
 
 def edict_inverse(
-    predict: Predict, x0: torch.Tensor, plan: StepPlan, *, p: float = EDICT_P
+    predict: Predict, x0: torch.Tensor | CoupledLatent, plan: StepPlan, *, p: float = EDICT_P
 ) -> CoupledLatent:
-    """Eq. (2) solved backwards over ``plan`` from ``x = y = x0`` at its last point: the
-    latent :func:`edict` maps back to ``x0``."""
+    """Eq. (2) solved backwards over ``plan`` from ``x = y = x0`` at its last point (or from
+    the end state :func:`edict` returned): the latent :func:`edict` maps back to it."""
     check_coupling("edict_p", p)
-    xs, ys = x0, x0
+    xs, ys = (x0.first, x0.second) if isinstance(x0, CoupledLatent) else (x0, x0)
     for i in range(plan.steps - 1, -1, -1):
         y_mid = (ys - (1 - p) * xs) / p
         x_mid = (xs - (1 - p) * y_mid) / p
@@ -100,9 +103,10 @@ def bdia(
     report: Report,
     *,
     gamma: float = BDIA_GAMMA,
-) -> torch.Tensor:
+) -> CoupledLatent:
     """Eq. (3) over ``plan`` from ``x`` (a tensor: DDIM's first step; or BDIA's latent, the
-    states at points 0 and 1); returns the last state."""
+    states at points 0 and 1); returns the states at the last point (the image) and the
+    one before."""
     check_coupling("bdia_gamma", gamma)
     if isinstance(x, CoupledLatent):
         before, z, start = x.first, x.second, 1
@@ -115,18 +119,23 @@ def bdia(
         up = move(plan, k, k - 1, z, pred.eps)
         before, z = z, gamma * before + move(plan, k, k + 1, z, pred.eps) - gamma * up
         z = report(k, z, pred.x0)
-    return z
+    return CoupledLatent("bdia", z, before)
 
 
 def bdia_inverse(
-    predict: Predict, x0: torch.Tensor, plan: StepPlan, *, gamma: float = BDIA_GAMMA
-) -> CoupledLatent:
+    predict: Predict, x0: torch.Tensor | CoupledLatent, plan: StepPlan, *,
+    gamma: float = BDIA_GAMMA,
+) -> CoupledLatent:  # fmt: skip
     """Eq. (3) solved for ``z_{k-1}`` over ``plan``, from ``x0`` at its last point and the
-    DDIM encoding step to the point before: the latent :func:`bdia` maps back to ``x0``."""
+    DDIM encoding step to the point before (or from the end state :func:`bdia` returned):
+    the latent :func:`bdia` maps back to it."""
     check_coupling("bdia_gamma", gamma)
     last = plan.steps
-    after = x0
-    z = move(plan, last, last - 1, x0, predict(last - 1, x0).eps)  # DDIM's encoding step
+    if isinstance(x0, CoupledLatent):
+        after, z = x0.first, x0.second
+    else:
+        after = x0
+        z = move(plan, last, last - 1, x0, predict(last - 1, x0).eps)  # DDIM's encoding step
     for k in range(last - 1, 0, -1):
         e = predict(k, z).eps
         down = move(plan, k, k + 1, z, e)
