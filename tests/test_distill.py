@@ -6,6 +6,7 @@ and the refusals."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -192,6 +193,25 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path, teacher) -> None:
     for a, b in zip(straight.students, resumed.students, strict=True):
         sa, sb = load_checkpoint(a).ema_state, load_checkpoint(b).ema_state
         assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_a_resume_needs_only_the_latest_student(tmp_path, teacher) -> None:
+    """Three rounds (8 -> 4 -> 2 -> 1); with round 1's folder and round 3's gone, a resume
+    trains round 3 again from round 2's student, bit for bit, and leaves round 1 alone."""
+    raw = raw_config(tmp_path, teacher, total_steps=2)
+    raw["distill"]["teacher_steps"] = 8
+    (tmp_path / "distill.yaml").write_text(yaml.safe_dump(raw))
+    straight = distill(load_distill_config(tmp_path / "distill.yaml"), progress=False)
+    names = [p.parent.name for p in straight.students]
+    assert names == ["round-1-4steps", "round-2-2steps", "round-3-1steps"]
+    kept = {p.parent.name: load_checkpoint(p).ema_state for p in straight.students}
+    for name in (names[0], names[2]):
+        shutil.rmtree(tmp_path / "run" / name)
+    resumed = distill(load_distill_config(tmp_path / "distill.yaml"), resume=True, progress=False)
+    assert [p.parent.name for p in resumed.students] == names[1:]
+    assert not (tmp_path / "run" / names[0]).exists()
+    again = load_checkpoint(resumed.students[-1]).ema_state
+    assert all(torch.equal(again[k], v) for k, v in kept[names[2]].items())
 
 
 def test_a_round_resumed_with_another_teacher_is_refused(tmp_path, teacher, perturbed_unet):

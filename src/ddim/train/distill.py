@@ -18,6 +18,8 @@ Dropout is off in the student: the teacher's target is deterministic. A round's 
 (:mod:`ddim.train.state`; resumed bit-identically after SIGKILL on the same machine), its
 ``log.jsonl``, and at its end ``student.safetensors``: the EMA student, whose config records
 its prediction and its plan, so :func:`ddim.sample` and ``ddim sample`` use that plan.
+A resume goes on after the latest round with a student; earlier rounds' folders may be
+deleted by then.
 """
 
 from __future__ import annotations
@@ -141,11 +143,14 @@ def _rounds(
     labels = data.labels
     teacher_path = first.path or Path(config.distill.teacher)
     students: list[Path] = []
+    done = [r for r in range(1, len(plans))
+            if (round_folder(config.out_dir, r, len(plans[r])) / STUDENT).is_file()]  # fmt: skip
     for r in range(1, len(plans)):
         folder = round_folder(config.out_dir, r, len(plans[r]))
-        if (folder / STUDENT).is_file():
-            teacher_path = folder / STUDENT
-            students.append(teacher_path)
+        if r <= max(done, default=0):  # only the latest student is needed to go on
+            if (folder / STUDENT).is_file():
+                teacher_path = folder / STUDENT
+                students.append(teacher_path)
             continue
         rnd = _start_round(config, r, folder, teacher_path, plans[r - 1], plans[r], device)
         step, stopped_by = _train_round(config, rnd, sched, data, labels, device, progress, on_step)
