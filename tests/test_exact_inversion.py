@@ -5,6 +5,8 @@ belongs to its own solver, and the coupling parameters keep to their range."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -183,3 +185,32 @@ def test_ddib_round_trip_on_the_bundled_conditional_model_is_float_rounding(solv
     back = translate(model, state, sched, source=8, target=3, **run)
     assert ((state.first - x_a) ** 2).mean() > 0.1
     assert ((back - x_a) ** 2).mean() <= 1e-7
+
+
+def test_fixed_point_ddim_inversion_solves_each_step_where_it_converges() -> None:
+    """DDIM's encoding refined by K fixed-point calls a step: at S = 50 on the mixture in
+    float64 the round trip falls from 0.092 (K = 0) to 1.6e-10 (K = 30), each step's
+    residual with it; at S = 10 the iteration does not converge where the modes are narrow,
+    and the residual says so (0.28) instead of hiding it. Each step costs 1 + K calls."""
+    calls = []
+
+    def counted(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        calls.append(int(t[0]))
+        return ORACLE.marginal(x, t)
+
+    def round_trip(steps: int, k: int) -> tuple[float, float]:
+        res = []
+        latent = ddim.invert(counted, X0, SCHED, steps=steps, fixed_point=k,
+                             callback=lambda s: res.append(s.residual))  # fmt: skip
+        back = ddim.sample(ORACLE.marginal, latent, SCHED, steps=steps)
+        return (back - X0).abs().max().item(), max(res) if k else math.nan
+
+    assert round_trip(50, 0)[0] > 0.05
+    calls.clear()
+    error, residual = round_trip(50, 30)
+    assert error < 1e-9 and residual < 1e-9 and len(calls) == 50 * 31
+    assert round_trip(10, 30)[1] > 0.1
+    with pytest.raises(ValueError, match="fixed_point applies to DDIM's encoding"):
+        ddim.invert(ORACLE, X0, SCHED, steps=10, solver="bdia", fixed_point=3)
+    with pytest.raises(ValueError, match=r"fixed_point must be a whole number >= 0 and <= 100"):
+        ddim.invert(ORACLE, X0, SCHED, steps=10, fixed_point=-1)

@@ -101,12 +101,14 @@ class Step:
     """One step of a sampler, as its callback sees it, the same for every solver: the
     step's index ``i`` in the run (0 first), the timestep ``t`` it started from, the new
     state ``x`` and the prediction of ``x_0`` it was taken with (clipped if clipping is on).
+    A fixed-point encoding step also reports its ``residual`` (:func:`ddim.invert`).
     """
 
     i: int
     t: int
     x: torch.Tensor
     x0_pred: torch.Tensor
+    residual: float | None = None
 
 
 Callback = Callable[[Step], None]

@@ -165,6 +165,11 @@ class SamplerOptions:
         BDIA_GAMMA, low=0.0, low_open=True, high=1.0,
         help="BDIA's gamma (1: the symmetric two-step form)",
     )  # fmt: skip
+    fixed_point: int = declared(
+        0, low=0, high=100, integer=True,
+        help="DDIM encoding: extra model calls a step that solve the step's implicit "
+        "equation by fixed-point iteration (0: the usual approximate inversion)",
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         for name, facts in declared_fields().items():
@@ -185,6 +190,11 @@ class SamplerOptions:
             raise ValueError(
                 f"solver {self.solver!r} ends with DDIM's step to the data: final_step "
                 f"'denoise', not {self.final_step!r}"
+            )
+        if self.fixed_point and self.solver != "ddim":
+            raise ValueError(
+                f"fixed_point applies to DDIM's encoding (solver 'ddim'); {self.solver!r} "
+                f"encodes {'exactly' if self.solver in EXACT_SOLVERS else 'not at all'}"
             )
         for name, owner, default in (("edict_p", "edict", EDICT_P),
                                      ("bdia_gamma", "bdia", BDIA_GAMMA)):  # fmt: skip

@@ -14,6 +14,7 @@ once, after the loop (:class:`~ddim.checked_model.CheckedModel`).
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -306,7 +307,11 @@ def invert(
     is eq. 9 at ``a_prev`` followed by eq. 12 (``sigma = 0``) towards ``a_t``, the
     :func:`~ddim.solvers.eq12.ddim_step` that sampling takes. ``callback`` gets a
     :class:`~ddim.plan.Step` after every DDIM step (``i`` counts encoding steps);
-    ``y``, ``classifier`` are those of :func:`sample` (encoding under a class). An exact
+    ``y``, ``classifier`` are those of :func:`sample` (encoding under a class). With
+    ``fixed_point = K``, each DDIM step is refined by K extra model calls that solve the
+    sampling step's implicit equation for its input (Step's ``residual`` reports how far
+    the last iterate was from solving it), so decoding retraces the encoding more closely
+    wherever the iteration converges (:func:`_fixed_point`). An exact
     solver's end state (``sample(..., return_state=True)``) may stand for ``x0``: its
     encoding then retraces that run exactly.
     """
@@ -335,8 +340,38 @@ def invert(
     for k, i in enumerate(tqdm(upwards, disable=not progress, desc="encoding")):
         eps = eps_model(x, k, plan.ts[i])
         x0_pred = predict_x0(x, eps, plan.a[i + 1])
-        x = ddim_step(x0_pred, eps, plan.a[i], 0.0)
+        x_t = ddim_step(x0_pred, eps, plan.a[i], 0.0)
+        residual = None
+        if options.fixed_point:
+            x_t, residual = _fixed_point(eps_model, k, plan, i, x, x_t, options.fixed_point)
+        x = x_t
         if callback is not None:
-            callback(Step(k, plan.ts[i], x, x0_pred))
+            callback(Step(k, plan.ts[i], x, x0_pred, residual))
     eps_model.raise_if_nonfinite()
     return x
+
+
+def _fixed_point(
+    eps_model: CheckedModel,
+    k: int,
+    plan: StepPlan,
+    i: int,
+    x_prev: torch.Tensor,
+    x_t: torch.Tensor,
+    iterations: int,
+) -> tuple[torch.Tensor, float]:
+    """Solve DDIM's sampling step ``x_prev = r x_t + c eps(x_t, t)`` (eq. 12 at η = 0 from
+    ``a_t = plan.a[i]`` to ``a_prev = plan.a[i + 1]``: ``r = sqrt(a_prev / a_t)``,
+    ``c = sqrt(1 - a_prev) - r sqrt(1 - a_t)``) for ``x_t`` by ``iterations`` rounds of
+    ``x_t <- (x_prev - c eps(x_t, t)) / r`` from the approximate inversion's ``x_t``; also
+    the largest residual ``|r x_t + c eps(x_t, t) - x_prev|`` of the last iterate whose
+    ``eps`` was computed (the one before the returned ``x_t``)."""
+    a_t, a_prev = plan.a[i], plan.a[i + 1]
+    r = math.sqrt(a_prev / a_t)
+    c = math.sqrt(1 - a_prev) - r * math.sqrt(1 - a_t)
+    residual = math.inf
+    for _ in range(iterations):
+        eps = eps_model(x_t, k, plan.ts[i])
+        residual = (r * x_t + c * eps - x_prev).abs().max().item()
+        x_t = (x_prev - c * eps) / r
+    return x_t, residual

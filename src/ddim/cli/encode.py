@@ -12,31 +12,58 @@ from ddim.cli import common, guide_options, options, run_options
 from ddim.cli.options import count_option, out_option, steps_option
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import torch
 
     from ddim.models.unet import UNet
+    from ddim.plan import Step
     from ddim.schedule import NoiseSchedule
 
 
 @dataclass(frozen=True)
 class Encoding:
-    """``--solver``, ``--edict-p``, ``--bdia-gamma``: how images are encoded and decoded,
-    DDIM's way or exactly (EDICT, BDIA)."""
+    """``--solver``, ``--edict-p``, ``--bdia-gamma``, ``--fixed-point``: how images are
+    encoded and decoded, DDIM's way (optionally refined by fixed-point iteration) or exactly
+    (EDICT, BDIA)."""
 
     solver: str
     edict_p: float
     bdia_gamma: float
+    fixed_point: int
 
     def fields(self) -> dict[str, object]:
         """The :class:`~ddim.sampler_options.SamplerOptions` fields these set."""
         return dataclasses.asdict(self)
 
+    def noting(self, tick: Callable[[Step], None]) -> tuple[Callable[[Step], None], list[float]]:
+        """``tick`` that also keeps each fixed-point step's residual, and that list."""
+        residuals: list[float] = []
 
-#: ``--solver --edict-p --bdia-gamma``, handed to a command as ``encoding: Encoding``.
+        def noted(step: Step) -> None:
+            tick(step)
+            if step.residual is not None:
+                residuals.append(step.residual)
+
+        return noted, residuals
+
+    def fixed_point_line(self, residuals: list[float], steps: int) -> str | None:
+        """What the fixed-point iteration cost and how far it got, or None without it."""
+        if not self.fixed_point:
+            return None
+        calls = steps * (1 + self.fixed_point)
+        return (
+            f"fixed point: {self.fixed_point} extra model calls a step ({calls} a batch in "
+            f"all); largest residual {max(residuals):.3g}"
+        )
+
+
+#: ``--solver --edict-p --bdia-gamma --fixed-point``, handed to a command as
+#: ``encoding: Encoding``.
 encoding_options = options.options_as(
     Encoding,
     [run_options.encoding_solver_option, run_options.edict_p_option,
-     run_options.bdia_gamma_option],
+     run_options.bdia_gamma_option, run_options.fixed_point_option],
     name="encoding",
 )  # fmt: skip
 
@@ -102,11 +129,14 @@ def encode_command(
     sampler = run.sampler(steps, guidance=guide.guidance, **encoding.fields())
     total = options.progress_ticks(schedule, sampler, len(x0), run.batch_size)
     with common.progress(total, "encoding") as tick:
+        noted, residuals = encoding.noting(tick)
         latents = workflows.encode(
             model, schedule, x0, options=sampler, labels=classes, batch_size=run.batch_size,
-            callback=tick,
+            callback=noted,
         )  # fmt: skip
     save_latents(out, latents, names)
+    if line := encoding.fixed_point_line(residuals, steps):
+        click.echo(line)
     click.echo(f"wrote {len(names)} latents to {out}")
 
 
@@ -147,10 +177,13 @@ def reconstruct_command(
     sampler = run.sampler(steps, guidance=guide.guidance, **encoding.fields())
     total = 2 * options.progress_ticks(schedule, sampler, len(x0), run.batch_size)
     with common.progress(total, "reconstructing") as tick:
+        noted, residuals = encoding.noting(tick)
         result = workflows.reconstruct(
             model, schedule, x0, options=sampler, labels=classes, batch_size=run.batch_size,
-            callback=tick,
+            callback=noted,
         )  # fmt: skip
+    if line := encoding.fixed_point_line(residuals, steps):
+        click.echo(line)
     cols = min(ncols, len(x0))
     images.save_png(out, images.stack_rows(x0, result.images, cols), nrow=cols)
     if per_image:

@@ -72,6 +72,7 @@ guidance_option = run_option("guidance")
 classifier_scale_option = run_option("classifier_scale")
 edict_p_option = run_option("edict_p")
 bdia_gamma_option = run_option("bdia_gamma")
+fixed_point_option = run_option("fixed_point")
 #: The solvers whose encoding a command can undo: DDIM's (to within Table 2's error) and
 #: the exact ones.
 encoding_solver_option = run_option("solver", choices=("ddim", "edict", "bdia"))
