@@ -292,6 +292,20 @@ def test_workers_and_ranks_read_exactly_the_steps_batches(tmp_path):
         assert torch.equal(torch.cat([a, b]), x) and torch.equal(torch.cat([ya, yb]), y)
 
 
+@pytest.mark.parametrize("workers", [0, 1])
+def test_an_image_spoilt_after_the_scan_stops_the_run_in_one_line(tmp_path, workers):
+    for k in range(8):
+        noise_png(tmp_path / f"{k}.png", k)
+    images = FolderSet(scan_folder(tmp_path, RGB8), RGB8)
+    (tmp_path / "3.png").write_bytes(b"gone")
+    shares = StepShares(images, DataOrder(8, 0), 8, slice(None), False)
+    with pytest.raises(ValueError) as err:
+        list(step_loader(shares, 1, 2, workers, False))
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(f"cannot read image {tmp_path / '3.png'}")
+    assert message.endswith("(the folder changed after it was scanned)")
+
+
 def test_the_eager_folder_loader_is_strict(tmp_path):
     noise_png(tmp_path / "a.png", 0)
     (tmp_path / "b.png").write_bytes(b"broken")

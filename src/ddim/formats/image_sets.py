@@ -262,7 +262,10 @@ class FolderSet(ImageSet):
         self.shape = (reading.channels, reading.image_size, reading.image_size)
 
     def _read(self, row: int) -> Tensor:
-        return torch.from_numpy(self.reading.pixels(self.root / self.names[row]))
+        try:
+            return torch.from_numpy(self.reading.pixels(self.root / self.names[row]))
+        except ValueError as e:
+            raise ValueError(f"{e} (the folder changed after it was scanned)") from None
 
     def _content(self) -> str:
         """The names, sizes and modification times of the files, and how they are read."""

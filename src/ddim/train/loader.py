@@ -52,17 +52,28 @@ def step_loader(
     steps = range(first, last + 1)
     if workers == 0:
         return (shares[s] for s in steps)
-    loader = DataLoader(
-        shares,
-        batch_size=None,
-        sampler=steps,
-        num_workers=workers,
-        collate_fn=_as_is,
-        pin_memory=pin_memory,
-        prefetch_factor=2,
-        persistent_workers=False,
+    return _one_line(
+        DataLoader(
+            shares,
+            batch_size=None,
+            sampler=steps,
+            num_workers=workers,
+            collate_fn=_as_is,
+            pin_memory=pin_memory,
+            prefetch_factor=2,
+            persistent_workers=False,
+        )
     )
-    return iter(loader)
+
+
+def _one_line(loader: DataLoader) -> Iterator[Share]:
+    """The loader's items; a worker's ValueError (an image that can no longer be read)
+    raised again as its own one-line message, without the worker's traceback."""
+    try:
+        yield from loader
+    except ValueError as e:
+        last = str(e).rstrip().splitlines()[-1]
+        raise ValueError(last.removeprefix("ValueError: ")) from None
 
 
 def own_part(batch_size: int, rank: int, world: int) -> slice:
