@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from ddim.formats import images
-from ddim.formats.datasets import load_npz
+from ddim.formats.archives import load_npz
 
 
 def ramp(n: int = 3, c: int = 1, size: int = 4) -> torch.Tensor:
