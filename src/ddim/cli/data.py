@@ -3,7 +3,6 @@ memory-mapped uint8 shards (:mod:`ddim.formats.packed`), and a pack checked byte
 
 from __future__ import annotations
 
-import os
 import time
 
 import click
@@ -39,7 +38,7 @@ def data_group() -> None:
     "--workers",
     type=click.IntRange(min=0),
     default=None,
-    help="decoding processes (default: one per core but one)",
+    help="decoding processes (default: one per core but one, at most 8)",
 )
 def pack_command(
     folder: str,
@@ -55,11 +54,12 @@ def pack_command(
 
     Train on it with data.kind: packed and data.path: OUT.
     """
+    from ddim.formats.datasets import auto_workers
     from ddim.formats.image_sets import Reading
     from ddim.formats.packed import pack_folder
 
     if workers is None:
-        workers = max(1, (os.cpu_count() or 1) - 1)
+        workers = auto_workers()
     began = time.perf_counter()
     reading = Reading(size, int(channels), preprocess)
     manifest = pack_folder(folder, out, reading, labelled=labels, strict=strict, workers=workers)

@@ -198,6 +198,11 @@ def decode_workers(cfg: DataConfig) -> int:
         return 0
     if cfg.workers != "auto":
         return int(cfg.workers)
+    return auto_workers()
+
+
+def auto_workers() -> int:
+    """Decoding processes by default: one per core but one, at most 8, at least 1."""
     return min(8, max(1, (os.cpu_count() or 1) - 1))
 
 
