@@ -38,6 +38,8 @@ SCHEDULES = ("linear", "cosine")
 #: What a network predicts (``UNetConfig.prediction``, ``ddim.parameterization``): the noise,
 #: Salimans & Ho's ``v = alpha eps - sigma x0``, or the data.
 PREDICTIONS = ("eps", "v", "x")
+#: Progressive distillation's weights on the data error (``progressive.loss_weight``).
+DISTILL_WEIGHTINGS = ("snr", "truncated-snr")
 NOISE_LEVEL_SPACINGS = ("logsnr", "karras")
 #: The weights a checkpoint may hold: the EMA (to sample with) and the raw training weights.
 WEIGHTS = ("ema", "model")

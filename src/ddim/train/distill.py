@@ -10,8 +10,9 @@ Each optimiser step ``s`` of round ``r``:
    ``(seed, r, s)``, so any step's batch can be made again from the step alone;
 2. noises the images to ``z_t`` at the student's ``t = plan[k]``, runs the teacher's two
    DDIM steps in fp32 and solves eq. (1) there for the target ``x~``;
-3. takes an Adam step on ``max(SNR_t, 1) |x^ - x~|^2`` (the student's data prediction read
-   through its parameterization), with warm-up, clipping and the EMA update of training.
+3. takes an Adam step on ``w(t) |x^ - x~|^2`` (the student's data prediction read through
+   its parameterization; ``w`` is ``distill.weighting``), with warm-up, clipping and the
+   EMA update of training.
 
 Dropout is off in the student: the teacher's target is deterministic. A round's folder
 (``<out_dir>/round-<r>-<N>steps/``) holds checkpoints as training's do
@@ -335,7 +336,8 @@ def _step(
 
     predictions = (rnd.teacher_prediction, rnd.student.config.prediction)
     loss = distillation_loss(student, rnd.teacher, sched, x0, noise,
-                             (ts[2 * k], ts[2 * k + 1], ts[2 * k + 2]), predictions, y)  # fmt: skip
+                             (ts[2 * k], ts[2 * k + 1], ts[2 * k + 2]), predictions, y,
+                             config.distill.loss_weighting)  # fmt: skip
     rnd.opt.zero_grad(set_to_none=True)
     loss.backward()
     norm = torch.nn.utils.clip_grad_norm_(rnd.student.parameters(), tc.grad_clip or float("inf"))

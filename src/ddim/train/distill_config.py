@@ -26,7 +26,7 @@ from typing import Any
 
 from ddim.formats.config_file import build_section
 from ddim.formats.datasets import DataConfig
-from ddim.names import PREDICTIONS
+from ddim.names import DISTILL_WEIGHTINGS, PREDICTIONS
 from ddim.schedule import DiffusionConfig
 from ddim.train.config import TrainingConfig, read_sections
 
@@ -35,14 +35,21 @@ from ddim.train.config import TrainingConfig, read_sections
 class DistillSection:
     """The teacher and the rounds: ``teacher`` is a checkpoint path or bundled name whose
     DDIM plan of ``teacher_steps`` trailing steps the first student halves; each round
-    halves again until the student takes ``student_steps``. ``prediction`` is what every
-    student predicts (``v`` or ``x``: an ε-student is ill-posed near ``t = T``, where
-    ``x0 = (z - sigma eps) / alpha`` with ``alpha ~ 0.006``)."""
+    halves again until the student takes ``student_steps``.
+
+    ``prediction`` is what every student predicts: ``eps``, ``v`` or ``x``. A student
+    starts from its teacher's weights, so it starts *as* its teacher only when both predict
+    the same thing: a v-student of an ε-teacher must first learn another output, and
+    near ``t = T`` its targets are the ε-teacher's ``x0 = (z - sigma eps) / alpha``
+    (``alpha ~ 0.006``), whose ε errors are amplified 160-fold. ``weighting`` is the loss
+    weight on the data error (:func:`ddim.train.progressive.loss_weight`); ``auto`` is
+    ``snr`` (the ε-loss) for an ε-student and ``truncated-snr`` for v and x."""
 
     teacher: str
     teacher_steps: int = 64
     student_steps: int = 1
     prediction: str = "v"
+    weighting: str = "auto"
 
     def __post_init__(self) -> None:
         if not isinstance(self.teacher, str) or not self.teacher:
@@ -54,9 +61,21 @@ class DistillSection:
                 f"distill.prediction must be one of {', '.join(PREDICTIONS)}, "
                 f"got {self.prediction!r}"
             )
+        if self.weighting not in ("auto", *DISTILL_WEIGHTINGS):
+            raise ValueError(
+                f"distill.weighting must be one of auto, {', '.join(DISTILL_WEIGHTINGS)}, "
+                f"got {self.weighting!r}"
+            )
         for name in ("teacher_steps", "student_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"distill.{name} must be >= 1, got {getattr(self, name)}")
+
+    @property
+    def loss_weighting(self) -> str:
+        """``weighting`` with ``auto`` resolved by the students' prediction."""
+        if self.weighting != "auto":
+            return self.weighting
+        return "snr" if self.prediction == "eps" else "truncated-snr"
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from ddim.names import DISTILL_WEIGHTINGS
 from ddim.parameterization import Model, to_pair
 from ddim.schedule import NoiseSchedule
 
@@ -94,10 +95,19 @@ def teacher_two_steps(
     return z
 
 
-def truncated_snr(alpha: Tensor, sigma: Tensor) -> Tensor:
-    """Salimans & Ho's loss weight on the data error, ``max(alpha^2 / sigma^2, 1)``: the
-    ε-loss at low noise, and still a weight of 1 where ``alpha -> 0``."""
-    return (alpha.square() / sigma.square()).clamp(min=1.0)
+def loss_weight(alpha: Tensor, sigma: Tensor, weighting: str) -> Tensor:
+    """The weight on the data error ``|x^ - x~|^2`` (Salimans & Ho, sec. 4): ``snr``,
+    ``alpha^2 / sigma^2``, makes it the squared error of the implied ε (the teacher's own
+    training loss, and the one an ε-student needs: its data error near ``t = T`` is its ε
+    error times ``sigma / alpha ~ 160``); ``truncated-snr``, ``max(alpha^2 / sigma^2, 1)``,
+    is the ε-loss at low noise and still a weight of 1 where ``alpha -> 0`` (for v- and
+    x-students)."""
+    snr = alpha.square() / sigma.square()
+    if weighting == "snr":
+        return snr
+    if weighting == "truncated-snr":
+        return snr.clamp(min=1.0)
+    raise ValueError(f"weighting must be one of {', '.join(DISTILL_WEIGHTINGS)}, got {weighting!r}")
 
 
 def distillation_loss(
@@ -109,10 +119,11 @@ def distillation_loss(
     ts: tuple[Tensor, Tensor, Tensor],
     predictions: tuple[str, str],
     y: Tensor | None = None,
+    weighting: str = "truncated-snr",
 ) -> Tensor:
     """Salimans & Ho's loss for one batch: ``x0`` noised by ``noise`` to ``z_t`` at each
     row's student point ``ts[0]``, the teacher's two steps through ``ts[1]`` to ``ts[2]``,
-    the target of eq. (1), and the batch mean of ``max(SNR_t, 1)`` times the mean squared
+    the target of eq. (1), and the batch mean of :func:`loss_weight` times the mean squared
     error of the student's data prediction. ``predictions`` are the teacher's and the
     student's parameterizations."""
     alpha, sigma = alpha_sigma(sched, ts[0], x0)
@@ -122,4 +133,4 @@ def distillation_loss(
     out = student(z_t, ts[0], *(() if y is None else (y,))).to(z_t.dtype)
     x0_pred = to_pair(out, z_t, alpha, sigma, predictions[1])[1]
     per_row = (x0_pred - target).square().flatten(1).mean(1)
-    return (truncated_snr(alpha, sigma).flatten() * per_row).mean()
+    return (loss_weight(alpha, sigma, weighting).flatten() * per_row).mean()
