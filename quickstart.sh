@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The README's Quick start: `./quickstart.sh sample [ddim sample options]` or `./quickstart.sh test`
-# (and `./quickstart.sh serve [ddim serve options]`: the web page).
+# (and `./quickstart.sh serve [ddim serve options]`: the web page; `./quickstart.sh docs`: the
+# documentation at http://127.0.0.1:8000/, or `./quickstart.sh docs build` into site/).
 # Either one creates (or reuses) the virtual environment .venv and installs the package into it.
 # Set DDIM_CONSTRAINTS to a pip constraints file to pin versions (CI pins torch this way).
 set -euo pipefail
@@ -11,7 +12,7 @@ python=${PYTHON:-python3}
 
 die() { echo "quickstart: $*" >&2; exit 2; }
 
-setup() {  # $1: the pip extra to install ("", "test" or "serve")
+setup() {  # $1: the pip extra to install ("", "test", "serve" or "docs")
     local spec=. stamp="$venv/.ddim-installed"
     [ -n "$1" ] && spec=".[$1]" && stamp="$stamp-$1"
     if [ ! -x "$venv/bin/python" ]; then
@@ -38,6 +39,16 @@ case "${1:-}" in
         setup serve
         exec "$venv/bin/ddim" serve "$@"
         ;;
+    docs)
+        shift
+        setup docs
+        export NO_MKDOCS_2_WARNING=1
+        if [ "${1:-}" = build ]; then
+            shift
+            exec "$venv/bin/mkdocs" build --strict "$@"
+        fi
+        exec "$venv/bin/mkdocs" serve "$@"
+        ;;
     test)
         shift
         setup test
@@ -45,6 +56,6 @@ case "${1:-}" in
         exec "$venv/bin/python" -m pytest -q "$@"
         ;;
     *)
-        die "usage: ./quickstart.sh sample [OPTIONS] | test [PYTEST ARGS] | serve [OPTIONS]"
+        die "usage: ./quickstart.sh sample [OPTIONS] | test [PYTEST ARGS] | serve [OPTIONS] | docs [build]"
         ;;
 esac

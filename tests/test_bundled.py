@@ -80,8 +80,9 @@ def test_fifty_ddim_steps_draw_confident_digits_of_all_ten_classes() -> None:
 def test_ten_steps_keep_the_recorded_fd_and_blob_rate(eta: float, max_fd: float, max_blobs: int):
     """250 samples (seeds 0..249, S = 10, uniform spacing) against the held-out statistics.
     Measured on this model (step 22,000): FD 139.3 with 2 blobs at eta = 0, 117.3 with none
-    at eta = 1 (FD at n = 250 sits above the n = 1,000 figures of RESULTS.md: 98.5 and
-    79.4); the bounds leave 5 % in FD and a blob or two for the rounding of other CPUs.
+    at eta = 1 (FD at n = 250 sits above the n = 1,000 figures of
+    docs/results/mnist-table1.md: 98.5 and 79.4); the bounds leave 5 % in FD and a blob or
+    two for the rounding of other CPUs.
     The previous model measured 316.0 with 35 blobs and 156.8 with none."""
     model, sched = ddim.load_pretrained("mnist")
     x = generate(model, sched, 250, (1, 28, 28), seed=0, batch_size=125,

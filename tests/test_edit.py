@@ -123,7 +123,7 @@ def test_inpainting_resamples_only_below_the_given_noise_level() -> None:
 def test_going_back_up_at_high_noise_barely_moves_the_exact_law() -> None:
     """On the Gaussian oracle, DDNM's resampling at t >= T / 2 changes W2^2 to the exact
     conditional law by under 1e-6 of it: the travel that matters is at low noise
-    (docs/RESULTS.md §4.1). Values pinned to 1e-3."""
+    (docs/results/inpainting-oracle.md). Values pinned to 1e-3."""
     oracle = CorrelatedGaussian(COV, SCHED)
     walk = {"steps": 20, "method": "ddnm", "resample": 5, "jump_length": 2}
     everywhere = inpainting_w2(oracle, X0, KNOWN, **walk)

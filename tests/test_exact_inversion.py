@@ -98,7 +98,7 @@ def test_as_samplers_from_noise_they_converge_to_the_data_law() -> None:
     (W2^2 falls 16x a doubling from S = 40; DDIM 4x) and beats DDIM from S = 40 (equal at 20;
     behind at 10: 1.81 against 0.59); EDICT (p = 0.93)
     is far off at few steps (W2^2 35 at S = 10, DDIM 0.59) and converges from S ~ 40.
-    Values pinned to 1e-3 (docs/RESULTS.md)."""
+    Values pinned to 1e-3 (docs/results/exact-inversion.md)."""
     ddim_w2 = [w2_of("ddim", s) for s in (10, 20, 40, 80, 160)]
     bdia_w2 = [w2_of("bdia", s) for s in (10, 20, 40, 80, 160)]
     edict_w2 = [w2_of("edict", s) for s in (10, 20, 40, 80, 160)]

@@ -1,4 +1,5 @@
-"""``docs/results/Makefile``: every piece of RESULTS.md §2 and §3.2, the sample checks and
+"""``docs/results/Makefile``: every piece of docs/results/mnist-model.md to
+docs/results/previous-model.md and of docs/results/solvers-mnist.md, the sample checks and
 the README's pictures, end to end on a tiny model; a second run finds nothing left to do."""
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ solver, η, and classifier-free or classifier guidance reach it (:func:`ddim.sam
   moved by ``alpha_next * mask * (x_0 - x0_pred)``, a change of the state after the step
   that every solver can take (the pair is not consistent, so it cannot be a change of the
   prediction: with the ``eps`` the rectified ``x0_pred`` implies, the exact oracle's W2²
-  doubles, §4.1 of docs/RESULTS.md); with ``resample > 1`` it goes back up and down as
+  doubles, docs/results/inpainting-oracle.md); with ``resample > 1`` it goes back up and down as
   RePaint does (DDNM+'s time travel), by default only at ``t < T / 2``.
 
 A walk down a stretch of the plan is one solver run over that part of it, so a multistep
@@ -144,8 +144,8 @@ def inpaint(
     RePaint does). At high noise going back up does nothing to the law on an exact Gaussian
     oracle and lost labels on digits; at low noise it makes the fill agree with the known
     pixels. The defaults (DDNM, 15 resamplings over jumps of 2 steps below T / 2, 160 calls
-    at 20 steps) kept the label of inpainted held-out digits most often (docs/RESULTS.md
-    §4.1-4.2).
+    at 20 steps) kept the label of inpainted held-out digits most often
+    (docs/results/inpainting-oracle.md, docs/results/inpainting-digits.md).
 
     The run is ``options`` (a :class:`~ddim.sampling.SamplerOptions`), or its fields given
     one by one (``steps``, ``spacing``, ``solver``, ``eta``, ``guidance``, ``precision``,

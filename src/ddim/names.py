@@ -21,7 +21,8 @@ EDICT_P, BDIA_GAMMA = 0.93, 1.0
 #: How a solver run ends: a step to alpha_bar = 1 (first order or trapezoidal), or at the
 #: smallest timestep.
 FINAL_STEPS = ("denoise", "trapezoid", "none")
-#: The final step of the solvers other than ddim (measured: docs/RESULTS.md, "Solvers").
+#: The final step of the solvers other than ddim (measured: docs/results/solvers-oracle.md,
+#: docs/results/solvers-mnist.md).
 DEFAULT_FINAL_STEP = "trapezoid"
 CONVERT_SOURCES = ("official", "pesser", "ours", "diffusers")
 CONVERT_TARGETS = ("ours", "diffusers")
@@ -56,7 +57,7 @@ INPAINT_METHODS = ("replace", "repaint", "dps", "ddnm")
 #: Inpainting's method and steps by default (the library's, the CLI's and the page's).
 INPAINT_METHOD, INPAINT_STEPS = "ddnm", 20
 #: Inpainting's resampling by default, the setting that kept the label of inpainted held-out
-#: digits most often (docs/RESULTS.md §4.2): 15 times over jumps of 2 steps, in the low-noise
-#: half of the walk only (t < T / 2); 160 model calls at 20 steps.
+#: digits most often (docs/results/inpainting-digits.md): 15 times over jumps of 2 steps,
+#: in the low-noise half of the walk only (t < T / 2); 160 model calls at 20 steps.
 INPAINT_RESAMPLE, INPAINT_JUMP_LENGTH, INPAINT_RESAMPLE_BELOW = 15, 2, 0.5
 NAMED_MASKS = ("top-half", "bottom-half", "left-half", "right-half", "center")

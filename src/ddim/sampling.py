@@ -106,7 +106,8 @@ def sample(
             ``sigma / alpha``; ``"none"`` returns the state at the smallest timestep as it
             is, one model call cheaper. ``None``: ``"denoise"`` for ``ddim``, else
             :data:`~ddim.names.DEFAULT_FINAL_STEP` (``"trapezoid"``, chosen on the exact
-            Gaussian oracle and FD-MNIST; see docs/RESULTS.md).
+            Gaussian oracle and FD-MNIST; see docs/results/solvers-oracle.md and
+            docs/results/solvers-mnist.md).
         guidance: classifier-free guidance weight ``w`` for a class-conditional model
             (eq. 1 of :mod:`ddim.guidance`; both halves in one batched call of ``2B``).
         classifier_scale: the scale ``s`` of classifier guidance (eq. 2 there; default 1

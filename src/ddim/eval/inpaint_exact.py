@@ -130,8 +130,8 @@ def ar1_covariance(dim: int, rho: float) -> torch.Tensor:
 
 
 def bias_table(dim: int = 16, rho: float = 0.9, draws: int = 20) -> str:
-    """The table of docs/RESULTS.md §4.1: the mean W2^2 of each method over ``draws`` data
-    draws, the first half of ``N(0, ar1_covariance(dim, rho))`` known, eta = 1."""
+    """The table of docs/results/inpainting-oracle.md: the mean W2^2 of each method over
+    ``draws`` data draws, the first half of ``N(0, ar1_covariance(dim, rho))`` known, eta = 1."""
     oracle = CorrelatedGaussian(ar1_covariance(dim, rho), NoiseSchedule.linear())
     known = torch.arange(dim) < dim // 2
     chol = torch.linalg.cholesky(oracle.cov)
