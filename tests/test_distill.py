@@ -5,6 +5,7 @@ and the refusals."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -14,6 +15,7 @@ import textwrap
 import types
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -312,6 +314,21 @@ def test_ddim_distill_command_and_sample_with_the_students_plan(tmp_path, teache
     assert "sampling with its own 1-step plan [99]" in sample.stdout
     assert "ddim: 1 model calls a batch" in sample.stdout
     assert out.is_file()
+    # where round 2's one step lands against round 1's two: one row, read from its plan
+    np.savez(tmp_path / "held.npz", np.random.default_rng(0).integers(0, 256, (8, 8, 8), np.uint8))
+    round_1 = round_folder(tmp_path / "run", 1, 2) / "student.safetensors"
+    land = [sys.executable, "-m", "ddim.cli", "eval", "landing", str(student), "--data",
+            str(tmp_path / "held.npz"), "--out-dir", str(tmp_path / "land")]  # fmt: skip
+    done = subprocess.run([*land, "--teacher", str(round_1)], capture_output=True, text=True,
+                          env=ENV, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    rows = json.loads((tmp_path / "land/landing.json").read_text())["rows"]
+    assert [(r["t"], r["t_end"]) for r in rows] == [(99, -1)]
+    assert rows[0]["student"] > 0 and rows[0]["teacher_one_step"] > 0
+    bad = subprocess.run([*land, "--teacher", str(student)], capture_output=True, text=True,
+                         env=ENV, timeout=120)  # fmt: skip
+    assert bad.returncode == 2
+    assert "plan [99] is not every other point of" in bad.stderr
 
 
 # ---------------------------------------------------------------- exact: the Gaussian oracle

@@ -23,6 +23,7 @@ from ddim.cli.eval_floor import floor_command
 from ddim.cli.eval_guidance import guidance_command
 from ddim.cli.eval_inpaint import inpaint_command
 from ddim.cli.eval_judge import judge_command
+from ddim.cli.eval_landing import landing_command
 from ddim.cli.eval_loss import loss_command
 from ddim.cli.eval_options import (
     Judging,
@@ -68,6 +69,7 @@ eval_group.add_command(floor_command)
 eval_group.add_command(guidance_command)
 eval_group.add_command(inpaint_command)
 eval_group.add_command(judge_command)
+eval_group.add_command(landing_command)
 eval_group.add_command(memorization_command)
 eval_group.add_command(loss_command)
 eval_group.add_command(solvers_command)

@@ -1,0 +1,85 @@
+"""``ddim eval landing``: where a distilled student's steps land against its teacher's two
+(:mod:`ddim.eval.landing`), on held-out images; a check of a round in a minute, before its
+samples are judged."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from ddim.cli import options
+from ddim.cli.eval_options import Slice, load_images
+from ddim.cli.options import option
+
+if TYPE_CHECKING:
+    import torch
+
+
+@click.command("landing")
+@click.argument("student", metavar="STUDENT")
+@option(
+    "--teacher",
+    required=True,
+    metavar="CKPT",
+    help="the round's teacher: a checkpoint or a bundled name",
+)
+@option("--data", required=True, metavar="PATH", help="held-out images: MNIST idx3, .npz or folder")
+@option("--slice", "part", type=Slice(), default=":", help="which images of --data, START:STOP")
+@option("--seed", type=click.IntRange(min=0), default=0, help="seed of the noise")
+@options.device_option
+@option("--out-dir", type=click.Path(file_okay=False), default="results", help="output folder")
+def landing_command(
+    student: str,
+    teacher: str,
+    data: str,
+    part: slice,
+    seed: int,
+    device: torch.device,
+    out_dir: str,
+) -> None:
+    """For each point t of STUDENT's plan: the RMS distance from its one DDIM step to the
+    teacher's two, beside the teacher's own single step over the same interval (what a
+    student that learnt nothing gives). The teacher's plan is its recorded one (a student)
+    or twice as many trailing steps. Writes landing.md and landing.json."""
+    import torch
+
+    from ddim.eval.landing import landing_errors
+    from ddim.eval.reports import write_json
+    from ddim.formats.atomic import atomic_write_text
+    from ddim.formats.checkpoint import load_checkpoint
+
+    s_ckpt, t_ckpt = load_checkpoint(student), load_checkpoint(teacher)
+    s_plan = s_ckpt.model_config.sampling_plan
+    if s_plan is None:
+        raise ValueError(f"{student} records no sampling plan: it is not a distilled student")
+    t_plan = t_ckpt.model_config.sampling_plan or tuple(
+        t_ckpt.schedule.timesteps(2 * len(s_plan), "trailing").tolist()
+    )
+    if tuple(t_plan[::2]) != tuple(s_plan) or len(t_plan) != 2 * len(s_plan):
+        raise ValueError(
+            f"{student}'s plan {list(s_plan)} is not every other point of {teacher}'s "
+            f"{list(t_plan)}"
+        )
+    if s_ckpt.data_shape != t_ckpt.data_shape:
+        raise ValueError(f"{student} and {teacher} take images of different shapes")
+    x0 = load_images(data, part, s_ckpt.data_shape).to(device)
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed)).to(device)
+    predictions = (t_ckpt.model_config.prediction, s_ckpt.model_config.prediction)
+    rows = landing_errors(s_ckpt.unet().to(device), t_ckpt.unet().to(device), t_ckpt.schedule,
+                          x0, noise, t_plan, predictions)  # fmt: skip
+    lines = ["| t -> t'' | student | teacher, one step | ratio |", "|---|---:|---:|---:|"]
+    for r in rows:
+        ratio = r.student / r.teacher_one_step
+        lines.append(f"| {r.t} -> {r.t_end} | {r.student:.3e} | {r.teacher_one_step:.3e} "
+                     f"| {ratio:.2f} |")  # fmt: skip
+        click.echo(lines[-1])
+    meta = {"student": student, "teacher": teacher, "data": f"{data}[{part.start}:{part.stop}]",
+            "n": int(x0.shape[0]), "seed": seed, "teacher_plan": list(t_plan)}  # fmt: skip
+    out = Path(out_dir)
+    write_json(out / "landing.json", {"meta": meta, "rows": [r.to_dict() for r in rows]})
+    title = (f"# Where {student}'s steps land against {teacher}'s two "
+             f"({meta['n']} images of {meta['data']}; RMS of z'')")  # fmt: skip
+    atomic_write_text(out / "landing.md", title + "\n\n" + "\n".join(lines) + "\n")
+    click.echo(f"wrote {out}/landing.{{md,json}}")
