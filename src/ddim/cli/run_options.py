@@ -39,10 +39,12 @@ def run_option(
     default: Any = _UNSET,
     shown: str | None = None,
     choices: tuple[str, ...] | None = None,
+    help: str | None = None,
 ) -> Any:
     """The click option of :class:`SamplerOptions` field ``name``, with the library's
     default unless ``default`` is given (``shown`` then says what it means in ``--help``),
-    and, for a command that takes only some of them, the declared ``choices`` it takes."""
+    and, for a command that takes only some of them, the declared ``choices`` it takes and
+    the ``help`` that describes those."""
     facts = declared_fields()[name]
     if choices is not None:
         if not set(choices) <= set(facts.choices or ()):
@@ -52,7 +54,8 @@ def run_option(
     value = default_of(name) if default is _UNSET else default
     if shown is None:
         shown = facts.when_none if value is None else True
-    kwargs: dict[str, Any] = {"default": value, "show_default": shown, "help": facts.help}
+    kwargs: dict[str, Any] = {"default": value, "show_default": shown,
+                              "help": help or facts.help}  # fmt: skip
     kind = click_type(facts)
     if kind is not None:
         kwargs["type"] = kind
@@ -75,4 +78,10 @@ bdia_gamma_option = run_option("bdia_gamma")
 fixed_point_option = run_option("fixed_point")
 #: The solvers whose encoding a command can undo: DDIM's (to within Table 2's error) and
 #: the exact ones.
-encoding_solver_option = run_option("solver", choices=("ddim", "edict", "bdia"))
+encoding_solver_option = run_option(
+    "solver",
+    choices=("ddim", "edict", "bdia"),
+    help="how images are encoded and decoded: ddim (the paper's encoding, close to "
+    "invertible as S grows), or edict / bdia, which invert exactly (their latent is two "
+    "tensors, the sampler's whole state)",
+)
