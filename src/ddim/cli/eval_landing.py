@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 @option("--data", required=True, metavar="PATH", help="held-out images: MNIST idx3, .npz or folder")
 @option("--slice", "part", type=Slice(), default=":", help="which images of --data, START:STOP")
 @option("--seed", type=click.IntRange(min=0), default=0, help="seed of the noise")
+@option("--weights", type=click.Choice(("ema", "model")), default="ema",
+        help="the student's weights (a round's checkpoint also holds the raw ones)")  # fmt: skip
 @options.device_option
 @option("--out-dir", type=click.Path(file_okay=False), default="results", help="output folder")
 def landing_command(
@@ -36,6 +38,7 @@ def landing_command(
     data: str,
     part: slice,
     seed: int,
+    weights: str,
     device: torch.device,
     out_dir: str,
 ) -> None:
@@ -67,8 +70,9 @@ def landing_command(
     x0 = load_images(data, part, s_ckpt.data_shape).to(device)
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed)).to(device)
     predictions = (t_ckpt.model_config.prediction, s_ckpt.model_config.prediction)
-    rows = landing_errors(s_ckpt.unet().to(device), t_ckpt.unet().to(device), t_ckpt.schedule,
-                          x0, noise, t_plan, predictions)  # fmt: skip
+    student_net, teacher_net = s_ckpt.unet(weights).to(device), t_ckpt.unet().to(device)
+    rows = landing_errors(student_net, teacher_net, t_ckpt.schedule, x0, noise, t_plan,
+                          predictions)  # fmt: skip
     lines = ["| t -> t'' | student | teacher, one step | ratio |", "|---|---:|---:|---:|"]
     for r in rows:
         ratio = r.student / r.teacher_one_step
@@ -76,7 +80,8 @@ def landing_command(
                      f"| {ratio:.2f} |")  # fmt: skip
         click.echo(lines[-1])
     meta = {"student": student, "teacher": teacher, "data": f"{data}[{part.start}:{part.stop}]",
-            "n": int(x0.shape[0]), "seed": seed, "teacher_plan": list(t_plan)}  # fmt: skip
+            "n": int(x0.shape[0]), "seed": seed, "weights": weights,
+            "teacher_plan": list(t_plan)}  # fmt: skip
     out = Path(out_dir)
     write_json(out / "landing.json", {"meta": meta, "rows": [r.to_dict() for r in rows]})
     title = (f"# Where {student}'s steps land against {teacher}'s two "
