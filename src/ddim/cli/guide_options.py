@@ -29,6 +29,16 @@ class_option = option(
     help="class K of a class-conditional model (the bundled mnist-cond unless --ckpt is "
     "given) or, with --classifier-scale, of the classifier; all: one grid row per class",
 )
+#: ``--class`` of the commands that start from images (encode, reconstruct, edit, inpaint):
+#: their images' class, with no classifier and no grid.
+image_class_option = option(
+    "--class",
+    "class_",
+    default=None,
+    metavar="K",
+    help="class K of a class-conditional model (the bundled mnist-cond unless --ckpt is "
+    "given), for every image",
+)
 guidance_option = run_options.guidance_option
 classifier_scale_option = run_options.classifier_scale_option
 classifier_option = option(
@@ -49,7 +59,7 @@ class ClassChoice:
 
 
 #: ``--class --guidance``, handed to a command as ``guide: ClassChoice``.
-class_guidance = options_as(ClassChoice, [class_option, guidance_option], name="guide")
+class_guidance = options_as(ClassChoice, [image_class_option, guidance_option], name="guide")
 
 
 def model_for(ckpt: str, class_: str | None, classifier_scale: float | None = None) -> str:
