@@ -50,10 +50,12 @@ class CoupledLatent:
 
     @property
     def device(self) -> torch.device:
+        """The device the halves are on (the first half's)."""
         return self.first.device
 
     @property
     def dtype(self) -> torch.dtype:
+        """The dtype of the halves (the first half's)."""
         return self.first.dtype
 
     def __getitem__(self, rows: slice) -> CoupledLatent:

@@ -23,6 +23,8 @@ class MethodList(click.ParamType):
     name = "method list"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        """Parse ``replace,ddnm:15:2:0.5`` into ``(method, resample, jump_length,
+        resample_below)`` tuples, or fail with click's one-line usage error."""
         if isinstance(value, list):
             return value
         out = []

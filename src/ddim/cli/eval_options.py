@@ -33,6 +33,8 @@ class NumberList(click.ParamType):
         self.name = f"{kind.__name__} list"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        """Parse ``10,20,50`` into a list of ``kind``, or fail with click's one-line usage
+        error."""
         if isinstance(value, list):
             return value
         try:
@@ -50,6 +52,8 @@ class Slice(click.ParamType):
     name = "start:stop"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        """Parse ``9000:10000`` into a :class:`slice`, or fail with click's one-line usage
+        error."""
         if isinstance(value, slice):
             return value
         try:
@@ -60,6 +64,8 @@ class Slice(click.ParamType):
 
 
 def steps_list(default: str) -> options.Decorator:
+    """``--steps``: the numbers of steps S to run, comma-separated (each ``>= 1``), as
+    ``steps_list``; ``default`` is shown in the help."""
     return option(
         "--steps",
         "steps_list",
@@ -188,6 +194,8 @@ class JudgeList(click.ParamType):
     name = "judges"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        """Parse ``fd-mnist,kid-mnist`` or ``all`` into a tuple of judge names (repeats
+        dropped, order kept), or fail with click's one-line usage error."""
         if isinstance(value, tuple):
             return value
         names = [v.strip() for v in str(value).split(",") if v.strip()]

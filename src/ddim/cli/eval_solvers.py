@@ -27,6 +27,8 @@ class SolverList(click.ParamType):
     name = "solvers"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        """Parse ``ddim,dpmpp-2m`` into a list of names of :data:`ddim.names.SOLVERS`, or
+        fail with click's one-line usage error."""
         if isinstance(value, list):
             return value
         names = [v.strip() for v in str(value).split(",") if v.strip()]

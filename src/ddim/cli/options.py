@@ -61,6 +61,8 @@ class DeviceType(click.ParamType):
     name = "device"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        """Parse ``cuda:1`` into a :class:`torch.device`, or fail with click's one-line
+        usage error if it is unknown or unusable here (:func:`ddim.devices.device_problem`)."""
         import torch
 
         from ddim.devices import device_problem

@@ -44,6 +44,7 @@ class Floor:
         return {"mean": float(d.mean()), "std": std, "min": float(d.min()), "max": float(d.max())}
 
     def to_dict(self) -> dict[str, object]:
+        """The fields as a dict for JSON, with :meth:`summary` under ``"summary"``."""
         return asdict(self) | {"summary": self.summary()}
 
 

@@ -30,9 +30,12 @@ class HeldoutLoss:
 
     @property
     def mean(self) -> float:
+        """The unweighted mean of ``per_t`` over the timesteps."""
         return sum(self.per_t) / len(self.per_t)
 
     def to_dict(self) -> dict[str, float]:
+        """The loss at each ``t`` under ``"t<t>"`` (e.g. ``"t500"``) and :attr:`mean`
+        under ``"mean"``."""
         per_t = {f"t{t}": v for t, v in zip(self.timesteps, self.per_t, strict=True)}
         return per_t | {"mean": self.mean}
 

@@ -130,6 +130,8 @@ class Spaces:
 
     @classmethod
     def build(cls, train: torch.Tensor, device: str | torch.device = "cpu") -> Spaces:
+        """The spaces of ``train``: its pixel mean and first :data:`PCA_COMPONENTS`
+        principal directions (an SVD in float64), and both bundled classifiers on ``device``."""
         flat = train.flatten(1).double()
         mean = flat.mean(dim=0)
         _, _, v = torch.linalg.svd(flat - mean, full_matrices=False)

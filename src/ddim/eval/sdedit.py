@@ -94,6 +94,8 @@ def score(
 
 
 def markdown(rows: list[Row]) -> str:
+    """The Markdown table of ``rows``, one line per strength (the clean digits and the
+    degraded input named as such)."""
     lines = [
         "| strength | model calls | FD-MNIST | confidence | label kept | MSE to input "
         "| MSE to clean |",

@@ -46,6 +46,8 @@ def uint8_to_tensor(array: np.ndarray) -> Tensor:
 
 
 def read_bytes(path: PathLike, what: str) -> bytes:
+    """The whole content of the file ``path``; a ValueError naming it as ``what``
+    (e.g. ``"MNIST file"``) when it is missing or not a file."""
     file = Path(path)
     if not file.is_file():
         raise ValueError(f"{what} {file} does not exist or is not a file")

@@ -72,6 +72,8 @@ _REQUIRED = {
 
 
 def import_diffusers() -> ModuleType:
+    """The ``diffusers`` package, or an ImportError saying how to install it (the
+    ``ddim[diffusers]`` extra)."""
     try:
         import diffusers
     except ImportError as e:
@@ -96,6 +98,8 @@ class DiffusersEps(nn.Module):
     def forward(
         self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None
     ) -> torch.Tensor:
+        """``unet(x_t, t, class_labels=y).sample``, ``x`` cast to the U-Net's dtype and
+        a conditional model's ``y=None`` made the null label."""
         if self.num_classes and y is None:
             y = torch.full_like(t, self.num_classes)
         return self.unet(x.to(self.unet.dtype), t, class_labels=y).sample

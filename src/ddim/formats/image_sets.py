@@ -112,6 +112,8 @@ class ArraySet(ImageSet):
         return self.images[row]
 
     def batch(self, index: Tensor) -> Tensor:
+        """The images at positions ``index``, ``(B, C, H, W)``, by one indexing of the
+        held tensor."""
         return self.images[index + self.rows.start]
 
     def _content(self) -> str:
@@ -154,6 +156,7 @@ class FolderScan:
 
     @property
     def found(self) -> int:
+        """How many image files the scan found: those kept and those skipped."""
         return len(self.files) + len(self.skipped)
 
     def summary(self) -> str:

@@ -37,6 +37,8 @@ class Judge(nn.Module):
     """A digit classifier with a 128-D feature layer: ``features(x)``, logits, ``predict``."""
 
     def features(self, x: Tensor) -> Tensor:
+        """The feature layer ``(B, 128)`` of ``x`` ``(B, 1, 28, 28)`` in ``[-1, 1]``;
+        each judge defines its own."""
         raise NotImplementedError
 
     @torch.no_grad()

@@ -182,6 +182,8 @@ class ResnetBlock(nn.Module):
         self.nin_shortcut = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else None
 
     def forward(self, x: Tensor, temb: Tensor) -> Tensor:
+        """The block on ``x`` ``(B, in_ch, H, W)`` under the time embedding ``temb``
+        ``(B, temb_ch)``: ``(B, out_ch, H, W)``, the shortcut a 1x1 conv where the widths differ."""
         h = self.conv1(F.silu(self.norm1(x)))
         h = h + self.temb_proj(F.silu(temb))[:, :, None, None]
         h = self.conv2(self.dropout(F.silu(self.norm2(h))))
@@ -202,6 +204,7 @@ class AttnBlock(nn.Module):
         self.proj_out = nn.Conv2d(channels, channels, 1)
 
     def forward(self, x: Tensor) -> Tensor:
+        """``x`` ``(B, C, H, W)`` plus the projected attention output, the same shape."""
         b, c, height, width = x.shape
         h = self.norm(x)
 
@@ -221,6 +224,7 @@ class Downsample(nn.Module):
         self.conv = nn.Conv2d(channels, channels, 3, stride=2) if with_conv else None
 
     def forward(self, x: Tensor) -> Tensor:
+        """``x`` ``(B, C, H, W)`` at half the resolution, ``(B, C, H // 2, W // 2)``."""
         if self.conv is not None:
             return self.conv(F.pad(x, (0, 1, 0, 1)))
         return F.avg_pool2d(x, 2)
@@ -234,6 +238,7 @@ class Upsample(nn.Module):
         self.conv = nn.Conv2d(channels, channels, 3, padding=1) if with_conv else None
 
     def forward(self, x: Tensor) -> Tensor:
+        """``x`` ``(B, C, H, W)`` at twice the resolution, ``(B, C, 2H, 2W)``."""
         x = F.interpolate(x, scale_factor=2.0, mode="nearest")
         return x if self.conv is None else self.conv(x)
 

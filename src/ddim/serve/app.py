@@ -67,6 +67,9 @@ JOBS: dict[str, tuple[Parse, MakeJob]] = {
 
 
 def facts_of(served: Served) -> ModelFacts:
+    """The :class:`~ddim.serve.requests.ModelFacts` requests are checked against:
+    ``served``'s classes, timesteps, channels and image size, and a distilled student's own
+    number of steps."""
     c, size, _ = served.shape
     plan = own_plan(served.model)
     return ModelFacts(num_classes(served.model), served.schedule.num_timesteps, c, size,
@@ -205,6 +208,7 @@ async def read_json(request: Request, limits: Limits) -> dict[str, Any]:
 
 
 def error(status: int, message: str) -> JSONResponse:
+    """A JSON answer ``{"error": message}`` with HTTP status ``status``."""
     return JSONResponse({"error": message}, status_code=status)
 
 

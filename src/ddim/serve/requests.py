@@ -71,6 +71,9 @@ class ClassRequest:
 
 @dataclass(frozen=True)
 class SampleRequest:
+    """A checked ``POST /api/sample``: ``n`` images by ``solver`` in ``steps`` steps at
+    ``eta``, from ``seed`` (as ``ddim sample --seed``), of the class ``guide`` asks for."""
+
     n: int
     steps: int
     eta: float
@@ -81,6 +84,9 @@ class SampleRequest:
 
 @dataclass(frozen=True)
 class InterpolateRequest:
+    """A checked ``POST /api/interpolate``: ``frames`` images between the latents
+    of the two ``seeds``, decoded in ``steps`` steps, of the class ``guide`` asks for."""
+
     seeds: tuple[int, int]
     frames: int
     steps: int
@@ -89,6 +95,10 @@ class InterpolateRequest:
 
 @dataclass(frozen=True)
 class EditRequest:
+    """A checked ``POST /api/edit``: SDEdit of ``image`` ``(1, C, H, W)`` in ``[-1, 1]``
+    at ``strength`` in ``(0, 1]``, in ``steps`` steps with noise from ``seed``, towards the
+    class ``guide`` asks for."""
+
     image: torch.Tensor
     strength: float
     steps: int
@@ -98,6 +108,10 @@ class EditRequest:
 
 @dataclass(frozen=True)
 class InpaintRequest:
+    """A checked ``POST /api/inpaint``: ``image`` ``(1, C, H, W)`` in ``[-1, 1]`` with
+    the pixels where ``keep`` ``(1, 1, H, W)`` is 0 filled in by ``method`` in ``steps`` steps,
+    from ``seed``, with the class ``guide`` asks for."""
+
     image: torch.Tensor
     keep: torch.Tensor
     method: str
@@ -108,6 +122,10 @@ class InpaintRequest:
 
 @dataclass(frozen=True)
 class ReconstructRequest:
+    """A checked ``POST /api/reconstruct``: ``image`` ``(1, C, H, W)`` in ``[-1, 1]``
+    encoded and decoded again by ``solver`` (DDIM or an exact solver) in ``steps`` steps,
+    with the class ``guide`` asks for."""
+
     image: torch.Tensor
     steps: int
     solver: str
@@ -130,6 +148,7 @@ class RouteFields:
 
     @property
     def names(self) -> frozenset[str]:
+        """Every field the route accepts: its sampler options and its own."""
         return frozenset(self.run) | frozenset(self.own)
 
 
@@ -196,6 +215,8 @@ class Parser:
         return self.defaults[name]
 
     def integer(self, name: str, default: int, low: int, high: int) -> int:
+        """Field ``name`` (``default`` when absent), an integer in ``low..high`` (JSON
+        ``true``/``false`` are not); a :class:`BadRequest` naming it otherwise."""
         value = self.body.get(name, default)
         if isinstance(value, bool) or not isinstance(value, int):
             raise BadRequest(f"{name} must be an integer, got {value!r}")
@@ -206,6 +227,9 @@ class Parser:
     def number(
         self, name: str, default: float, low: float, high: float, open_low: bool = False
     ) -> float:
+        """Field ``name`` (``default`` when absent) as a float, finite and in
+        ``[low, high]`` (``(low, high]`` with ``open_low``); a :class:`BadRequest` naming it
+        otherwise."""
         value = self.body.get(name, default)
         numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
         if not numeric or not math.isfinite(value):
@@ -216,16 +240,22 @@ class Parser:
         return float(value)
 
     def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        """Field ``name`` (``default`` when absent), one of ``choices``; a
+        :class:`BadRequest` naming it otherwise."""
         value = self.body.get(name, default)
         if value not in choices:
             raise BadRequest(f"{name} must be one of {', '.join(choices)}, got {value!r}")
         return value
 
     def steps(self, default: int) -> int:
+        """``steps`` (``default`` when absent), from the declared minimum up to the
+        smaller of ``limits.max_steps`` and the model's number of timesteps."""
         most = min(self.limits.max_steps, self.facts.num_timesteps)
         return self.integer("steps", default, int(declared_fields()["steps"].low or 1), most)
 
     def seed(self, name: str = "seed") -> int:
+        """Seed field ``name`` (the route's default when absent), an integer in
+        ``0..2**63 - 1`` (:data:`MAX_SEED`: seeds are int64)."""
         return self.integer(name, self.defaults[name], 0, MAX_SEED)
 
     def guide(self, allow_all: bool = False) -> ClassRequest:
@@ -330,6 +360,8 @@ def critical_chunks(raw: bytes, name: str) -> bytes:
 
 
 def sample_request(body: dict[str, Any], facts: ModelFacts, limits: Limits) -> SampleRequest:
+    """The :class:`SampleRequest` of ``body``; a :class:`BadRequest` for an unknown
+    field, a bad value, or fewer steps than the solver needs."""
     p = Parser(body, "sample", facts, limits)
     solver = p.run("solver")
     steps = p.run("steps")
@@ -349,6 +381,8 @@ def sample_request(body: dict[str, Any], facts: ModelFacts, limits: Limits) -> S
 def interpolate_request(
     body: dict[str, Any], facts: ModelFacts, limits: Limits
 ) -> InterpolateRequest:
+    """The :class:`InterpolateRequest` of ``body``; a :class:`BadRequest` for an
+    unknown field or a bad value."""
     p = Parser(body, "interpolate", facts, limits)
     return InterpolateRequest(
         seeds=(p.seed("seed_a"), p.seed("seed_b")),
@@ -359,6 +393,8 @@ def interpolate_request(
 
 
 def edit_request(body: dict[str, Any], facts: ModelFacts, limits: Limits) -> EditRequest:
+    """The :class:`EditRequest` of ``body``; a :class:`BadRequest` for an unknown field,
+    a bad value or an image that is not a PNG of the model's size."""
     p = Parser(body, "edit", facts, limits)
     return EditRequest(
         image=p.image(),
@@ -370,6 +406,8 @@ def edit_request(body: dict[str, Any], facts: ModelFacts, limits: Limits) -> Edi
 
 
 def inpaint_request(body: dict[str, Any], facts: ModelFacts, limits: Limits) -> InpaintRequest:
+    """The :class:`InpaintRequest` of ``body``; a :class:`BadRequest` for an unknown
+    field, a bad value, or an image or mask that is not a PNG of the model's size."""
     p = Parser(body, "inpaint", facts, limits)
     return InpaintRequest(
         image=p.image(),
@@ -384,6 +422,8 @@ def inpaint_request(body: dict[str, Any], facts: ModelFacts, limits: Limits) -> 
 def reconstruct_request(
     body: dict[str, Any], facts: ModelFacts, limits: Limits
 ) -> ReconstructRequest:
+    """The :class:`ReconstructRequest` of ``body``; a :class:`BadRequest` for an
+    unknown field, a bad value or an image that is not a PNG of the model's size."""
     p = Parser(body, "reconstruct", facts, limits)
     return ReconstructRequest(image=p.image(), steps=p.run("steps"), solver=p.run("solver"),
                               guide=p.guide())  # fmt: skip

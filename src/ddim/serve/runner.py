@@ -96,4 +96,6 @@ class Runner:
             gone.set()
 
     def shutdown(self) -> None:
+        """Stop taking jobs: those waiting are cancelled, the running one is not waited
+        for."""
         self._pool.shutdown(wait=False, cancel_futures=True)

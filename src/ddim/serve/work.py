@@ -51,6 +51,7 @@ class Served:
 
     @property
     def shape(self) -> tuple[int, int, int]:
+        """The shape of one image, ``(C, H, W)``, from the model's config."""
         config = self.model.config
         return (config.in_channels, config.image_size, config.image_size)
 
@@ -62,6 +63,8 @@ class Served:
         return SamplerOptions(steps=run, precision=self.precision, guidance=guidance, **more)
 
     def labels(self, guide: ClassRequest, n: int) -> torch.Tensor | None:
+        """``n`` copies of the class ``guide`` asks for, on the model's device, or
+        ``None`` for an unconditional request."""
         return None if guide.label is None else torch.full((n,), guide.label, device=self.device)
 
 

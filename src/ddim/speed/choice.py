@@ -76,10 +76,13 @@ class Measured:
     compile_again: float | None = None
 
     def to_dict(self) -> dict[str, float | None]:
+        """The measurements as a dict for JSON (``None``: not measured)."""
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> Measured:
+        """Read back a dict of :meth:`to_dict`; unknown keys and ``None`` values are
+        ignored."""
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: float(v) for k, v in d.items() if k in names and v is not None})
 

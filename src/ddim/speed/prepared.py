@@ -69,6 +69,8 @@ class ChannelsLast(nn.Module):
         self.config = getattr(model, "config", None)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, *y: torch.Tensor) -> torch.Tensor:
+        """The model's output for ``x`` handed to it in channels-last layout (a 4-D
+        ``x`` only; others pass as they are), made contiguous."""
         if x.ndim != 4:
             return self.model(x, t, *y)
         return self.model(x.contiguous(memory_format=torch.channels_last), t, *y).contiguous()

@@ -33,6 +33,8 @@ class Distributed:
 
     @property
     def is_main(self) -> bool:
+        """Whether this is rank 0, the process that writes the log, samples and
+        checkpoints (the only one outside torchrun)."""
         return self.rank == 0
 
     @classmethod
@@ -52,16 +54,21 @@ class Distributed:
         return cls(*distributed.world(), dev)
 
     def all_reduce_mean(self, x: Tensor) -> Tensor:
+        """The mean of ``x`` over the job's processes (``x`` itself in a single
+        process); the all-reduce first sums ``x`` in place."""
         if self.world > 1:
             dist.all_reduce(x)
             x = x / self.world
         return x
 
     def barrier(self) -> None:
+        """Wait until every process of the job reaches this point (nothing to wait for
+        in a single process)."""
         if self.world > 1:
             dist.barrier()
 
     def close(self) -> None:
+        """Leave the torchrun job, destroying its process group if one was started."""
         if self.world > 1 and dist.is_initialized():
             dist.destroy_process_group()
 
@@ -75,10 +82,13 @@ class StopRequest:
 
     @property
     def requested(self) -> bool:
+        """Whether a stop signal has arrived."""
         return self.signum is not None
 
     @property
     def name(self) -> str:
+        """The name of the signal that arrived (e.g. ``SIGTERM``), or ``"signal"``
+        before one has."""
         return signal.Signals(self.signum).name if self.signum else "signal"
 
     def _handle(self, signum: int, frame: Any) -> None:
@@ -88,6 +98,9 @@ class StopRequest:
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[None]:
+        """Catch SIGINT and SIGTERM while the block runs, restoring the previous
+        handlers after it; off the main thread, where Python cannot install handlers, catch
+        nothing."""
         if threading.current_thread() is not threading.main_thread():
             yield
             return
@@ -109,6 +122,9 @@ class TrainLog:
         self.images_per_s = 0.0
 
     def add(self, step: int, loss: float, lr: float, grad_norm: float, seconds: float) -> None:
+        """Count one step's loss and seconds; every ``log_every`` steps, append (where
+        enabled) the window's mean loss, this step's learning rate and gradient norm and the
+        window's images per second, then start a new window."""
         self.losses.append(loss)
         self.seconds += seconds
         self.images_per_s = self.batch * len(self.losses) / max(self.seconds, 1e-9)

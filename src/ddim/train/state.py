@@ -239,6 +239,8 @@ def config_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``d`` with nested dicts flattened into dotted keys (``"model.ch"``) and tuples made
+    lists, so two configs compare key by key."""
     flat = {}
     for k, v in d.items():
         if isinstance(v, dict):
