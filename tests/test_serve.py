@@ -179,6 +179,23 @@ def test_reconstruction_is_the_library_s(client, ckpts, drawing) -> None:
     assert got["model_calls"] == 10
 
 
+def test_a_fixed_point_encoding_is_the_library_s(client, ckpts, drawing) -> None:
+    """``fixed_point: K`` is ``ddim reconstruct --fixed-point K``: the library's round trip,
+    K extra calls a step, and the largest residual of the steps' equations."""
+    text, path = drawing
+    got = result(client, "reconstruct", {"image": text, "steps": 5, "fixed_point": 3})
+    model, schedule = load_pretrained(ckpts["cond"])
+    x0 = torch.from_numpy(np.asarray(Image.open(path), dtype=np.float32) / 127.5 - 1)[None, None]
+    residuals: list[float] = []
+    expected = workflows.reconstruct(model, schedule, x0, options=workflows.DEFAULTS.__class__(
+        steps=5, precision="auto", fixed_point=3),
+        callback=lambda s: s.residual is None or residuals.append(s.residual))  # fmt: skip
+    assert got["mse"] == pytest.approx(float(expected.mse[0]), rel=1e-12)
+    assert got["residual"] == pytest.approx(max(residuals), rel=1e-12)
+    assert got["model_calls"] == 10 + 3 * 5
+    assert result(client, "reconstruct", {"image": text, "steps": 5})["residual"] is None
+
+
 @pytest.mark.parametrize(("solver", "calls"), [("edict", 4 * 5), ("bdia", 2 * 5 - 1)])
 def test_the_encode_tab_offers_exact_encodings(client, drawing, solver, calls) -> None:
     """The reconstruct route takes DDIM and the exact solvers (and only those): an exact
@@ -223,7 +240,11 @@ def grey_mask() -> str:
         ("sample", {"n": 1, "steps": 1, "mask": [1, 2]}, "unknown field(s): mask (/api/sample"),
         ("interpolate", {"solver": {}, "eta": "NaN"}, "unknown field(s): eta, solver"),
         ("reconstruct", {"seed": 1}, "unknown field(s): seed (/api/reconstruct takes class, "
-                                     "guidance, image, solver, steps)"),
+                                     "fixed_point, guidance, image, solver, steps)"),
+        ("reconstruct", {"fixed_point": 101}, "fixed_point must lie in 0..100"),
+        ("reconstruct", {"fixed_point": 1.5}, "fixed_point must be an integer"),
+        ("reconstruct", {"fixed_point": 2, "solver": "bdia"},
+         "fixed_point applies to DDIM's encoding (solver ddim), not bdia"),
         ("interpolate", {"frames": 17}, "frames must lie in 2..16"),
         ("interpolate", {"class": "all"}, "class must be an integer"),
         ("edit", {}, "image must be a PNG"),
@@ -260,7 +281,8 @@ def test_each_route_takes_its_fields_with_the_commands_defaults(client) -> None:
     )
     assert (defaults["inpaint"]["method"], defaults["inpaint"]["steps"]) == ("ddnm", 20)
     assert defaults["edit"]["strength"] == 0.6 and defaults["interpolate"]["frames"] == 10
-    assert set(defaults["reconstruct"]) == {"image", "steps", "guidance", "class", "solver"}
+    assert set(defaults["reconstruct"]) == {"image", "steps", "guidance", "class", "solver",
+                                            "fixed_point"}  # fmt: skip
 
 
 def test_malformed_or_oversized_bodies_and_wrong_routes_get_json_errors(client) -> None:

@@ -186,6 +186,14 @@ def test_encode_and_decode_the_drawing(page: object) -> None:
     assert shown_png(page, "#encode-output").size == (28, 28)
     assert page.inner_text("#encode-status").startswith("per-dim MSE")
     assert ": 20 model calls" in page.inner_text("#encode-status")  # DDIM: 10 up, 10 down
+    assert "residual" not in page.inner_text("#encode-status")
+    page.fill("#encode-form input[name=fixed_point]", "2")  # 2 more calls a step, going up
+    page.click("#encode-run")
+    page.wait_for_function(
+        "() => document.getElementById('encode-status').textContent.includes(': 40 model calls')",
+        timeout=60_000,
+    )
+    assert "largest fixed-point residual" in page.inner_text("#encode-status")
     page.select_option("#encode-solver", "bdia")  # exact: 10 calls up, 9 down; may look alike
     page.click("#encode-run")
     page.wait_for_function(

@@ -124,12 +124,14 @@ class InpaintRequest:
 class ReconstructRequest:
     """A checked ``POST /api/reconstruct``: ``image`` ``(1, C, H, W)`` in ``[-1, 1]``
     encoded and decoded again by ``solver`` (DDIM or an exact solver) in ``steps`` steps,
-    with the class ``guide`` asks for."""
+    with the class ``guide`` asks for; DDIM's encoding with ``fixed_point`` extra calls a
+    step (:func:`ddim.invert`)."""
 
     image: torch.Tensor
     steps: int
     solver: str
     guide: ClassRequest
+    fixed_point: int = 0
 
 
 MAX_SEED = 2**63 - 1
@@ -163,8 +165,8 @@ ROUTES: dict[str, RouteFields] = {
     "inpaint": RouteFields(("steps", "guidance"), {"image": None, "mask": None,
                            "method": INPAINT_METHOD, "seed": 0, "class": None},
                            steps=INPAINT_STEPS),
-    "reconstruct": RouteFields(("steps", "guidance", "solver"), {"image": None, "class": None},
-                               solvers=("ddim", *EXACT_SOLVERS)),
+    "reconstruct": RouteFields(("steps", "guidance", "solver", "fixed_point"),
+                               {"image": None, "class": None}, solvers=("ddim", *EXACT_SOLVERS)),
 }  # fmt: skip
 
 
@@ -207,6 +209,8 @@ class Parser:
             return self.choice(name, default, facts.choices)
         if name == "steps":
             return self.steps(default)
+        if facts.integer:
+            return self.integer(name, default, int(facts.low or 0), int(facts.high or MAX_SEED))
         high = 1.0 if name == "eta" else math.inf  # the page offers eta in [0, 1]
         return self.number(name, default, facts.low or 0.0, high, facts.low_open)
 
@@ -425,5 +429,8 @@ def reconstruct_request(
     """The :class:`ReconstructRequest` of ``body``; a :class:`BadRequest` for an
     unknown field, a bad value or an image that is not a PNG of the model's size."""
     p = Parser(body, "reconstruct", facts, limits)
-    return ReconstructRequest(image=p.image(), steps=p.run("steps"), solver=p.run("solver"),
-                              guide=p.guide())  # fmt: skip
+    solver, fixed_point = p.run("solver"), p.run("fixed_point")
+    if fixed_point and solver != "ddim":
+        raise BadRequest(f"fixed_point applies to DDIM's encoding (solver ddim), not {solver}")
+    return ReconstructRequest(image=p.image(), steps=p.run("steps"), solver=solver,
+                              guide=p.guide(), fixed_point=fixed_point)  # fmt: skip

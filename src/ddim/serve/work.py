@@ -23,7 +23,7 @@ from ddim.guidance import balanced_labels, num_classes
 from ddim.inpaint import inpaint, inpaint_moves
 from ddim.latent import CoupledLatent
 from ddim.noise import seeded_latents
-from ddim.sampling import Callback, SamplerOptions, model_calls, own_plan
+from ddim.sampling import Callback, SamplerOptions, Step, model_calls, own_plan
 from ddim.schedule import NoiseSchedule
 from ddim.serve.requests import (
     ClassRequest,
@@ -162,22 +162,32 @@ def inpaint_job(served: Served, req: InpaintRequest) -> tuple[int, Job]:
 
 
 def reconstruct_job(served: Served, req: ReconstructRequest) -> tuple[int, Job]:
-    """``ddim reconstruct IN --steps S --solver X``: encoding, then decoding, DDIM's or an
-    exact solver's; the latent (an exact solver's first half) is shown as an image (clamped
-    to [-1, 1] like any output)."""
-    sampler = served.sampler(req.steps, req.guide.guidance, solver=req.solver)
+    """``ddim reconstruct IN --steps S --solver X [--fixed-point K]``: encoding, then
+    decoding, DDIM's or an exact solver's; the latent (an exact solver's first half) is
+    shown as an image (clamped to [-1, 1] like any output). A fixed-point encoding also
+    reports the largest residual of its steps' equations."""
+    sampler = served.sampler(req.steps, req.guide.guidance, solver=req.solver,
+                             fixed_point=req.fixed_point)  # fmt: skip
     steps = sampler.plan(served.schedule).steps
     # Encoding and decoding each cost a sampling run's calls, but BDIA decodes from its two
-    # top points, so its first step (one call) is taken by the encoding instead; DDIM ticks
-    # each encoding and decoding step, an exact encoding ticks nothing
+    # top points, so its first step (one call) is taken by the encoding instead; a
+    # fixed-point encoding adds K calls a step. DDIM ticks each encoding and decoding step,
+    # an exact encoding ticks nothing
     calls = 2 * model_calls(served.schedule, sampler.steps, sampler.spacing, sampler.solver)
-    calls -= req.solver == "bdia"
+    calls += req.fixed_point * steps - (req.solver == "bdia")
     ticks = {"ddim": 2 * steps, "edict": steps, "bdia": steps - 1}[req.solver]
 
     def run(tick: Tick) -> dict[str, Any]:
+        residuals: list[float] = []
+
+        def each(step: Step) -> None:
+            if step.residual is not None:
+                residuals.append(step.residual)
+            tick()
+
         result = workflows.reconstruct(
             served.model, served.schedule, req.image.to(served.device), options=sampler,
-            labels=served.labels(req.guide, 1), callback=_each(tick),
+            labels=served.labels(req.guide, 1), callback=each,
         )  # fmt: skip
         latent = result.latents
         first = latent.first if isinstance(latent, CoupledLatent) else latent
@@ -186,6 +196,7 @@ def reconstruct_job(served: Served, req: ReconstructRequest) -> tuple[int, Job]:
             "image": _png(result.images),
             "mse": float(result.mse[0]),
             "model_calls": calls,
+            "residual": max(residuals) if residuals else None,
         }
 
     return ticks, run

@@ -286,13 +286,17 @@ onSubmit($("inpaint-form"), "edit", async (data) => {
 onSubmit($("encode-form"), "encode", async (data) => {
   const image = drawingPng();
   $("encode-input").src = image;
+  const solver = data.get("solver");
   const result = await runJob("reconstruct", {
-    image, steps: int(data, "steps"), solver: data.get("solver"),
+    image, steps: int(data, "steps"), solver,
+    fixed_point: solver === "ddim" ? int(data, "fixed_point") : 0,
   }, "encode");
   $("encode-latent").src = png(result.latent);
   $("encode-output").src = png(result.image);
+  const residual = result.residual === null ? "" :
+    `; largest fixed-point residual ${result.residual.toExponential(2)}`;
   $("encode-status").textContent =
-    `per-dim MSE ${result.mse.toExponential(2)} (pixels on [0, 1]): ${cost(result)}`;
+    `per-dim MSE ${result.mse.toExponential(2)} (pixels on [0, 1]): ${cost(result)}${residual}`;
 });
 
 // ------------------------------------------------------------------ the model
