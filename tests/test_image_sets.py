@@ -272,6 +272,18 @@ def test_fingerprints_follow_the_content(tmp_path):
 # ---------------------------------------------------------------- the step loader
 
 
+def test_a_sliced_set_reads_only_its_own_rows():
+    """Position i of rows 2..5 is row 2 + i, for one image and for a batch; a position
+    outside the slice is an IndexError, not a neighbour's image."""
+    x = torch.arange(8, dtype=torch.uint8).view(8, 1, 1, 1).expand(8, 1, 2, 2).contiguous()
+    part = ArraySet(x, "a").sliced(2, 5)
+    assert part[0][0, 0, 0].item() == 2
+    assert part.batch(torch.tensor([0, 2]))[:, 0, 0, 0].tolist() == [2, 4]
+    for bad in ([3], [-1], [0, 5]):
+        with pytest.raises(IndexError, match="outside a set of 3"):
+            part.batch(torch.tensor(bad))
+
+
 def test_workers_and_ranks_read_exactly_the_steps_batches(tmp_path):
     labelled_folder(tmp_path / "src")
     images = FolderSet(scan_folder(tmp_path / "src", RGB8, labelled=True), RGB8)

@@ -113,7 +113,10 @@ class ArraySet(ImageSet):
 
     def batch(self, index: Tensor) -> Tensor:
         """The images at positions ``index``, ``(B, C, H, W)``, by one indexing of the
-        held tensor."""
+        held tensor; a position outside ``0..len - 1`` is an :class:`IndexError`, as for
+        any set (it would otherwise read a row outside this set's slice)."""
+        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= len(self.rows)):
+            raise IndexError(f"positions {index.tolist()} outside a set of {len(self.rows)}")
         return self.images[index + self.rows.start]
 
     def _content(self) -> str:
