@@ -98,7 +98,8 @@ def sample_job(served: Served, req: SampleRequest) -> tuple[int, Job]:
             served.model, served.schedule, n, served.shape, seed=req.seed, batch_size=BATCH_SIZE,
             device=served.device, options=sampler, labels=labels, callback=_each(tick),
         )  # fmt: skip
-        calls = model_calls(served.schedule, req.steps, "uniform", req.solver, sampler.final_step)
+        calls = model_calls(served.schedule, sampler.steps, sampler.spacing, sampler.solver,
+                            sampler.final_step)  # fmt: skip
         return {"image": _png(x, nrow), "n": n, "model_calls": calls * batches}
 
     return total, run
