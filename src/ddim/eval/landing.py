@@ -13,9 +13,9 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor
 
-from ddim.parameterization import Model, to_pair
+from ddim.parameterization import Model
 from ddim.schedule import NoiseSchedule
-from ddim.train.progressive import alpha_sigma, ddim_move, teacher_two_steps
+from ddim.train.progressive import alpha_sigma, ddim_step, teacher_two_steps
 
 
 @dataclass(frozen=True)
@@ -34,16 +34,6 @@ class Landing:
 
 
 @torch.no_grad()
-def one_step(model: Model, sched: NoiseSchedule, z: Tensor, t: Tensor, t_end: Tensor,
-             prediction: str, y: Tensor | None = None) -> Tensor:  # fmt: skip
-    """The η = 0 DDIM step ``t -> t_end`` (eq. 12; ``t_end = -1`` is ``alpha_bar = 1``) of
-    ``model``, its output read as ``prediction``."""
-    alpha, sigma = alpha_sigma(sched, t, z)
-    out = model(z, t, *(() if y is None else (y,))).to(z.dtype)
-    eps, x0 = to_pair(out, z, alpha, sigma, prediction)
-    return ddim_move(x0, eps, *alpha_sigma(sched, t_end, z))
-
-
 def landing_errors(
     student: Model,
     teacher: Model,
@@ -66,8 +56,8 @@ def landing_errors(
         alpha, sigma = alpha_sigma(sched, ts[0], x0)
         z = alpha * x0 + sigma * noise
         target = teacher_two_steps(teacher, sched, z, ts, predictions[0], y)
-        by_student = one_step(student, sched, z, ts[0], ts[2], predictions[1], y)
-        by_teacher = one_step(teacher, sched, z, ts[0], ts[2], predictions[0], y)
+        by_student = ddim_step(student, sched, z, ts[0], ts[2], predictions[1], y)
+        by_teacher = ddim_step(teacher, sched, z, ts[0], ts[2], predictions[0], y)
         rows.append(Landing(points[k], points[k + 2], _rms(by_student - target),
                             _rms(by_teacher - target)))  # fmt: skip
     return rows

@@ -75,6 +75,24 @@ def student_target(z_t: Tensor, z_end: Tensor, coeffs: Sequence[Tensor]) -> Tens
     return (z_end - ratio * z_t) / (alpha_end - ratio * alpha)
 
 
+def ddim_step(
+    model: Model,
+    sched: NoiseSchedule,
+    z: Tensor,
+    t: Tensor,
+    t_end: Tensor,
+    prediction: str,
+    y: Tensor | None = None,
+) -> Tensor:
+    """The η = 0 DDIM step ``t -> t_end`` (eq. 12; ``t_end = -1`` is ``alpha_bar = 1``) of
+    ``model`` from ``z`` (each row its own ``t``), its output read as ``prediction``
+    (:func:`ddim.parameterization.to_pair`)."""
+    alpha, sigma = alpha_sigma(sched, t, z)
+    out = model(z, t, *(() if y is None else (y,))).to(z.dtype)
+    eps, x0 = to_pair(out, z, alpha, sigma, prediction)
+    return ddim_move(x0, eps, *alpha_sigma(sched, t_end, z))
+
+
 @torch.no_grad()
 def teacher_two_steps(
     teacher: Model,
@@ -84,15 +102,9 @@ def teacher_two_steps(
     prediction: str,
     y: Tensor | None = None,
 ) -> Tensor:
-    """``z''``: the teacher's two DDIM steps ``t -> t' -> t''`` (each row its own ``t``),
-    its output read as ``prediction`` (:func:`ddim.parameterization.to_pair`)."""
-    extra = () if y is None else (y,)
-    z = z_t
-    for start, end in ((ts[0], ts[1]), (ts[1], ts[2])):
-        alpha, sigma = alpha_sigma(sched, start, z)
-        eps, x0 = to_pair(teacher(z, start, *extra).to(z.dtype), z, alpha, sigma, prediction)
-        z = ddim_move(x0, eps, *alpha_sigma(sched, end, z))
-    return z
+    """``z''``: the teacher's two DDIM steps ``t -> t' -> t''`` (:func:`ddim_step`)."""
+    z_mid = ddim_step(teacher, sched, z_t, ts[0], ts[1], prediction, y)
+    return ddim_step(teacher, sched, z_mid, ts[1], ts[2], prediction, y)
 
 
 def loss_weight(alpha: Tensor, sigma: Tensor, weighting: str) -> Tensor:
