@@ -13,6 +13,7 @@ import ddim
 from ddim.cli.eval import eval_group
 from ddim.eval.exact_gaussian import exact_grid, power_law_spectrum
 from ddim.eval.metrics import FeatureStats
+from ddim.formats.archives import load_npz
 from ddim.formats.images import save_npz
 from ddim.models.unet import UNet, UNetConfig
 
@@ -131,6 +132,45 @@ def test_table2(files, tmp_path):
     rows = json.loads((tmp_path / "x" / "table2.json").read_text())["mse"]
     assert rows["bdia"]["4"] < 1e-8 < rows["ddim"]["4"]
     assert "| bdia, clamped |" in (tmp_path / "x" / "table2.md").read_text()
+
+
+def test_table2_edict_p_is_the_libraries_and_one_too_small_for_s_is_refused(files, tmp_path):
+    """--edict-p reaches EDICT's rows: the row is the MSE of the library's own round trip
+    at that p ([0, 1] pixels); a p whose inverse would expand x - y past 1e7 over S steps
+    exits 2 naming the range (S = 20: 1e7^(-1/40) = 0.66834, so 0.6684)."""
+    ckpt, data = files
+    code, out = run("table2", "--ckpt", ckpt, "--data", data, "-n", "2", "--steps", "4",
+                    "--solvers", "edict", "--edict-p", "0.9", "--precision", "fp32",
+                    "--out-dir", str(tmp_path))  # fmt: skip
+    assert code == 0, out
+    report = json.loads((tmp_path / "table2.json").read_text())
+    model, sched = ddim.load_pretrained(ckpt)
+    x0 = load_npz(data)[:2]
+    with torch.no_grad():
+        z = ddim.invert(model, x0, sched, steps=4, solver="edict", edict_p=0.9)
+        back = ddim.sample(model, z, sched, steps=4, solver="edict", edict_p=0.9)
+    expected = (((back - x0) / 2) ** 2).mean().item()
+    assert report["meta"]["edict_p"] == 0.9
+    assert report["mse"]["edict"]["4"] == pytest.approx(expected, rel=1e-6, abs=1e-18)
+    code, out = run(
+        "table2",
+        "--ckpt",
+        ckpt,
+        "--data",
+        data,
+        "-n",
+        "2",
+        "--steps",
+        "20",
+        "--solvers",
+        "edict",
+        "--edict-p",
+        "0.5",
+        "--out-dir",
+        str(tmp_path / "x"),
+    )
+    assert code == 2 and "take edict_p in [0.6684, 1]" in out and "Traceback" not in out, out
+    assert not (tmp_path / "x" / "table2.json").exists()
 
 
 COMPILED = pytest.param(["--channels-last", "--compile"], marks=pytest.mark.slow)

@@ -16,6 +16,7 @@ from ddim.eval.exact_gaussian import DiagonalGaussian, power_law_spectrum
 from ddim.latent import CoupledLatent
 from ddim.models.class_oracle import ClassMixture
 from ddim.noise import seeded_latents
+from ddim.solvers.exact import edict_p_for
 
 F64 = torch.float64
 SCHED = ddim.NoiseSchedule.linear()
@@ -96,18 +97,49 @@ def w2_of(solver: str, steps: int, **kwargs: object) -> float:
 def test_as_samplers_from_noise_they_converge_to_the_data_law() -> None:
     """Uniform spacing, D = 64, lambda_k = 1/k. BDIA (gamma = 1) converges at second order
     (W2^2 falls 16x a doubling from S = 40; DDIM 4x) and beats DDIM from S = 40 (equal at 20;
-    behind at 10: 1.81 against 0.59); EDICT (p = 0.93)
-    is far off at few steps (W2^2 35 at S = 10, DDIM 0.59) and converges from S ~ 40.
+    behind at 10: 1.81 against 0.59); EDICT is far off at few steps (W2^2 35 at S = 10, DDIM
+    0.59). Past 50 steps EDICT's default p rises towards 1 to bound its inverse, and that
+    costs it as a sampler: at S = 160, 0.027 where p = 0.93 gives 7.9e-4 (DDIM 0.0038).
     Values pinned to 1e-3 (docs/results/exact-inversion.md)."""
-    ddim_w2 = [w2_of("ddim", s) for s in (10, 20, 40, 80, 160)]
-    bdia_w2 = [w2_of("bdia", s) for s in (10, 20, 40, 80, 160)]
-    edict_w2 = [w2_of("edict", s) for s in (10, 20, 40, 80, 160)]
-    assert ddim_w2[0] == pytest.approx(0.589, rel=1e-3)
+    steps = (10, 20, 40, 80, 160)
+    ddim_w2 = [w2_of("ddim", s) for s in steps]
+    bdia_w2 = [w2_of("bdia", s) for s in steps]
+    edict_w2 = [w2_of("edict", s) for s in steps]
+    paper_p_w2 = [w2_of("edict", s, edict_p=0.93) for s in steps[3:]]
+    assert ddim_w2 == pytest.approx([0.58935, 0.19703, 0.056603, 0.014298, 0.0038437], rel=1e-3)
     assert bdia_w2 == pytest.approx([1.8077, 0.19881, 0.015927, 9.9407e-4, 5.7751e-5], rel=1e-3)
-    assert edict_w2 == pytest.approx([35.519, 2.5262, 0.52166, 0.013748, 7.8599e-4], rel=1e-3)
+    assert edict_w2 == pytest.approx([35.519, 2.5262, 0.52166, 0.087335, 0.026811], rel=1e-3)
+    assert paper_p_w2 == pytest.approx([0.013748, 7.8599e-4], rel=1e-3)
     assert all(b < d for b, d in zip(bdia_w2[2:], ddim_w2[2:], strict=True))
     assert bdia_w2[2] / bdia_w2[3] > 12 and bdia_w2[3] / bdia_w2[4] > 12
-    assert edict_w2[0] > 50 * ddim_w2[0] and edict_w2[4] < ddim_w2[4]
+    assert edict_w2[0] > 50 * ddim_w2[0] and paper_p_w2[1] < ddim_w2[4] < edict_w2[4]
+
+
+def test_edicts_default_p_keeps_the_papers_expansion_and_a_larger_one_is_refused() -> None:
+    """p defaults to 0.93 up to 50 steps and to 0.93^(50/S) beyond (so p^(-2S) stays
+    0.93^(-100) = 1.4e3); encoding refuses a p whose p^(-2S) passes 1e7 and names the
+    range, 1e7^(-1/(2S)) to 1 (worked by hand: S = 200 gives 0.96051, so 0.9606)."""
+    assert [edict_p_for(s) for s in (1, 10, 50)] == [0.93] * 3
+    assert edict_p_for(100) == pytest.approx(0.93**0.5, rel=1e-15)
+    assert edict_p_for(1000) ** -2000 == pytest.approx(0.93**-100, rel=1e-12)
+    x_T, _ = seeded_latents(range(3), (3,), dtype=F64)
+    torch.testing.assert_close(
+        ddim.sample(ORACLE.marginal, x_T, SCHED, steps=100, solver="edict"),
+        ddim.sample(ORACLE.marginal, x_T, SCHED, steps=100, solver="edict", edict_p=0.93**0.5),
+        rtol=0,
+        atol=0,
+    )
+    latent = ddim.invert(ORACLE.marginal, X0[:2], SCHED, steps=200, solver="edict")
+    back = ddim.sample(ORACLE.marginal, latent, SCHED, steps=200, solver="edict")
+    torch.testing.assert_close(back, X0[:2], rtol=0, atol=1e-12)
+    with pytest.raises(
+        ValueError,
+        match=r"^edict_p 0.93 cannot encode over 200 steps: the "
+        r"inverse expands x - y by p\^\(-2S\) = 4.0e\+12 \(at most 1e\+07\); "
+        r"take edict_p in \[0.9606, 1\], or leave it unset \(0.98202\)$",
+    ):
+        ddim.invert(ORACLE.marginal, X0[:2], SCHED, steps=200, solver="edict", edict_p=0.93)
+    ddim.invert(ORACLE.marginal, X0[:2], SCHED, steps=200, solver="edict", edict_p=0.9606)
 
 
 def test_a_latent_belongs_to_its_solver_and_the_couplings_to_their_range() -> None:

@@ -15,9 +15,14 @@ VARIANCES = ("ddim", SIGMA_HAT)
 SOLVERS = ("ddim", "dpmpp-2m", "dpmpp-3m", "unipc", "plms", "heun", "dpmpp-2m-sde", "edict",
            "bdia")  # fmt: skip
 #: The solvers whose every step inverts in closed form: their encoding is exact. Their
-#: published coupling parameters: EDICT's mixing weight p and BDIA's gamma.
+#: published coupling parameters: EDICT's mixing weight p and BDIA's gamma, and the step
+#: count EDICT's p was chosen for (Wallace et al. sample in 50 steps).
 EXACT_SOLVERS = ("edict", "bdia")
 EDICT_P, BDIA_GAMMA = 0.93, 1.0
+EDICT_PAPER_STEPS = 50
+#: The most EDICT's inverse may expand ``x - y`` over a whole plan, ``p ** (-2 S)``
+#: (measured on ``mnist``: docs/results/table2-reconstruction.md).
+EDICT_MAX_EXPANSION = 1e7
 #: How a solver run ends: a step to alpha_bar = 1 (first order or trapezoidal), or at the
 #: smallest timestep.
 FINAL_STEPS = ("denoise", "trapezoid", "none")

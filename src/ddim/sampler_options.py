@@ -22,7 +22,9 @@ from typing import TYPE_CHECKING, Any
 from ddim.names import (
     BDIA_GAMMA,
     DEFAULT_FINAL_STEP,
+    EDICT_MAX_EXPANSION,
     EDICT_P,
+    EDICT_PAPER_STEPS,
     EXACT_SOLVERS,
     FINAL_STEPS,
     PRECISIONS,
@@ -157,9 +159,12 @@ class SamplerOptions:
     classifier_scale: float | None = declared(
         None, low=0.0, help="classifier guidance with a noise-aware classifier at this scale"
     )
-    edict_p: float = declared(
-        EDICT_P, low=0.0, low_open=True, high=1.0,
-        help="EDICT's mixing weight p (Wallace et al.: 0.93; nearer 1 for hundreds of steps)",
+    edict_p: float | None = declared(
+        None, low=0.0, low_open=True, high=1.0,
+        help="EDICT's mixing weight p; encoding refuses a p whose inverse would expand "
+        f"x - y by more than {EDICT_MAX_EXPANSION:.0e} over the plan (p^(-2S))",
+        when_none=f"{EDICT_P} (Wallace et al.) up to {EDICT_PAPER_STEPS} steps, then "
+        f"{EDICT_P}^({EDICT_PAPER_STEPS}/S), the paper's expansion",
     )  # fmt: skip
     bdia_gamma: float = declared(
         BDIA_GAMMA, low=0.0, low_open=True, high=1.0,
@@ -196,7 +201,7 @@ class SamplerOptions:
                 f"fixed_point applies to DDIM's encoding (solver 'ddim'); {self.solver!r} "
                 f"encodes {'exactly' if self.solver in EXACT_SOLVERS else 'not at all'}"
             )
-        for name, owner, default in (("edict_p", "edict", EDICT_P),
+        for name, owner, default in (("edict_p", "edict", None),
                                      ("bdia_gamma", "bdia", BDIA_GAMMA)):  # fmt: skip
             if getattr(self, name) != default and self.solver != owner:
                 raise ValueError(f"{name} applies to solver {owner!r} only, not {self.solver!r}")

@@ -39,7 +39,7 @@ from ddim.cli.eval_options import (
 )  # fmt: skip
 from ddim.cli.eval_solvers import solvers_command
 from ddim.cli.options import option
-from ddim.cli.run_options import steps_option
+from ddim.cli.run_options import edict_p_option, steps_option
 from ddim.names import EXACT_SOLVERS, SPACINGS
 
 
@@ -197,21 +197,25 @@ def table1_command(
     "--solvers", type=click.Choice(("ddim", *EXACT_SOLVERS)), multiple=True, default=["ddim"],
     help="the encodings, a row each (repeat: --solvers ddim --solvers bdia)",
 )  # fmt: skip
+@edict_p_option
 def table2_command(
-    run: Run, steps_list: list[int], data: str, part: slice, solvers: tuple[str, ...]
-) -> None:
+    run: Run, steps_list: list[int], data: str, part: slice, solvers: tuple[str, ...],
+    edict_p: float | None,
+) -> None:  # fmt: skip
     """Table 2: per-dimension MSE ([0, 1] pixels) of encode -> decode of the first n images,
     for each encoding of --solvers: read as the decoder gives it (the paper's reading) and
-    clamped to [-1, 1] as a saved image is."""
+    clamped to [-1, 1] as a saved image is. --edict-p applies to the edict rows."""
     from ddim.eval import experiments
 
     model, schedule, shape = run.prepare(steps_list)
     x0 = load_images(data, part, shape)[: run.n]
     mse = experiments.table2(
         model, schedule, x0, steps_list, options=run.sampler(50), solvers=solvers,
-        batch_size=run.batch_size, device=run.device,
+        edict_p=edict_p, batch_size=run.batch_size, device=run.device,
     )  # fmt: skip
     meta = {"ckpt": run.ckpt, "data": f"{data}[{part.start}:{part.stop}]", "n": x0.shape[0]}
+    if "edict" in solvers:
+        meta["edict_p"] = edict_p  # None: EDICT's default at each S
     _write_table2(mse, run.out_dir, meta | {"spacing": run.spacing})
 
 

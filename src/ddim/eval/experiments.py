@@ -140,18 +140,21 @@ def table2(
     *,
     options: SamplerOptions = DEFAULTS,
     solvers: Sequence[str] = ("ddim",),
+    edict_p: float | None = None,
     batch_size: int = 64,
     device: torch.device | str = "cpu",
 ) -> dict[str, dict[int, float]]:
     """Table 2: mean per-dimension MSE of encode -> decode, pixels scaled to ``[0, 1]``, for
     each encoding of ``solvers`` (DDIM's, or an exact one: ``edict``, ``bdia``), read on the
     decoder's output as it is (the paper's reading, row ``<solver>``) and clamped to
-    ``[-1, 1]`` as a saved image is (row ``<solver>, clamped``)."""
+    ``[-1, 1]`` as a saved image is (row ``<solver>, clamped``). ``edict_p`` is EDICT's
+    mixing weight (``None``: its default at each S)."""
     x0 = images.to(device)
     rows: dict[str, dict[int, float]] = {}
     for solver in solvers:
         for s in steps_list:
-            at_s = replace(options, steps=s, solver=solver)
+            coupling = {"edict_p": edict_p} if solver == "edict" else {}
+            at_s = replace(options, steps=s, solver=solver, **coupling)
             rec = reconstruct(model, sched, x0, options=at_s, batch_size=batch_size)
             clamped = per_dim_mse(x0, rec.images.clamp(-1, 1))
             rows.setdefault(solver, {})[int(s)] = rec.mse.mean().item()

@@ -13,7 +13,9 @@ with a noise prediction ``e`` made elsewhere (``a_ij = alpha_j / alpha_i``,
 
   Every line can be solved for its input, so the step inverts in closed form (two model
   calls either way). Mixing contracts ``x - y`` by ``p^2`` a step, so the inverse expands it
-  by ``1 / p^2``: the paper's 0.93 suits tens of steps; with hundreds, take ``p`` nearer 1.
+  by ``1 / p^2``, ``p ** (-2 S)`` over ``S`` steps. The paper's 0.93 is for 50 steps; the
+  default (:func:`edict_p_for`) keeps that expansion at longer plans, and an encoding whose
+  expansion would pass ``EDICT_MAX_EXPANSION`` is refused (:func:`check_edict_inverse`).
 - BDIA replaces DDIM's step from ``z_k`` by a symmetric two-step form that also uses
   ``z_{k-1}`` and the move back up with the same prediction (eq. 13 of the paper)::
 
@@ -31,10 +33,12 @@ sampling run exactly, which a round trip through another condition (DDIB) needs.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ddim.latent import CoupledLatent
-from ddim.names import BDIA_GAMMA, EDICT_P
+from ddim.names import BDIA_GAMMA, EDICT_MAX_EXPANSION, EDICT_P, EDICT_PAPER_STEPS
 from ddim.plan import Noise, Predict, Report, SolverFacts, StepPlan, never
 
 
@@ -57,6 +61,30 @@ def check_coupling(name: str, value: float) -> None:
         raise ValueError(f"{name} must lie in (0, 1], got {value}")
 
 
+def edict_p_for(steps: int) -> float:
+    """EDICT's default mixing weight over ``steps`` steps: the paper's 0.93 up to 50 steps,
+    then ``0.93 ** (50 / steps)``, whose whole expansion ``p ** (-2 S)`` is the paper's at
+    50 steps (1.4e3); at 1000 steps, 0.99638."""
+    return EDICT_P ** (EDICT_PAPER_STEPS / max(steps, EDICT_PAPER_STEPS))
+
+
+def check_edict_inverse(p: float, steps: int) -> None:
+    """Refuse to encode with EDICT's ``p`` over ``steps`` steps when the inverse's expansion
+    of ``x - y``, ``p ** (-2 S)``, passes ``EDICT_MAX_EXPANSION``; the error names the
+    range of ``p`` that ``steps`` allows. On ``mnist``, 0.93 over 120 steps (3.7e7)
+    still comes back to 1e-8 but its latent has a standard deviation of 100; over 135 steps
+    (3.2e8) it comes back only to 1.8e-5 (docs/results/table2-reconstruction.md)."""
+    check_coupling("edict_p", p)
+    expansion = p ** (-2.0 * steps)
+    if expansion > EDICT_MAX_EXPANSION:
+        low = EDICT_MAX_EXPANSION ** (-1 / (2 * steps))
+        raise ValueError(
+            f"edict_p {p} cannot encode over {steps} steps: the inverse expands x - y by "
+            f"p^(-2S) = {expansion:.1e} (at most {EDICT_MAX_EXPANSION:.0e}); take edict_p in "
+            f"[{math.ceil(low * 1e4) / 1e4}, 1], or leave it unset ({edict_p_for(steps):.5f})"
+        )
+
+
 def edict(
     predict: Predict,
     x: torch.Tensor | CoupledLatent,
@@ -64,10 +92,12 @@ def edict(
     noise: Noise,
     report: Report,
     *,
-    p: float = EDICT_P,
+    p: float | None = None,
 ) -> CoupledLatent:
     """Eq. (2) at every step of ``plan`` from ``x`` (a tensor, or EDICT's latent); returns
-    the end state ``(x, y)``, ``x`` the image."""
+    the end state ``(x, y)``, ``x`` the image. ``p`` defaults to :func:`edict_p_for` the
+    plan's steps."""
+    p = edict_p_for(plan.steps) if p is None else p
     check_coupling("edict_p", p)
     xs, ys = (x.first, x.second) if isinstance(x, CoupledLatent) else (x, x)
     for i in range(plan.steps):
@@ -81,11 +111,14 @@ def edict(
 
 
 def edict_inverse(
-    predict: Predict, x0: torch.Tensor | CoupledLatent, plan: StepPlan, *, p: float = EDICT_P
+    predict: Predict, x0: torch.Tensor | CoupledLatent, plan: StepPlan, *, p: float | None = None
 ) -> CoupledLatent:
     """Eq. (2) solved backwards over ``plan`` from ``x = y = x0`` at its last point (or from
-    the end state :func:`edict` returned): the latent :func:`edict` maps back to it."""
-    check_coupling("edict_p", p)
+    the end state :func:`edict` returned): the latent :func:`edict` maps back to it. ``p`` as
+    for :func:`edict`; one whose expansion the plan cannot bear is refused
+    (:func:`check_edict_inverse`)."""
+    p = edict_p_for(plan.steps) if p is None else p
+    check_edict_inverse(p, plan.steps)
     xs, ys = (x0.first, x0.second) if isinstance(x0, CoupledLatent) else (x0, x0)
     for i in range(plan.steps - 1, -1, -1):
         y_mid = (ys - (1 - p) * xs) / p

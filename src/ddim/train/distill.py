@@ -277,7 +277,7 @@ def _train_round(
             lr = learning_rate(step, tc.lr, tc.warmup_steps, tc.cooldown_steps, tc.total_steps)
             log.add(step, loss, lr, norm, time.perf_counter() - began)
             bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+            bar.set_postfix(loss=f"{loss:.3g}", refresh=False)
             if step % tc.ckpt_every == 0 or step == tc.total_steps or stop.requested:
                 _save(config, rnd, sched, step)
             if on_step is not None:
