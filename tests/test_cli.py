@@ -392,6 +392,29 @@ def test_convert_ours_to_ours_keeps_one_set_of_weights_and_the_description(
     assert torch.equal(eps_of(model), eps_of({"ema": ema, "model": raw}[which]))
 
 
+@pytest.mark.parametrize("dtype,storage", [("fp16", torch.float16), ("bf16", torch.bfloat16)])
+def test_convert_to_16_bits_stores_rounded_weights_that_compute_in_fp32(
+    tmp_path, perturbed_unet, write_checkpoint, dtype, storage
+) -> None:
+    """How a bundled student is made smaller: the file holds each weight rounded once to
+    16 bits, and the loaded model is, bit for bit, the source with its weights so rounded."""
+    source = perturbed_unet()
+    src = write_checkpoint(tmp_path / "full.safetensors", source.state_dict(), SCHEDULE)
+    dst = tmp_path / f"{dtype}.safetensors"
+    ok("convert", src, dst, "--from", "ours", "--to", "ours", "--dtype", dtype)
+    assert read_metadata(dst)["extra"]["weight_dtype"] == dtype
+    stored = safetensors.torch.load_file(dst)
+    assert {v.dtype for k, v in stored.items() if k.startswith("ema.")} == {storage}
+    rounded = perturbed_unet()
+    rounded.load_state_dict({k: v.to(storage).float() for k, v in source.state_dict().items()})
+    model, sched = load_pretrained(dst)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert torch.equal(eps_of(model), eps_of(rounded))
+    assert not torch.equal(eps_of(model), eps_of(source))
+    assert torch.equal(sched.betas, SCHEDULE.betas)
+    assert dst.stat().st_size < 0.51 * src.stat().st_size
+
+
 def test_convert_native_diffusers_model(tmp_path, tiny_config) -> None:
     diffusers = pytest.importorskip("diffusers")
     from ddim.formats.diffusers import diffusers_unet_config
@@ -688,6 +711,21 @@ def error_cases() -> list[tuple[str, list[str], str]]:
                 "ours",
             ],
             "not a PyTorch checkpoint",
+        ),
+        (
+            "convert-dtype-diffusers",
+            [
+                "convert",
+                "{tiny.safetensors}",
+                "{root}/pipe16",
+                "--from",
+                "ours",
+                "--to",
+                "diffusers",
+                "--dtype",
+                "fp16",
+            ],
+            "--dtype applies to --to ours only",
         ),
         (
             "convert-no-from",

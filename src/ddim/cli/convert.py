@@ -6,7 +6,7 @@ import click
 
 from ddim.cli import common, options
 from ddim.cli.options import choice_option
-from ddim.names import CONVERT_SOURCES, CONVERT_TARGETS
+from ddim.names import CONVERT_SOURCES, CONVERT_TARGETS, WEIGHT_DTYPES
 
 
 @click.command("convert", short_help="Convert weights between formats.")
@@ -40,6 +40,12 @@ from ddim.names import CONVERT_SOURCES, CONVERT_TARGETS
     default="ema",
     help="the EMA or the raw training weights, where the source has both",
 )
+@choice_option(
+    "--dtype",
+    list(WEIGHT_DTYPES),
+    default="fp32",
+    help="store the weights of a ddim checkpoint in 16 bits (half the file; computed in fp32)",
+)
 @options.force_option
 def convert_command(
     src: str,
@@ -48,9 +54,11 @@ def convert_command(
     dst_format: str,
     config: str | None,
     which: str,
+    dtype: str,
     force: bool,
 ) -> None:
-    """Convert the weights in SRC to DST; the result computes the same eps."""
+    """Convert the weights in SRC to DST; the result computes the same eps (up to the
+    rounding of its weights, with --dtype fp16 or bf16)."""
     from ddim.formats import convert
 
     if dst_format == "ours":
@@ -59,8 +67,10 @@ def convert_command(
         common.check_absent(dst, force)
     if config is not None and src_format not in ("official", "pesser"):
         raise click.UsageError("--config applies to --from official or pesser only")
+    if dtype != "fp32" and dst_format != "ours":
+        raise click.UsageError("--dtype applies to --to ours only")
     loaded = convert.convert(
-        src, dst, src_format, dst_format, config=config, which=which, overwrite=force
+        src, dst, src_format, dst_format, config=config, which=which, overwrite=force, dtype=dtype
     )
     n = sum(p.numel() for p in loaded.model.parameters())
     click.echo(f"wrote {dst} ({dst_format}, {n:,} parameters)")

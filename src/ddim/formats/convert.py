@@ -17,13 +17,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from ddim.formats.atomic import refuse_overwrite
 from ddim.formats.checkpoint import CheckpointError, load_checkpoint, save_weights
 from ddim.formats.legacy import convert_legacy, legacy_setup
 from ddim.models.unet import UNet
 from ddim.names import CONVERT_SOURCES as SOURCES
 from ddim.names import CONVERT_TARGETS as TARGETS
+from ddim.names import WEIGHT_DTYPES
 from ddim.schedule import NoiseSchedule
+
+#: The storage type of each of :data:`~ddim.names.WEIGHT_DTYPES`.
+STORAGE = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 @dataclass(frozen=True)
@@ -81,26 +87,43 @@ def save_any(
     *,
     overwrite: bool = False,
     source: str = "",
+    dtype: str = "fp32",
 ) -> None:
     """Write a model in format ``fmt`` (one of :data:`TARGETS`): a ddim checkpoint holding
     EMA weights only (its ``extra`` metadata: the source's, and ``converted_from``), or a
-    diffusers pipeline folder."""
+    diffusers pipeline folder.
+
+    ``dtype`` (one of :data:`~ddim.names.WEIGHT_DTYPES`, ddim checkpoints only) stores the
+    weights rounded to 16 bits, half the file; loading casts them back to float32, so the
+    model computes as one whose weights were rounded once.
+    """
     _check_target(dst, fmt, overwrite)
+    if dtype not in WEIGHT_DTYPES:
+        raise ValueError(
+            f"unknown weight dtype {dtype!r}; choose one of {', '.join(WEIGHT_DTYPES)}"
+        )
+    if dtype != "fp32" and fmt != "ours":
+        raise ValueError(f"a {dtype} copy of the weights is written to a ddim checkpoint only")
     if fmt == "diffusers":
         from ddim.formats.diffusers_folder import save_diffusers
 
         save_diffusers(loaded.model, loaded.schedule, dst, overwrite=overwrite)
         return
     config = loaded.model.config
+    stored = STORAGE[dtype]
     save_weights(
         dst,
         None,
-        loaded.model.state_dict(),
+        {k: v.to(stored) for k, v in loaded.model.state_dict().items()},
         model_config=config.to_dict(),
         schedule=loaded.schedule,
         data_shape=(config.in_channels, config.image_size, config.image_size),
         step=loaded.step,
-        extra_meta={**loaded.extra, **({"converted_from": source} if source else {})},
+        extra_meta={
+            **loaded.extra,
+            **({"converted_from": source} if source else {}),
+            **({"weight_dtype": dtype} if dtype != "fp32" else {}),
+        },
     )
 
 
@@ -113,12 +136,16 @@ def convert(
     config: str | os.PathLike[str] | None = None,
     which: str = "ema",
     overwrite: bool = False,
+    dtype: str = "fp32",
 ) -> LoadedModel:
     """Convert ``src`` (format ``src_format``) to ``dst`` (format ``dst_format``); returns
-    the loaded model. The result computes the same eps as the source up to float error."""
+    the loaded model. The result computes the same eps as the source up to float error, or
+    up to the rounding of its weights to ``dtype`` (see :func:`save_any`)."""
     _check_target(dst, dst_format, overwrite)
     loaded = load_any(src, src_format, config=config, which=which)
-    save_any(loaded, dst, dst_format, overwrite=overwrite, source=f"{src_format}:{src}")
+    save_any(
+        loaded, dst, dst_format, overwrite=overwrite, source=f"{src_format}:{src}", dtype=dtype
+    )
     return loaded
 
 
