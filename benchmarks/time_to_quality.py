@@ -1,0 +1,183 @@
+"""Time to quality: the model calls and wall time that DDIM, DPM-Solver++(2M), distilled
+students and diffusers' ``DDIMPipeline`` (on the same teacher weights, converted with our
+converter) need to reach a given FD-MNIST, measured side by side in one run.
+
+Every setting draws ``-n`` images in batches, and the settings take turns batch by batch,
+so a change in the machine's speed during the run falls on all of them alike. Ours sample
+the same latents (seeds ``0..n-1``); the pipeline draws its own from one generator. Each
+setting's images are scored with FD-MNIST against held-out digits 9000-9999 and written
+to ``--out`` as ``.npz`` (judge them with intervals: ``ddim eval judge``). Then, for each
+target FD (by default DDIM-50's and DDIM-10's), the table gives every family's cheapest
+setting that reaches it: its model calls and its seconds per 1,000 images.
+
+    python benchmarks/time_to_quality.py --ref-data ../shared/data/mnist/t10k-images-idx3-ubyte.gz \
+        --student STUDENT.safetensors [--student ...] [-n 1000] [--threads 2] [--out runs/ttq]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+import ddim
+from ddim.eval import metrics
+from ddim.formats.archives import load_mnist
+from ddim.formats.diffusers import import_diffusers, to_diffusers_unet
+from ddim.formats.diffusers_folder import scheduler_config
+from ddim.formats.images import save_npz
+from ddim.noise import seeded_latents
+from ddim.sampling import own_plan
+from ddim.speed.choice import cpu_name
+
+Run = Callable[[int, int], torch.Tensor]
+
+
+@dataclass
+class Setting:
+    """One way to sample: its family, label, model calls per image and ``run(n, first)``,
+    which returns ``n`` images in ``[-1, 1]`` from latents ``first..first+n-1``."""
+
+    family: str
+    label: str
+    calls: int
+    run: Run
+    seconds: float = 0.0
+    images: list[torch.Tensor] = field(default_factory=list)
+
+
+def ours(model: torch.nn.Module, sched: ddim.NoiseSchedule, **options: object) -> Run:
+    """``ddim.sample`` with ``options`` on the seeded latents, in float32."""
+
+    def run(n: int, first: int) -> torch.Tensor:
+        x_T, _ = seeded_latents(range(first, first + n), (1, 28, 28))
+        return ddim.sample(model, x_T, sched, precision="fp32", **options)
+
+    return run
+
+
+def pipeline(model: torch.nn.Module, sched: ddim.NoiseSchedule, steps: int) -> Run:
+    """diffusers' ``DDIMPipeline`` at ``steps``, eta = 0, its other defaults; one generator
+    for the whole run."""
+    diffusers = import_diffusers()
+    scheduler = diffusers.DDIMScheduler(**scheduler_config(sched))
+    pipe = diffusers.DDIMPipeline(unet=to_diffusers_unet(model), scheduler=scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    generator = torch.Generator().manual_seed(0)
+
+    def run(n: int, first: int) -> torch.Tensor:
+        out = pipe(batch_size=n, generator=generator, eta=0.0, num_inference_steps=steps,
+                   output_type="np")  # fmt: skip
+        return torch.from_numpy(out.images).permute(0, 3, 1, 2) * 2 - 1
+
+    return run
+
+
+def settings(students: list[str], with_pipeline: bool) -> list[Setting]:
+    """DDIM at 10, 20, 50, 100 steps; 2M at 5, 10, 20 (logSNR spacing, as the README's
+    solver table); each student at its own plan; the pipeline at 10, 20, 50 steps."""
+    teacher, sched = ddim.load_pretrained("mnist")
+    teacher.eval()
+    out = [Setting("DDIM", f"DDIM-{s}", ddim.model_calls(sched, s), ours(teacher, sched, steps=s))
+           for s in (10, 20, 50, 100)]  # fmt: skip
+    out += [
+        Setting("DPM-Solver++(2M)", f"2M-{s}",
+                ddim.model_calls(sched, s, spacing="logsnr", solver="dpmpp-2m"),
+                ours(teacher, sched, steps=s, spacing="logsnr", solver="dpmpp-2m"))
+        for s in (5, 10, 20)
+    ]  # fmt: skip
+    for path in students:
+        student, student_sched = ddim.load_pretrained(path)
+        student.eval()
+        plan = own_plan(student)
+        if plan is None:
+            raise SystemExit(f"{path} records no sampling plan: it is not a distilled student")
+        calls = ddim.model_calls(student_sched, plan)
+        out.append(Setting("student", f"student-{calls}", calls, ours(student, student_sched)))
+    if with_pipeline:
+        out += [Setting("DDIMPipeline", f"DDIMPipeline-{s}", s, pipeline(teacher, sched, s))
+                for s in (10, 20, 50)]  # fmt: skip
+    return out
+
+
+def sample_side_by_side(runs: list[Setting], n: int, batch: int) -> None:
+    """Every setting's ``n`` images, the settings taking turns batch by batch; each one's
+    wall time summed over its batches (after one untimed warm-up batch of 2 images)."""
+    for s in runs:
+        s.run(2, n)
+    for first in range(0, n, batch):
+        size = min(batch, n - first)
+        for s in runs:
+            start = time.perf_counter()
+            s.images.append(s.run(size, first))
+            s.seconds += time.perf_counter() - start
+
+
+def cheapest(runs: list[Setting], fd: dict[str, float], target: float) -> dict[str, Setting]:
+    """Each family's fewest-call setting whose FD is at most ``target``."""
+    best: dict[str, Setting] = {}
+    for s in runs:
+        if fd[s.label] <= target and (s.family not in best or s.calls < best[s.family].calls):
+            best[s.family] = s
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ref-data", required=True, help="MNIST t10k-images-idx3-ubyte.gz")
+    parser.add_argument("--student", action="append", default=[], help="a distilled student")
+    parser.add_argument("-n", type=int, default=1000, help="images per setting")
+    parser.add_argument("--batch-size", type=int, default=250)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--no-pipeline", action="store_true", help="leave diffusers out")
+    parser.add_argument("--out", default="runs/time-to-quality", help="folder for the results")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"{cpu_name()} ({platform.machine()}), {args.threads} threads, torch "
+          f"{torch.__version__}; n = {args.n}, batches of {args.batch_size}, fp32")  # fmt: skip
+    runs = settings(args.student, not args.no_pipeline)
+    with torch.no_grad():
+        sample_side_by_side(runs, args.n, args.batch_size)
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    features = metrics.feature_extractor("mnist")
+    ref = metrics.dataset_stats(features, load_mnist(args.ref_data)[9000:10000])
+    fd = {}
+    for s in runs:
+        images = torch.cat(s.images)
+        save_npz(out / f"{s.label}.npz", images)
+        fd[s.label] = metrics.FeatureStats.of_batches([features(images)]).frechet_distance(ref)
+
+    per_1000 = {s.label: 1000 * s.seconds / args.n for s in runs}
+    lines = ["| setting | model calls | s per 1,000 images | FD-MNIST |", "|---|---:|---:|---:|"]
+    lines += [f"| {s.label} | {s.calls} | {per_1000[s.label]:.1f} | {fd[s.label]:.2f} |"
+              for s in runs]  # fmt: skip
+    targets = {"DDIM-50's FD": fd["DDIM-50"], "DDIM-10's FD": fd["DDIM-10"]}
+    for name, target in targets.items():
+        best = cheapest(runs, fd, target)
+        lines += ["", f"To reach {name} ({target:.2f}):", "",
+                  "| family | cheapest setting | model calls | s per 1,000 images |",
+                  "|---|---|---:|---:|"]  # fmt: skip
+        families = dict.fromkeys(s.family for s in runs)
+        for family in families:
+            s = best.get(family)
+            lines.append(f"| {family} | {s.label} | {s.calls} | {per_1000[s.label]:.1f} |"
+                         if s else f"| {family} | not reached | | |")  # fmt: skip
+    table = "\n".join(lines)
+    print(table)
+    (out / "time-to-quality.md").write_text(table + "\n")
+    rows = [{"label": s.label, "family": s.family, "calls": s.calls, "seconds": s.seconds,
+             "fd_mnist": fd[s.label]} for s in runs]  # fmt: skip
+    record = {"machine": cpu_name(), "threads": args.threads, "n": args.n, "settings": rows}
+    (out / "time-to-quality.json").write_text(json.dumps(record, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
