@@ -111,24 +111,10 @@ def test_table2(files, tmp_path):
     assert list(rows) == ["ddim", "ddim, clamped"]
     assert list(rows["ddim"]) == ["2", "20"] and all(v > 0 for v in rows["ddim"].values())
     assert all(rows["ddim, clamped"][s] <= rows["ddim"][s] for s in ("2", "20"))
-    code, out = run(
-        "table2",
-        "--ckpt",
-        ckpt,
-        "--data",
-        data,
-        "-n",
-        "2",
-        "--steps",
-        "4",
-        "--solvers",
-        "ddim",
-        "--solvers",
-        "bdia",
-        "--out-dir",
-        str(tmp_path / "x"),
-    )
-    assert code == 0, out  # fmt: skip
+    exact = str(tmp_path / "x")
+    code, out = run("table2", "--ckpt", ckpt, "--data", data, "-n", "2", "--steps", "4",
+                    "--solvers", "ddim", "--solvers", "bdia", "--out-dir", exact)  # fmt: skip
+    assert code == 0, out
     rows = json.loads((tmp_path / "x" / "table2.json").read_text())["mse"]
     assert rows["bdia"]["4"] < 1e-8 < rows["ddim"]["4"]
     assert "| bdia, clamped |" in (tmp_path / "x" / "table2.md").read_text()
@@ -152,23 +138,9 @@ def test_table2_edict_p_is_the_libraries_and_one_too_small_for_s_is_refused(file
     expected = (((back - x0) / 2) ** 2).mean().item()
     assert report["meta"]["edict_p"] == 0.9
     assert report["mse"]["edict"]["4"] == pytest.approx(expected, rel=1e-6, abs=1e-18)
-    code, out = run(
-        "table2",
-        "--ckpt",
-        ckpt,
-        "--data",
-        data,
-        "-n",
-        "2",
-        "--steps",
-        "20",
-        "--solvers",
-        "edict",
-        "--edict-p",
-        "0.5",
-        "--out-dir",
-        str(tmp_path / "x"),
-    )
+    refused = str(tmp_path / "x")
+    code, out = run("table2", "--ckpt", ckpt, "--data", data, "-n", "2", "--steps", "20",
+                    "--solvers", "edict", "--edict-p", "0.5", "--out-dir", refused)  # fmt: skip
     assert code == 2 and "take edict_p in [0.6684, 1]" in out and "Traceback" not in out, out
     assert not (tmp_path / "x" / "table2.json").exists()
 
