@@ -32,7 +32,7 @@ DEFAULT_FINAL_STEP = "trapezoid"
 CONVERT_SOURCES = ("official", "pesser", "ours", "diffusers")
 CONVERT_TARGETS = ("ours", "diffusers")
 #: How a ddim checkpoint may store its weights (``ddim convert --dtype``); they are always
-#: computed with in float32.
+#: computed in float32.
 WEIGHT_DTYPES = ("fp32", "fp16", "bf16")
 FEATURES = ("mnist", "mlp", "inception", "pixels")
 #: The judges of sample quality (``ddim.eval.judges``), in the order tables show them.

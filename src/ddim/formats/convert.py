@@ -26,10 +26,11 @@ from ddim.models.unet import UNet
 from ddim.names import CONVERT_SOURCES as SOURCES
 from ddim.names import CONVERT_TARGETS as TARGETS
 from ddim.names import WEIGHT_DTYPES
+from ddim.precision import DTYPES
 from ddim.schedule import NoiseSchedule
 
 #: The storage type of each of :data:`~ddim.names.WEIGHT_DTYPES`.
-STORAGE = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+STORAGE = {"fp32": torch.float32, **DTYPES}
 
 
 @dataclass(frozen=True)
