@@ -305,10 +305,13 @@ def test_version_1_files_are_verified_by_their_tensors_as_before(ckpt, tmp_path)
         load_checkpoint(with_metadata(ckpt, tmp_path / "v1bad.safetensors", format_version="1"))
 
 
-@pytest.mark.parametrize(("name", "version"), [("mnist", 1), ("mnist-cond", 2)])
+BUNDLED_VERSIONS = {"mnist": 1, "mnist-cond": 2, "mnist-4step": 2}
+
+
+@pytest.mark.parametrize(("name", "version"), BUNDLED_VERSIONS.items())
 def test_the_bundled_models_of_both_versions_load(name, version) -> None:
-    """mnist was written in format 1 (its digest covers the tensors only), mnist-cond in 2."""
-    assert set(BUNDLED) == {"mnist", "mnist-cond"}
+    """mnist was written in format 1 (its digest covers the tensors only), the others in 2."""
+    assert set(BUNDLED) == set(BUNDLED_VERSIONS)
     assert read_metadata(name)["format_version"] == version
     loaded = load_checkpoint(name)
     assert loaded.data_shape == (1, 28, 28) and loaded.schedule.num_timesteps == 1000

@@ -50,7 +50,11 @@ from ddim.models.unet import UNet, UNetConfig
 from ddim.names import WEIGHTS
 from ddim.schedule import NoiseSchedule
 
-BUNDLED = {"mnist": "mnist.safetensors", "mnist-cond": "mnist-cond.safetensors"}
+BUNDLED = {
+    "mnist": "mnist.safetensors",
+    "mnist-cond": "mnist-cond.safetensors",
+    "mnist-4step": "mnist-4step.safetensors",
+}
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,77 @@
+"""The bundled distilled students: each loads from its name, samples with the plan it was
+distilled for, records the chain's config, stores 16-bit weights, and keeps its recorded
+FD-MNIST at its own few calls (against the held-out statistics in tests/data)."""
+
+from __future__ import annotations
+
+import importlib.resources
+from pathlib import Path
+
+import pytest
+import torch
+
+import ddim
+from ddim.eval import metrics
+from ddim.formats.checkpoint import BUNDLED, read_metadata
+from ddim.train.distill_config import distill_config_from_dict, load_distill_config
+from ddim.workflows import SamplerOptions, generate
+
+REPO = Path(__file__).resolve().parent.parent
+HELDOUT_STATS = REPO / "tests" / "data" / "mnist-heldout-stats.npz"
+# name: (the round of configs/mnist-distill.yaml that made it, its plan (trailing from the
+# top timestep), its teacher's plan, a bound on its FD-MNIST at n = 250). The bounds leave
+# 5 % over the FD measured at n = 250 (seeds 0..249, against HELDOUT_STATS), which sits
+# above the n = 1,000 figures of docs/models/students.md: mnist-4step 154.4 (97.9 at
+# n = 1,000; the teacher at DDIM-10: 139.3 and 98.5).
+STUDENTS = {
+    "mnist-4step": (4, [999, 749, 499, 249], [999, 874, 749, 624, 499, 374, 249, 124], 162.0),
+}
+
+
+def test_every_bundled_student_is_tested_here() -> None:
+    assert sorted(n for n in BUNDLED if "step" in n) == sorted(STUDENTS)
+
+
+@pytest.mark.parametrize("name", sorted(STUDENTS))
+def test_student_is_small_and_records_its_round_and_plan(name: str) -> None:
+    rnd, plan, teacher_plan, _ = STUDENTS[name]
+    asset = importlib.resources.files("ddim") / "assets" / f"{name}.safetensors"
+    assert asset.stat().st_size < 6 * 2**20  # 2.73M parameters in 16 bits
+    meta = read_metadata(name)
+    assert meta["extra"]["weight_dtype"] == "fp16"
+    record = meta["extra"]["distill"]
+    assert record["round"] == rnd
+    assert record["student_plan"] == plan and record["teacher_plan"] == teacher_plan
+    model, sched = ddim.load_pretrained(name)
+    assert model.config.sampling_plan == tuple(plan) and model.config.prediction == "eps"
+    assert sched.num_timesteps == 1000
+
+
+@pytest.mark.parametrize("name", sorted(STUDENTS))
+def test_student_was_distilled_by_configs_mnist_distill_yaml(name: str) -> None:
+    """The chain's config, the run folder aside (the rounds ran in training-state/)."""
+    trained = distill_config_from_dict(read_metadata(name)["extra"]["distill_config"]).to_dict()
+    shipped = load_distill_config(REPO / "configs" / "mnist-distill.yaml").to_dict()
+    assert {**trained, "out_dir": None} == {**shipped, "out_dir": None}
+
+
+@pytest.mark.parametrize("name", sorted(STUDENTS))
+def test_student_samples_its_own_plan_unless_told_otherwise(name: str) -> None:
+    model, sched = ddim.load_pretrained(name)
+    x_T = torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    own = ddim.sample(model, x_T, sched)
+    torch.testing.assert_close(own, ddim.sample(model, x_T, sched,
+                                                steps=model.config.sampling_plan),
+                               rtol=0, atol=0)  # fmt: skip
+    with pytest.warns(UserWarning, match="this model was distilled for"):
+        ddim.sample(model, x_T, sched, steps=2 * len(model.config.sampling_plan))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(STUDENTS))
+def test_student_keeps_its_recorded_fd_at_its_own_calls(name: str) -> None:
+    model, sched = ddim.load_pretrained(name)
+    x = generate(model, sched, 250, (1, 28, 28), seed=0, batch_size=125,
+                 options=SamplerOptions(steps=model.config.sampling_plan))  # fmt: skip
+    stats = metrics.FeatureStats.from_features(metrics.feature_extractor("mnist")(x))
+    assert stats.frechet_distance(metrics.FeatureStats.load(HELDOUT_STATS)) < STUDENTS[name][3]
