@@ -34,8 +34,9 @@ from ddim.train.progressive import (
     distillation_loss,
     distillation_plans,
     loss_weight,
+    student_points,
     student_target,
-    teacher_two_steps,
+    teacher_steps,
 )
 
 F64 = torch.float64
@@ -71,7 +72,7 @@ def test_the_snr_weight_is_the_eps_loss_of_the_target() -> None:
     loss = distillation_loss(student, teacher, SCHED, x0, noise, ts, ("eps", "eps"), None, "snr")
     alpha, sigma = alpha_sigma(SCHED, ts[0], x0)
     z = alpha * x0 + sigma * noise
-    target = student_target(z, teacher_two_steps(teacher, SCHED, z, ts, "eps"),
+    target = student_target(z, teacher_steps(teacher, SCHED, z, ts, "eps"),
                             (alpha, sigma, *alpha_sigma(SCHED, ts[2], z)))  # fmt: skip
     eps_target = (z - alpha * target) / sigma
     expected = (student(z, ts[0]) - eps_target).square().flatten(1).mean(1).mean()
@@ -82,8 +83,9 @@ def test_plans_halve_from_the_top_timestep() -> None:
     plans = distillation_plans(ddim.NoiseSchedule.linear(), 8, 1)
     assert plans == [(999, 874, 749, 624, 499, 374, 249, 124), (999, 749, 499, 249), (999, 499),
                      (999,)]  # fmt: skip
-    for bad in ((8, 3), (12, 2), (4, 4), (8, 0)):
-        with pytest.raises(ValueError, match="must be a power of two >= 2"):
+    assert distillation_plans(ddim.NoiseSchedule.linear(), 4, 4) == [(999, 749, 499, 249)] * 2
+    for bad in ((8, 3), (12, 2), (2, 4), (8, 0)):
+        with pytest.raises(ValueError, match="must be a power of two, got"):
             distillation_plans(SCHED, *bad)
 
 
@@ -103,7 +105,7 @@ def test_one_student_step_from_the_target_lands_on_the_teachers_two(prediction) 
     def teacher(x: torch.Tensor, tt: torch.Tensor) -> torch.Tensor:
         return torch.tanh(x) * 0.7 + 0.01 * tt[:, None].to(x.dtype) / 1000
 
-    z_end = teacher_two_steps(teacher, sched, z_t, (t, t_mid, t_end), "eps")
+    z_end = teacher_steps(teacher, sched, z_t, (t, t_mid, t_end), "eps")
     alpha, sigma = alpha_sigma(sched, t, z_t)
     alpha_end, sigma_end = alpha_sigma(sched, t_end, z_t)
     x_target = student_target(z_t, z_end, (alpha, sigma, alpha_end, sigma_end))
@@ -201,6 +203,22 @@ def test_rounds_write_students_that_sample_with_their_plans(tmp_path, teacher) -
     with pytest.warns(UserWarning, match="distilled for 1 steps at t = \\[99\\]; sampling it "
                                          "with 2 steps"):  # fmt: skip
         ddim.sample(student, x_T, sched, steps=2)
+
+
+def test_equal_steps_make_one_round_that_reparameterizes(tmp_path, teacher) -> None:
+    raw = raw_config(tmp_path, teacher, total_steps=2)
+    raw["distill"]["student_steps"] = 4
+    result = distill(distill_config_from_dict(raw), progress=False)
+    assert [p.parent.name for p in result.students] == ["round-1-4steps"]
+    student, _ = load_pretrained(result.students[0])
+    assert student.config.prediction == "v" and student.config.sampling_plan == (99, 74, 49, 24)
+    meta = load_checkpoint(result.students[0]).extra["distill"]
+    assert meta["teacher_plan"] == meta["student_plan"] == [99, 74, 49, 24]
+    raw = raw_config(tmp_path / "same", teacher)
+    raw["distill"].update(student_steps=4, prediction="eps")
+    with pytest.raises(ValueError, match="only re-parameterizes, but the teacher already "
+                                         "predicts eps"):  # fmt: skip
+        distill(distill_config_from_dict(raw), progress=False)
 
 
 KILLER = textwrap.dedent(
@@ -369,18 +387,8 @@ def test_distilled_students_reach_the_teachers_map_on_the_gaussian_oracle(
     prediction, g = "eps", torch.Generator().manual_seed(0)
     for teacher_plan, student_plan in zip(plans[:-1], plans[1:], strict=True):
         student = PerDirection(student_plan, 4, student_prediction)
-        opt = torch.optim.Adam(student.parameters(), lr=0.05)
-        ts = torch.tensor([*teacher_plan, -1])
-        for _ in range(400):
-            k = torch.randint(0, len(student_plan), (256,), generator=g)
-            x0 = torch.randn(256, 4, generator=g, dtype=F64) * lam.sqrt()
-            noise = torch.randn(256, 4, generator=g, dtype=F64)
-            loss = distillation_loss(student, teacher, sched, x0, noise,
-                                     (ts[2 * k], ts[2 * k + 1], ts[2 * k + 2]),
-                                     (prediction, student_prediction), None, weighting)  # fmt: skip
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+        _train_on_oracle(student, teacher, (prediction, student_prediction), teacher_plan,
+                         lam, weighting, g)  # fmt: skip
         with torch.no_grad():
             gain = ddim.sample(student, eye, sched).diag()  # its own plan
         torch.testing.assert_close(gain, target_gain, rtol=1e-6, atol=1e-9)
@@ -390,3 +398,75 @@ def test_distilled_students_reach_the_teachers_map_on_the_gaussian_oracle(
     assert w2 == pytest.approx(closed_form, rel=1e-5, abs=1e-12)  # gains to 1e-6, so W2 to 1e-5
     one_step = ddim.sample(DiagonalGaussian(lam, sched), eye, sched, steps=[999]).diag()
     assert ((one_step.abs() - lam.sqrt()) ** 2).sum().item() > 10 * closed_form + 1e-3
+
+
+def _train_on_oracle(student, teacher, predictions, teacher_plan, lam, weighting, g) -> None:
+    """400 Adam steps of the trainer's loss at batch 256 on N(0, diag(lam))."""
+    sched = ddim.NoiseSchedule.linear()
+    opt = torch.optim.Adam(student.parameters(), lr=0.05)
+    for _ in range(400):
+        k = torch.randint(0, len(student.config.sampling_plan), (256,), generator=g)
+        x0 = torch.randn(256, 4, generator=g, dtype=F64) * lam.sqrt()
+        noise = torch.randn(256, 4, generator=g, dtype=F64)
+        ts = student_points(teacher_plan, student.config.sampling_plan, k)
+        loss = distillation_loss(student, teacher, sched, x0, noise, ts, predictions, None,
+                                 weighting)  # fmt: skip
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+@pytest.mark.parametrize("student_prediction", ["v", "x"])
+def test_a_reparameterized_student_keeps_its_teachers_map_on_the_gaussian_oracle(
+    student_prediction,
+) -> None:
+    """An ε-teacher's 4-step plan, re-parameterized (``teacher_steps == student_steps``),
+    then halved 4 -> 2 -> 1 by students of the new kind: every student's map is the exact
+    ε-teacher's 4-step DDIM map to 1e-6."""
+    sched = ddim.NoiseSchedule.linear()
+    lam = power_law_spectrum(4)
+    teacher, prediction = DiagonalGaussian(lam, sched), "eps"
+    plans = distillation_plans(sched, 4, 4) + distillation_plans(sched, 4, 1)[1:]
+    assert plans == [(999, 749, 499, 249)] * 2 + [(999, 499), (999,)]
+    eye = torch.eye(4, dtype=F64)
+    target_gain = ddim.sample(teacher, eye, sched, steps=list(plans[0])).diag()
+    g = torch.Generator().manual_seed(1)
+    for teacher_plan, student_plan in zip(plans[:-1], plans[1:], strict=True):
+        student = PerDirection(student_plan, 4, student_prediction)
+        _train_on_oracle(student, teacher, (prediction, student_prediction), teacher_plan, lam,
+                         "truncated-snr", g)  # fmt: skip
+        with torch.no_grad():
+            gain = ddim.sample(student, eye, sched).diag()
+        torch.testing.assert_close(gain, target_gain, rtol=1e-6, atol=1e-9)
+        teacher, prediction = student.requires_grad_(False), student_prediction
+
+
+@pytest.mark.parametrize("prediction", PREDICTIONS)
+def test_a_reparameterizing_target_is_the_teachers_own_data_prediction(prediction) -> None:
+    """With one teacher step per student step, eq. (1) gives back the ε-teacher's x^0 at
+    every point of a 4-step plan (the last, to alpha_bar = 1, included), so a student of any
+    parameterization whose output is that target takes the teacher's step exactly."""
+    sched = ddim.NoiseSchedule.linear()
+    plan = distillation_plans(sched, 4, 4)[1]
+    g = torch.Generator().manual_seed(2)
+    z_t = torch.randn(4, 3, generator=g, dtype=F64)
+    t, t_end = student_points(plan, plan, torch.arange(4))
+    assert t.tolist() == [999, 749, 499, 249] and t_end.tolist() == [749, 499, 249, -1]
+
+    def teacher(x: torch.Tensor, tt: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(x) * 0.7 + 0.01 * tt[:, None].to(x.dtype) / 1000
+
+    alpha, sigma = alpha_sigma(sched, t, z_t)
+    alpha_end, sigma_end = alpha_sigma(sched, t_end, z_t)
+    z_end = teacher_steps(teacher, sched, z_t, (t, t_end), "eps")
+    x_target = student_target(z_t, z_end, (alpha, sigma, alpha_end, sigma_end))
+    eps_teacher = teacher(z_t, t)
+    x0_teacher = (z_t - sigma * eps_teacher) / alpha
+    torch.testing.assert_close(x_target, x0_teacher, rtol=1e-9, atol=1e-12)
+    eps_target = (z_t - alpha * x_target) / sigma
+    eps, x0 = to_pair(from_pair(eps_target, x_target, alpha, sigma, prediction), z_t, alpha,
+                      sigma, prediction)  # fmt: skip
+    assert (ddim_move(x0, eps, alpha_end, sigma_end) - z_end).abs().max().item() < 1e-12
+    for row in range(4):
+        want = _ddim_to(teacher, sched, z_t[row : row + 1], [int(t[row]), int(t_end[row])])
+        torch.testing.assert_close(z_end[row : row + 1], want, rtol=0, atol=1e-12)

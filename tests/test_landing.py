@@ -13,7 +13,7 @@ from ddim.train.progressive import (
     alpha_sigma,
     distillation_plans,
     student_target,
-    teacher_two_steps,
+    teacher_steps,
 )
 
 F64 = torch.float64
@@ -33,7 +33,7 @@ class TargetStudent(torch.nn.Module):
         mid = torch.tensor([self.next[int(v)] for v in t])
         end = torch.tensor([self.next.get(int(v), -1) for v in mid])
         alpha, sigma = alpha_sigma(SCHED, t, z)
-        z_end = teacher_two_steps(self.teacher, SCHED, z, (t, mid, end), "eps")
+        z_end = teacher_steps(self.teacher, SCHED, z, (t, mid, end), "eps")
         x = student_target(z, z_end, (alpha, sigma, *alpha_sigma(SCHED, end, z)))
         return from_pair((z - alpha * x) / sigma, x, alpha, sigma, "v")
 

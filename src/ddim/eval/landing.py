@@ -1,6 +1,6 @@
 """Where a distilled student's steps land (Salimans & Ho, ICLR 2022): for each student point
 ``t = plan[2k]``, images noised to ``z_t`` are moved by the student's one DDIM step and by
-its teacher's two (``t -> t' -> t''``, :func:`ddim.train.progressive.teacher_two_steps`).
+its teacher's two (``t -> t' -> t''``, :func:`ddim.train.progressive.teacher_steps`).
 A round has done its job at ``k`` when the student lands nearer the teacher's ``z''`` than
 the teacher's own single step ``t -> t''`` does: that single step is what a student that
 learnt nothing would give, since it starts from the teacher's weights."""
@@ -15,7 +15,7 @@ from torch import Tensor
 
 from ddim.parameterization import Model
 from ddim.schedule import NoiseSchedule
-from ddim.train.progressive import alpha_sigma, ddim_step, teacher_two_steps
+from ddim.train.progressive import alpha_sigma, ddim_step, teacher_steps
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ def landing_errors(
         ts = tuple(torch.full((x0.shape[0],), points[k + i], dtype=torch.long) for i in range(3))
         alpha, sigma = alpha_sigma(sched, ts[0], x0)
         z = alpha * x0 + sigma * noise
-        target = teacher_two_steps(teacher, sched, z, ts, predictions[0], y)
+        target = teacher_steps(teacher, sched, z, ts, predictions[0], y)
         by_student = ddim_step(student, sched, z, ts[0], ts[2], predictions[1], y)
         by_teacher = ddim_step(teacher, sched, z, ts[0], ts[2], predictions[0], y)
         rows.append(Landing(points[k], points[k + 2], _rms(by_student - target),

@@ -9,7 +9,8 @@ Each optimiser step ``s`` of round ``r``:
 1. draws its batch of images, student points ``k`` and noise from generators seeded by
    ``(seed, r, s)``, so any step's batch can be made again from the step alone;
 2. noises the images to ``z_t`` at the student's ``t = plan[k]``, runs the teacher's two
-   DDIM steps in fp32 and solves eq. (1) there for the target ``x~``;
+   DDIM steps in fp32 (one, in a run that only re-parameterizes: ``teacher_steps ==
+   student_steps``) and solves eq. (1) there for the target ``x~``;
 3. takes an Adam step on ``w(t) |x^ - x~|^2`` (the student's data prediction read through
    its parameterization; ``w`` is ``distill.weighting``), with warm-up, clipping and the
    EMA update of training.
@@ -50,7 +51,7 @@ from ddim.schedule import NoiseSchedule
 from ddim.train.batches import LABELS, STEP, DataOrder, derive_seed
 from ddim.train.distill_config import DistillConfig
 from ddim.train.loop import NonFiniteLossError, learning_rate
-from ddim.train.progressive import distillation_loss, distillation_plans
+from ddim.train.progressive import distillation_loss, distillation_plans, student_points
 from ddim.train.runtime import Distributed, StopRequest, TrainLog, say
 from ddim.train.state import (
     checkpoint_paths,
@@ -132,6 +133,11 @@ def _rounds(
     first = load_checkpoint(config.distill.teacher)
     sched = _check_teacher(config, first)
     plans = distillation_plans(sched, config.distill.teacher_steps, config.distill.student_steps)
+    if plans[0] == plans[-1] and first.model_config.prediction == config.distill.prediction:
+        raise ValueError(
+            f"distill.teacher_steps == distill.student_steps only re-parameterizes, but the "
+            f"teacher already predicts {config.distill.prediction}"
+        )
     started = [p for p in Path(config.out_dir).glob("round-*") if p.is_dir()]
     if started and not resume:
         raise ValueError(
@@ -327,7 +333,6 @@ def _step(
     """One optimiser step on Salimans & Ho's loss; (loss, gradient norm)."""
     tc = config.training
     x0, k, noise, y = (None if v is None else v.to(device) for v in batch)
-    ts = torch.tensor([*rnd.teacher_plan, -1], device=device)
 
     def student(z: Tensor, t: Tensor, *y: Tensor) -> Tensor:
         z = z.contiguous(memory_format=torch.channels_last) if tc.channels_last else z
@@ -335,8 +340,8 @@ def _step(
             return rnd.student(z, t, *y).float()
 
     predictions = (rnd.teacher_prediction, rnd.student.config.prediction)
-    loss = distillation_loss(student, rnd.teacher, sched, x0, noise,
-                             (ts[2 * k], ts[2 * k + 1], ts[2 * k + 2]), predictions, y,
+    ts = student_points(rnd.teacher_plan, rnd.student_plan, k)
+    loss = distillation_loss(student, rnd.teacher, sched, x0, noise, ts, predictions, y,
                              config.distill.loss_weighting)  # fmt: skip
     rnd.opt.zero_grad(set_to_none=True)
     loss.backward()

@@ -12,6 +12,12 @@ At the last step ``t'' = -1`` (``alpha_bar = 1``, ``sigma'' = 0``) this is ``x~ 
 teacher's final data prediction. Plans start at the top timestep ``T - 1`` (diffusers'
 ``trailing`` spacing): with few steps, a plan that starts lower never sees pure noise.
 Round ``r``'s student takes every other point of its teacher's plan.
+
+A run whose teacher and student take the same number of steps has one round that only
+re-parameterizes: the student's one step matches the teacher's one step (``t -> t'``), so
+eq. (1) gives back the teacher's own data prediction. It turns an ε-teacher into a v- or
+x-student on the plan's points before the halving rounds, which an ε-student cannot go
+through at ``t = T - 1``, where its data prediction divides by ``alpha ~ 0.006``.
 """
 
 from __future__ import annotations
@@ -32,16 +38,11 @@ def distillation_plans(
     """The timesteps of every plan from the first teacher's down to the last student's:
     ``teacher_steps`` trailing points (``T - 1`` first), then every other point of the
     one before, until ``student_steps`` remain. ``teacher_steps / student_steps`` must be a
-    power of two of at least 2."""
+    power of two; at 1 the two plans are the same (a re-parameterization round)."""
     ratio = teacher_steps // max(student_steps, 1)
-    if (
-        student_steps < 1
-        or ratio < 2
-        or ratio * student_steps != teacher_steps
-        or ratio & (ratio - 1)
-    ):
+    if student_steps < 1 or ratio * student_steps != teacher_steps or ratio & (ratio - 1):
         raise ValueError(
-            f"teacher_steps / student_steps must be a power of two >= 2, got "
+            f"teacher_steps / student_steps must be a power of two, got "
             f"{teacher_steps} / {student_steps}"
         )
     if teacher_steps > sched.num_timesteps:
@@ -49,9 +50,21 @@ def distillation_plans(
             f"teacher_steps={teacher_steps} exceeds the schedule's {sched.num_timesteps} timesteps"
         )
     plans = [tuple(sched.timesteps(teacher_steps, "trailing").tolist())]
+    if ratio == 1:
+        return [plans[0], plans[0]]
     while len(plans[-1]) > student_steps:
         plans.append(plans[-1][::2])
     return plans
+
+
+def student_points(
+    teacher_plan: Sequence[int], student_plan: Sequence[int], k: Tensor
+) -> tuple[Tensor, ...]:
+    """The points a student step ``k`` spans in its teacher's plan (``-1`` after the last):
+    ``t, t', t''`` when the student halves the plan, ``t, t'`` when it re-parameterizes."""
+    hops = len(teacher_plan) // len(student_plan)
+    ts = torch.tensor([*teacher_plan, -1], device=k.device)
+    return tuple(ts[hops * k + i] for i in range(hops + 1))
 
 
 def alpha_sigma(sched: NoiseSchedule, t: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
@@ -94,17 +107,20 @@ def ddim_step(
 
 
 @torch.no_grad()
-def teacher_two_steps(
+def teacher_steps(
     teacher: Model,
     sched: NoiseSchedule,
     z_t: Tensor,
-    ts: tuple[Tensor, Tensor, Tensor],
+    ts: Sequence[Tensor],
     prediction: str,
     y: Tensor | None = None,
 ) -> Tensor:
-    """``z''``: the teacher's two DDIM steps ``t -> t' -> t''`` (:func:`ddim_step`)."""
-    z_mid = ddim_step(teacher, sched, z_t, ts[0], ts[1], prediction, y)
-    return ddim_step(teacher, sched, z_mid, ts[1], ts[2], prediction, y)
+    """Where the teacher's DDIM steps through the points ``ts`` land: ``z''`` for the two
+    steps ``t -> t' -> t''`` of a halving round (:func:`ddim_step`)."""
+    z = z_t
+    for start, end in zip(ts[:-1], ts[1:], strict=True):
+        z = ddim_step(teacher, sched, z, start, end, prediction, y)
+    return z
 
 
 def loss_weight(alpha: Tensor, sigma: Tensor, weighting: str) -> Tensor:
@@ -128,20 +144,21 @@ def distillation_loss(
     sched: NoiseSchedule,
     x0: Tensor,
     noise: Tensor,
-    ts: tuple[Tensor, Tensor, Tensor],
+    ts: Sequence[Tensor],
     predictions: tuple[str, str],
     y: Tensor | None = None,
     weighting: str = "truncated-snr",
 ) -> Tensor:
     """Salimans & Ho's loss for one batch: ``x0`` noised by ``noise`` to ``z_t`` at each
-    row's student point ``ts[0]``, the teacher's two steps through ``ts[1]`` to ``ts[2]``,
-    the target of eq. (1), and the batch mean of :func:`loss_weight` times the mean squared
-    error of the student's data prediction. ``predictions`` are the teacher's and the
+    row's student point ``ts[0]``, the teacher's steps through ``ts`` (:func:`student_points`:
+    two for a halving round, one to re-parameterize), the target of eq. (1), and the batch
+    mean of :func:`loss_weight` times the mean squared error of the student's data
+    prediction. ``predictions`` are the teacher's and the
     student's parameterizations."""
     alpha, sigma = alpha_sigma(sched, ts[0], x0)
     z_t = alpha * x0 + sigma * noise
-    z_end = teacher_two_steps(teacher, sched, z_t, ts, predictions[0], y)
-    target = student_target(z_t, z_end, (alpha, sigma, *alpha_sigma(sched, ts[2], z_t)))
+    z_end = teacher_steps(teacher, sched, z_t, ts, predictions[0], y)
+    target = student_target(z_t, z_end, (alpha, sigma, *alpha_sigma(sched, ts[-1], z_t)))
     out = student(z_t, ts[0], *(() if y is None else (y,))).to(z_t.dtype)
     x0_pred = to_pair(out, z_t, alpha, sigma, predictions[1])[1]
     per_row = (x0_pred - target).square().flatten(1).mean(1)
