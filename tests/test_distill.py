@@ -358,14 +358,14 @@ class PerDirection(torch.nn.Module):
 
     def __init__(self, plan: tuple[int, ...], dim: int, prediction: str = "v") -> None:
         super().__init__()
-        self.index = {t: i for i, t in enumerate(plan)}
+        self.row = torch.full((1000,), -1, dtype=torch.long)  # timestep -> its coefficient row
+        self.row[list(plan)] = torch.arange(len(plan))
         self.c = torch.nn.Parameter(torch.zeros(len(plan), dim, dtype=F64))
         self.config = types.SimpleNamespace(prediction=prediction, sampling_plan=plan,
                                             num_classes=0)  # fmt: skip
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        rows = torch.tensor([self.index[int(v)] for v in t])
-        return self.c[rows] * x
+        return self.c[self.row[t]] * x
 
 
 @pytest.mark.parametrize(("student_prediction", "weighting"),
