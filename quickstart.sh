@@ -53,7 +53,11 @@ case "${1:-}" in
         shift
         setup test
         "$venv/bin/ruff" check src tests benchmarks
-        exec "$venv/bin/python" -m pytest -q "$@"
+        # One pytest worker a core, at most 4 (each test runs on one thread); `-n 0` runs
+        # them in this process.
+        cores=$(nproc 2> /dev/null || echo 1)
+        workers=$(( cores < 4 ? cores : 4 ))
+        exec "$venv/bin/python" -m pytest -q -n "$workers" "$@"
         ;;
     *)
         die "usage: ./quickstart.sh sample [OPTIONS] | test [PYTEST ARGS] | serve [OPTIONS] | docs [build]"
