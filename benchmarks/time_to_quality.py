@@ -6,9 +6,12 @@ Every setting draws ``-n`` images in batches, and the settings take turns batch 
 so a change in the machine's speed during the run falls on all of them alike. Ours sample
 the same latents (seeds ``0..n-1``); the pipeline draws its own from one generator. Each
 setting's images are scored with FD-MNIST against held-out digits 9000-9999 and written
-to ``--out`` as ``.npz`` (judge them with intervals: ``ddim eval judge``). Then, for each
-target FD (by default DDIM-50's and DDIM-10's), the table gives every family's cheapest
-setting that reaches it: its model calls and its seconds per 1,000 images.
+to ``--out`` as ``.npz`` (judge them with more judges: ``ddim eval judge``). Every setting,
+the pipeline included, starts image ``i`` from the first draw of a generator seeded ``i``,
+so any two are compared paired (``ddim.eval.paired``). Then, for DDIM-50 and DDIM-10 as
+targets, the table gives every family's cheapest setting that reaches the target, one
+whose FD-MNIST is not above the target's beyond the 95 % interval of their paired
+difference: its model calls and its seconds per 1,000 images.
 
     python benchmarks/time_to_quality.py --ref-data ../shared/data/mnist/t10k-images-idx3-ubyte.gz \
         --student STUDENT.safetensors [--student ...] [-n 1000] [--threads 2] [--out runs/ttq]
@@ -21,13 +24,14 @@ import json
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
 import ddim
-from ddim.eval import metrics
+from ddim.eval import metrics, paired
+from ddim.eval.judges import Interval
 from ddim.formats.archives import load_mnist
 from ddim.formats.diffusers import import_diffusers, to_diffusers_unet
 from ddim.formats.diffusers_folder import scheduler_config
@@ -63,16 +67,16 @@ def ours(model: torch.nn.Module, sched: ddim.NoiseSchedule, **options: object) -
 
 
 def pipeline(model: torch.nn.Module, sched: ddim.NoiseSchedule, steps: int) -> Run:
-    """diffusers' ``DDIMPipeline`` at ``steps``, eta = 0, its other defaults; one generator
-    for the whole run."""
+    """diffusers' ``DDIMPipeline`` at ``steps``, eta = 0, its other defaults; a generator
+    per image, seeded as ours, so its ``x_T`` are our seeded latents."""
     diffusers = import_diffusers()
     scheduler = diffusers.DDIMScheduler(**scheduler_config(sched))
     pipe = diffusers.DDIMPipeline(unet=to_diffusers_unet(model), scheduler=scheduler)
     pipe.set_progress_bar_config(disable=True)
-    generator = torch.Generator().manual_seed(0)
 
     def run(n: int, first: int) -> torch.Tensor:
-        out = pipe(batch_size=n, generator=generator, eta=0.0, num_inference_steps=steps,
+        generators = [torch.Generator().manual_seed(i) for i in range(first, first + n)]
+        out = pipe(batch_size=n, generator=generators, eta=0.0, num_inference_steps=steps,
                    output_type="np")  # fmt: skip
         return torch.from_numpy(out.images).permute(0, 3, 1, 2) * 2 - 1
 
@@ -119,11 +123,13 @@ def sample_side_by_side(runs: list[Setting], n: int, batch: int) -> None:
             s.seconds += time.perf_counter() - start
 
 
-def cheapest(runs: list[Setting], fd: dict[str, float], target: float) -> dict[str, Setting]:
-    """Each family's fewest-call setting whose FD is at most ``target``."""
+def cheapest(runs: list[Setting], difference: dict[str, Interval]) -> dict[str, Setting]:
+    """Each family's fewest-call setting whose paired FD difference to the target has an
+    interval that reaches down to zero or below."""
     best: dict[str, Setting] = {}
     for s in runs:
-        if fd[s.label] <= target and (s.family not in best or s.calls < best[s.family].calls):
+        reached = difference[s.label].low <= 0
+        if reached and (s.family not in best or s.calls < best[s.family].calls):
             best[s.family] = s
     return best
 
@@ -147,26 +153,29 @@ def main() -> None:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    features = metrics.feature_extractor("mnist")
-    ref = metrics.dataset_stats(features, load_mnist(args.ref_data)[9000:10000])
-    fd = {}
+    extract = metrics.feature_extractor("mnist")
+    reference = {"mnist": extract(load_mnist(args.ref_data)[9000:10000]).numpy()}
+    features, fd = {}, {}
     for s in runs:
         images = torch.cat(s.images)
         save_npz(out / f"{s.label}.npz", images)
-        fd[s.label] = metrics.FeatureStats.of_batches([features(images)]).frechet_distance(ref)
+        features[s.label] = {"mnist": extract(images).numpy()}
+        fd[s.label] = paired.values(features[s.label], reference, ["fd-mnist"], {})["fd-mnist"]
+    to = {target: {s.label: paired.compare(features[target], features[s.label], reference,
+                                           ["fd-mnist"])["fd-mnist"] for s in runs}
+          for target in ("DDIM-50", "DDIM-10")}  # fmt: skip
 
     per_1000 = {s.label: 1000 * s.seconds / args.n for s in runs}
-    lines = ["| setting | model calls | s per 1,000 images | FD-MNIST |", "|---|---:|---:|---:|"]
-    lines += [f"| {s.label} | {s.calls} | {per_1000[s.label]:.1f} | {fd[s.label]:.2f} |"
-              for s in runs]  # fmt: skip
-    targets = {"DDIM-50's FD": fd["DDIM-50"], "DDIM-10's FD": fd["DDIM-10"]}
-    for name, target in targets.items():
-        best = cheapest(runs, fd, target)
-        lines += ["", f"To reach {name} ({target:.2f}):", "",
+    lines = ["| setting | model calls | s per 1,000 images | FD-MNIST | paired − DDIM-50 | "
+             "paired − DDIM-10 |", "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+    lines += [f"| {s.label} | {s.calls} | {per_1000[s.label]:.1f} | {fd[s.label]:.2f} | "
+              f"{to['DDIM-50'][s.label]} | {to['DDIM-10'][s.label]} |" for s in runs]  # fmt: skip
+    for target, difference in to.items():
+        best = cheapest(runs, difference)
+        lines += ["", f"To reach {target}'s FD-MNIST ({fd[target]:.2f}):", "",
                   "| family | cheapest setting | model calls | s per 1,000 images |",
                   "|---|---|---:|---:|"]  # fmt: skip
-        families = dict.fromkeys(s.family for s in runs)
-        for family in families:
+        for family in dict.fromkeys(s.family for s in runs):
             s = best.get(family)
             lines.append(f"| {family} | {s.label} | {s.calls} | {per_1000[s.label]:.1f} |"
                          if s else f"| {family} | not reached | | |")  # fmt: skip
@@ -174,7 +183,8 @@ def main() -> None:
     print(table)
     (out / "time-to-quality.md").write_text(table + "\n")
     rows = [{"label": s.label, "family": s.family, "calls": s.calls, "seconds": s.seconds,
-             "fd_mnist": fd[s.label]} for s in runs]  # fmt: skip
+             "fd_mnist": fd[s.label], **{f"minus_{t}": asdict(d[s.label]) for t, d in to.items()}}
+            for s in runs]  # fmt: skip
     record = {"machine": cpu_name(), "threads": args.threads, "n": args.n, "settings": rows}
     (out / "time-to-quality.json").write_text(json.dumps(record, indent=1) + "\n")
 
