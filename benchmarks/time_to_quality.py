@@ -84,8 +84,9 @@ def pipeline(model: torch.nn.Module, sched: ddim.NoiseSchedule, steps: int) -> R
 
 
 def settings(students: list[str], with_pipeline: bool) -> list[Setting]:
-    """DDIM at 10, 20, 50, 100 steps; 2M at 5, 10, 20 (logSNR spacing, as the README's
-    solver table); each student at its own plan; the pipeline at 10, 20, 50 steps."""
+    """DDIM at 10, 20, 50, 100 steps; 2M at 5, 10, 20 on the logSNR spacing (the README's
+    example) and at 10, 20 on the uniform one; each student at its own plan; the pipeline at
+    10, 20, 50 steps."""
     teacher, sched = ddim.load_pretrained("mnist")
     teacher.eval()
     out = [Setting("DDIM", f"DDIM-{s}", ddim.model_calls(sched, s), ours(teacher, sched, steps=s))
@@ -95,6 +96,12 @@ def settings(students: list[str], with_pipeline: bool) -> list[Setting]:
                 ddim.model_calls(sched, s, spacing="logsnr", solver="dpmpp-2m"),
                 ours(teacher, sched, steps=s, spacing="logsnr", solver="dpmpp-2m"))
         for s in (5, 10, 20)
+    ]  # fmt: skip
+    out += [
+        Setting("DPM-Solver++(2M)", f"2M-{s}-uniform",
+                ddim.model_calls(sched, s, spacing="uniform", solver="dpmpp-2m"),
+                ours(teacher, sched, steps=s, spacing="uniform", solver="dpmpp-2m"))
+        for s in (10, 20)
     ]  # fmt: skip
     for path in students:
         student, student_sched = ddim.load_pretrained(path)
