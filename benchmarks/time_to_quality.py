@@ -3,8 +3,7 @@ students and diffusers' ``DDIMPipeline`` (on the same teacher weights, converted
 converter) need to reach a given FD-MNIST, measured side by side in one run.
 
 Every setting draws ``-n`` images in batches, and the settings take turns batch by batch,
-so a change in the machine's speed during the run falls on all of them alike. Ours sample
-the same latents (seeds ``0..n-1``); the pipeline draws its own from one generator. Each
+so a change in the machine's speed during the run falls on all of them alike. Each
 setting's images are scored with FD-MNIST against held-out digits 9000-9999 and written
 to ``--out`` as ``.npz`` (judge them with more judges: ``ddim eval judge``). Every setting,
 the pipeline included, starts image ``i`` from the first draw of a generator seeded ``i``,
