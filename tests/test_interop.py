@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
@@ -13,7 +14,9 @@ import ddim
 from ddim.formats import diffusers as interop
 from ddim.formats import diffusers_folder
 from ddim.guidance import guided as guided_eps
+from ddim.models.oracle import GaussianMixture
 from ddim.models.unet import UNetConfig
+from ddim.parameterization import Reparameterized
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -150,6 +153,49 @@ def test_pipeline_folder_round_trip(tmp_path, schedule, perturbed_unet) -> None:
     assert not any(p.name.startswith(".tmp-") for p in tmp_path.iterdir())
 
 
+@pytest.mark.parametrize(
+    ("prediction", "theirs"), [("eps", "epsilon"), ("v", "v_prediction"), ("x", "sample")]
+)
+def test_the_parameterization_is_the_schedulers_prediction_type(
+    tmp_path, perturbed_unet, prediction, theirs
+) -> None:
+    model = perturbed_unet(replace(CONFIG, prediction=prediction))
+    schedule = ddim.NoiseSchedule.linear(1000)
+    diffusers_folder.save_diffusers(model, schedule, tmp_path / "pipe")
+    written = json.loads((tmp_path / "pipe" / "scheduler" / "scheduler_config.json").read_text())
+    assert written["prediction_type"] == theirs
+    back, _ = diffusers_folder.load_diffusers(tmp_path / "pipe")
+    assert back.config == model.config
+    # a plain UNet folder with a schedule given still reads the prediction beside it
+    interop.to_diffusers_unet(model).save_pretrained(tmp_path / "plain")
+    (tmp_path / "plain" / "scheduler_config.json").write_text(json.dumps(written))
+    plain, _ = diffusers_folder.load_diffusers(tmp_path / "plain", schedule=schedule)
+    assert plain.config.prediction == prediction
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v", "x"])
+def test_diffusers_samples_our_prediction_type_as_the_oracle(prediction) -> None:
+    # diffusers' DDIMScheduler, configured by the scheduler config we write, reads the raw
+    # output of an eps-oracle rewrapped as v or x as what it is: DDIM's path of the oracle.
+    sched = ddim.NoiseSchedule.linear()
+    means = torch.tensor([[1.5, -0.5, 0.0], [-1.0, 1.0, 0.5]], dtype=torch.float64)
+    oracle = GaussianMixture(means, 0.3, torch.tensor([0.6, 0.4], dtype=torch.float64), sched)
+    network = Reparameterized(oracle, sched, prediction)
+    config = json.loads(json.dumps(diffusers_folder.scheduler_config(sched, prediction)))
+    ref = diffusers.DDIMScheduler(
+        **config, set_alpha_to_one=True, clip_sample=False, timestep_spacing="leading"
+    )
+    ref.set_timesteps(10)
+    x_T = torch.randn(8, 3, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    x = x_T
+    for t in ref.timesteps:
+        x = ref.step(network(x, t.expand(8)), t, x).prev_sample
+    want = ddim.sample(oracle, x_T, sched, steps=10)
+    # diffusers keeps alpha_bar in float32, we in float64: equal to float32 rounding
+    torch.testing.assert_close(x, want, rtol=1e-5, atol=1e-5)
+    assert (want - x_T).abs().max().item() > 0.5
+
+
 def test_plain_unet_folder_with_scheduler_config(tmp_path, perturbed_unet) -> None:
     model = perturbed_unet(CONFIG)
     interop.to_diffusers_unet(model).save_pretrained(tmp_path)
@@ -184,8 +230,8 @@ def test_incompatible_diffusers_models_are_refused() -> None:
         interop.diffusers_unet_config(
             UNetConfig(ch=32, ch_mult=(2, 2), attn_resolutions=(), image_size=8)
         )
-    with pytest.raises(ValueError, match="prediction_type"):
-        diffusers_folder.schedule_from_scheduler_config({"prediction_type": "v_prediction"})
+    with pytest.raises(ValueError, match="prediction_type is 'score'; ddim reads epsilon, "):
+        diffusers_folder.schedule_from_scheduler_config({"prediction_type": "score"})
 
 
 def test_missing_diffusers_is_a_clear_import_error(monkeypatch, perturbed_unet) -> None:

@@ -21,6 +21,7 @@ inside the functions that need it.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from types import ModuleType
 from typing import Any
 
@@ -238,9 +239,10 @@ def to_diffusers_unet(model: UNet) -> nn.Module:
     return unet.eval()
 
 
-def unet_from_diffusers(unet: nn.Module) -> UNet:
-    """Our :class:`UNet` equivalent to a diffusers ``UNet2DModel`` (eval mode)."""
-    config = unet_config_from_diffusers(unet.config)
+def unet_from_diffusers(unet: nn.Module, prediction: str = "eps") -> UNet:
+    """Our :class:`UNet` equivalent to a diffusers ``UNet2DModel`` (eval mode), declaring
+    that it predicts ``prediction`` (diffusers keeps that in the scheduler config)."""
+    config = replace(unet_config_from_diffusers(unet.config), prediction=prediction)
     model = UNet(config)
     theirs = unet.state_dict()
     names = {key: diffusers_key(key, len(config.ch_mult)) for key in model.state_dict()}
