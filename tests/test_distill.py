@@ -50,8 +50,15 @@ def test_loss_weights_by_hand() -> None:
                                torch.tensor([0.5625, 16 / 9], dtype=F64))  # fmt: skip
     torch.testing.assert_close(loss_weight(alpha, sigma, "truncated-snr"),
                                torch.tensor([1.0, 16 / 9], dtype=F64))  # fmt: skip
-    with pytest.raises(ValueError, match="weighting must be one of snr, truncated-snr"):
+    # landing: (alpha'' - sigma'' alpha / sigma)^2; from (0.6, 0.8) to (0.8, 0.6):
+    # (0.8 - 0.6 * 0.6 / 0.8)^2 = 0.35^2; from (0.8, 0.6) to alpha_bar = 1: 1
+    end = (torch.tensor([0.8, 1.0], dtype=F64), torch.tensor([0.6, 0.0], dtype=F64))
+    torch.testing.assert_close(loss_weight(alpha, sigma, "landing", end),
+                               torch.tensor([0.35**2, 1.0], dtype=F64))  # fmt: skip
+    with pytest.raises(ValueError, match="weighting must be one of snr, truncated-snr, landing"):
         loss_weight(alpha, sigma, "min-snr")
+    with pytest.raises(ValueError, match="the landing weight needs the end point"):
+        loss_weight(alpha, sigma, "landing")
 
 
 def test_the_snr_weight_is_the_eps_loss_of_the_target() -> None:
@@ -77,6 +84,34 @@ def test_the_snr_weight_is_the_eps_loss_of_the_target() -> None:
     eps_target = (z - alpha * target) / sigma
     expected = (student(z, ts[0]) - eps_target).square().flatten(1).mean(1).mean()
     torch.testing.assert_close(loss, expected, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("prediction", PREDICTIONS)
+def test_the_landing_weight_is_the_squared_landing_error(prediction) -> None:
+    """Under ``landing`` the loss is the mean squared distance between where the student's
+    own DDIM step from ``z_t`` lands and where the teacher's two land, ``z''``, whatever
+    the student predicts: halving rows and rows whose last point is ``alpha_bar = 1``."""
+    g = torch.Generator().manual_seed(5)
+    x0, noise = (torch.randn(6, 1, 4, 4, generator=g, dtype=F64) for _ in range(2))
+
+    def teacher(x: torch.Tensor, tt: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(x) * 0.7 + 0.01 * tt.view(-1, 1, 1, 1).to(x.dtype) / 100
+
+    def student(x: torch.Tensor, tt: torch.Tensor) -> torch.Tensor:
+        return torch.sin(x) * 0.9 - 0.02 * tt.view(-1, 1, 1, 1).to(x.dtype) / 100
+
+    ts = (torch.tensor([99, 80, 60, 40, 20, 10]), torch.tensor([90, 70, 50, 30, 15, 5]),
+          torch.tensor([80, 60, 40, 20, 10, -1]))  # fmt: skip
+    loss = distillation_loss(student, teacher, SCHED, x0, noise, ts, ("eps", prediction), None,
+                             "landing")  # fmt: skip
+    alpha, sigma = alpha_sigma(SCHED, ts[0], x0)
+    z = alpha * x0 + sigma * noise
+    z_end = teacher_steps(teacher, SCHED, z, ts, "eps")
+    eps, x_hat = to_pair(student(z, ts[0]), z, alpha, sigma, prediction)
+    landed = ddim_move(x_hat, eps, *alpha_sigma(SCHED, ts[2], z))
+    expected = (landed - z_end).square().flatten(1).mean(1).mean()
+    torch.testing.assert_close(loss, expected, rtol=1e-12, atol=0)
+    assert loss.item() > 1e-4
 
 
 def test_plans_halve_from_the_top_timestep() -> None:
@@ -369,7 +404,7 @@ class PerDirection(torch.nn.Module):
 
 
 @pytest.mark.parametrize(("student_prediction", "weighting"),
-                         [("v", "truncated-snr"), ("eps", "snr")])  # fmt: skip
+                         [("v", "truncated-snr"), ("eps", "snr"), ("v", "landing")])  # fmt: skip
 def test_distilled_students_reach_the_teachers_map_on_the_gaussian_oracle(
     student_prediction, weighting
 ) -> None:

@@ -48,7 +48,7 @@ SCHEDULES = ("linear", "cosine")
 #: Salimans & Ho's ``v = alpha eps - sigma x0``, or the data.
 PREDICTIONS = ("eps", "v", "x")
 #: Progressive distillation's weights on the data error (``progressive.loss_weight``).
-DISTILL_WEIGHTINGS = ("snr", "truncated-snr")
+DISTILL_WEIGHTINGS = ("snr", "truncated-snr", "landing")
 NOISE_LEVEL_SPACINGS = ("logsnr", "karras")
 #: The weights a checkpoint may hold: the EMA (to sample with) and the raw training weights.
 WEIGHTS = ("ema", "model")

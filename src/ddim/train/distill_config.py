@@ -43,7 +43,8 @@ class DistillSection:
     near ``t = T`` its targets are the ε-teacher's ``x0 = (z - sigma eps) / alpha``
     (``alpha ~ 0.006``), whose ε errors are amplified 160-fold. ``weighting`` is the loss
     weight on the data error (:func:`ddim.train.progressive.loss_weight`); ``auto`` is
-    ``snr`` (the ε-loss) for an ε-student and ``truncated-snr`` for v and x."""
+    ``snr`` (the ε-loss) for an ε-student and ``truncated-snr`` for v and x; ``landing``
+    weighs each student step by how far its data error moves where the step lands."""
 
     teacher: str
     teacher_steps: int = 64

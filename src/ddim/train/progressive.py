@@ -123,18 +123,31 @@ def teacher_steps(
     return z
 
 
-def loss_weight(alpha: Tensor, sigma: Tensor, weighting: str) -> Tensor:
+def loss_weight(
+    alpha: Tensor,
+    sigma: Tensor,
+    weighting: str,
+    end: tuple[Tensor, Tensor] | None = None,
+) -> Tensor:
     """The weight on the data error ``|x^ - x~|^2`` (Salimans & Ho, sec. 4): ``snr``,
     ``alpha^2 / sigma^2``, makes it the squared error of the implied ε (the teacher's own
     training loss, and the one an ε-student needs: its data error near ``t = T`` is its ε
     error times ``sigma / alpha ~ 160``); ``truncated-snr``, ``max(alpha^2 / sigma^2, 1)``,
     is the ε-loss at low noise and still a weight of 1 where ``alpha -> 0`` (for v- and
-    x-students)."""
+    x-students); ``landing``, ``(alpha'' - (sigma'' / sigma_t) alpha_t)^2``, the square of
+    eq. (1)'s denominator, makes it the squared distance between where the student's step
+    lands and ``z''``, since that step moves by the denominator times the data error.
+    ``end`` is ``(alpha'', sigma'')``, needed by ``landing`` only."""
     snr = alpha.square() / sigma.square()
     if weighting == "snr":
         return snr
     if weighting == "truncated-snr":
         return snr.clamp(min=1.0)
+    if weighting == "landing":
+        if end is None:
+            raise ValueError("the landing weight needs the end point's (alpha'', sigma'')")
+        alpha_end, sigma_end = end
+        return (alpha_end - sigma_end / sigma * alpha).square()
     raise ValueError(f"weighting must be one of {', '.join(DISTILL_WEIGHTINGS)}, got {weighting!r}")
 
 
@@ -158,8 +171,9 @@ def distillation_loss(
     alpha, sigma = alpha_sigma(sched, ts[0], x0)
     z_t = alpha * x0 + sigma * noise
     z_end = teacher_steps(teacher, sched, z_t, ts, predictions[0], y)
-    target = student_target(z_t, z_end, (alpha, sigma, *alpha_sigma(sched, ts[-1], z_t)))
+    end = alpha_sigma(sched, ts[-1], z_t)
+    target = student_target(z_t, z_end, (alpha, sigma, *end))
     out = student(z_t, ts[0], *(() if y is None else (y,))).to(z_t.dtype)
     x0_pred = to_pair(out, z_t, alpha, sigma, predictions[1])[1]
     per_row = (x0_pred - target).square().flatten(1).mean(1)
-    return (loss_weight(alpha, sigma, weighting).flatten() * per_row).mean()
+    return (loss_weight(alpha, sigma, weighting, end).flatten() * per_row).mean()
