@@ -61,21 +61,26 @@ def test_loss_weights_by_hand() -> None:
         loss_weight(alpha, sigma, "landing")
 
 
+def _toy_teacher(x: torch.Tensor, tt: torch.Tensor) -> torch.Tensor:
+    return torch.tanh(x) * 0.7 + 0.01 * tt.view(-1, 1, 1, 1).to(x.dtype) / 100
+
+
+def _toy_student(x: torch.Tensor, tt: torch.Tensor) -> torch.Tensor:
+    return torch.sin(x) * 0.9 - 0.02 * tt.view(-1, 1, 1, 1).to(x.dtype) / 100
+
+
+#: Six rows' student points t, t', t'' on SCHED, the last row's ending at alpha_bar = 1.
+TOY_POINTS = (torch.tensor([99, 80, 60, 40, 20, 10]), torch.tensor([90, 70, 50, 30, 15, 5]),
+              torch.tensor([80, 60, 40, 20, 10, -1]))  # fmt: skip
+
+
 def test_the_snr_weight_is_the_eps_loss_of_the_target() -> None:
     """Under ``snr`` the loss is the mean squared error between the student's ε and the ε
     that eq. (1)'s target implies at ``z_t``, ``(z_t - alpha x~) / sigma``: what an
     ε-student started from an ε-teacher is trained on."""
     g = torch.Generator().manual_seed(3)
     x0, noise = (torch.randn(6, 1, 4, 4, generator=g, dtype=F64) for _ in range(2))
-
-    def teacher(x: torch.Tensor, tt: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(x) * 0.7 + 0.01 * tt.view(-1, 1, 1, 1).to(x.dtype) / 100
-
-    def student(x: torch.Tensor, tt: torch.Tensor) -> torch.Tensor:
-        return torch.sin(x) * 0.9 - 0.02 * tt.view(-1, 1, 1, 1).to(x.dtype) / 100
-
-    ts = (torch.tensor([99, 80, 60, 40, 20, 10]), torch.tensor([90, 70, 50, 30, 15, 5]),
-          torch.tensor([80, 60, 40, 20, 10, -1]))  # fmt: skip
+    ts, teacher, student = TOY_POINTS, _toy_teacher, _toy_student
     loss = distillation_loss(student, teacher, SCHED, x0, noise, ts, ("eps", "eps"), None, "snr")
     alpha, sigma = alpha_sigma(SCHED, ts[0], x0)
     z = alpha * x0 + sigma * noise
@@ -93,15 +98,7 @@ def test_the_landing_weight_is_the_squared_landing_error(prediction) -> None:
     the student predicts: halving rows and rows whose last point is ``alpha_bar = 1``."""
     g = torch.Generator().manual_seed(5)
     x0, noise = (torch.randn(6, 1, 4, 4, generator=g, dtype=F64) for _ in range(2))
-
-    def teacher(x: torch.Tensor, tt: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(x) * 0.7 + 0.01 * tt.view(-1, 1, 1, 1).to(x.dtype) / 100
-
-    def student(x: torch.Tensor, tt: torch.Tensor) -> torch.Tensor:
-        return torch.sin(x) * 0.9 - 0.02 * tt.view(-1, 1, 1, 1).to(x.dtype) / 100
-
-    ts = (torch.tensor([99, 80, 60, 40, 20, 10]), torch.tensor([90, 70, 50, 30, 15, 5]),
-          torch.tensor([80, 60, 40, 20, 10, -1]))  # fmt: skip
+    ts, teacher, student = TOY_POINTS, _toy_teacher, _toy_student
     loss = distillation_loss(student, teacher, SCHED, x0, noise, ts, ("eps", prediction), None,
                              "landing")  # fmt: skip
     alpha, sigma = alpha_sigma(SCHED, ts[0], x0)
