@@ -22,6 +22,7 @@ import yaml
 
 import ddim
 from ddim.eval.exact_gaussian import DiagonalGaussian, power_law_spectrum
+from ddim.eval.landing import swapped_sample
 from ddim.formats.checkpoint import load_checkpoint, load_pretrained
 from ddim.names import PREDICTIONS
 from ddim.parameterization import from_pair, to_pair
@@ -379,9 +380,44 @@ def test_ddim_distill_command_and_sample_with_the_students_plan(tmp_path, teache
                          env=ENV, timeout=120)  # fmt: skip
     assert bad.returncode == 2
     assert "plan [99] is not every other point of" in bad.stderr
+    # --swap-samples: the student's own samples are `ddim sample`'s on the same seeds, in fp32
+    swap = subprocess.run([*land, "--teacher", str(round_1), "--seed", "5", "--swap-samples", "3"],
+                          capture_output=True, text=True, env=ENV, timeout=120)  # fmt: skip
+    assert swap.returncode == 0, swap.stderr
+    same = subprocess.run([sys.executable, "-m", "ddim.cli", "sample", "--ckpt", str(student),
+                           "-n", "3", "--seed", "5", "--precision", "fp32", "--out",
+                           str(tmp_path / "own.npz")],
+                          capture_output=True, text=True, env=ENV, timeout=120)  # fmt: skip
+    assert same.returncode == 0, same.stderr
+    own = np.load(tmp_path / "land/student.npz")["samples"]
+    np.testing.assert_array_equal(own, np.load(tmp_path / "own.npz")["samples"])
+    swapped = np.load(tmp_path / "land/swap-99.npz")["samples"]
+    assert swapped.shape == own.shape == (3, 8, 8, 1) and not np.array_equal(swapped, own)
 
 
 # ---------------------------------------------------------------- exact: the Gaussian oracle
+
+
+@pytest.mark.parametrize("k", [None, 0, 1, 2, 3])
+def test_a_swapped_step_is_the_teachers_two_on_the_oracle(k) -> None:
+    """With the exact ε of N(0, diag(lambda)) as student and teacher, the student's plan with
+    step ``k`` taken by the teacher's two is DDIM on the plan with the teacher's midpoint
+    put back: ``ddim.sample`` over those timesteps, to rounding in float64."""
+    sched = ddim.NoiseSchedule.linear()
+    oracle = DiagonalGaussian(power_law_spectrum(4), sched)
+    teacher_plan = distillation_plans(sched, 8, 4)[0]
+    x_T = torch.randn(16, 4, generator=torch.Generator().manual_seed(2), dtype=F64)
+    got = swapped_sample(oracle, oracle, sched, x_T, teacher_plan, ("eps", "eps"), k)
+    steps = [
+        t
+        for i, t in enumerate(teacher_plan)
+        if i % 2 == 0 or i == 2 * (k or 0) + 1 and k is not None
+    ]
+    assert len(steps) == 4 + (k is not None)
+    want = ddim.sample(oracle, x_T, sched, steps=steps)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="the student has 4 steps; no step 4"):
+        swapped_sample(oracle, oracle, sched, x_T, teacher_plan, ("eps", "eps"), 4)
 
 
 class PerDirection(torch.nn.Module):

@@ -14,7 +14,11 @@ from ddim.cli.eval_options import Slice, load_images
 from ddim.cli.options import option
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     import torch
+
+    from ddim.schedule import NoiseSchedule
 
 
 @click.command("landing")
@@ -30,6 +34,10 @@ if TYPE_CHECKING:
 @option("--seed", type=click.IntRange(min=0), default=0, help="seed of the noise")
 @option("--weights", type=click.Choice(("ema", "model")), default="ema",
         help="the student's weights (a round's checkpoint also holds the raw ones)")  # fmt: skip
+@option("--swap-samples", type=click.IntRange(min=0), default=0, metavar="N",
+        help="also write N samples (seeds from --seed) of the student and, for each of its "
+             "steps, with that step taken by the teacher's two, to judge what each step "
+             "costs")  # fmt: skip
 @options.device_option
 @option("--out-dir", type=click.Path(file_okay=False), default="results", help="output folder")
 def landing_command(
@@ -39,13 +47,19 @@ def landing_command(
     part: slice,
     seed: int,
     weights: str,
+    swap_samples: int,
     device: torch.device,
     out_dir: str,
 ) -> None:
     """For each point t of STUDENT's plan: the RMS distance from its one DDIM step to the
     teacher's two, beside the teacher's own single step over the same interval (what a
     student that learnt nothing gives). The teacher's plan is its recorded one (a student)
-    or twice as many trailing steps. Writes landing.md and landing.json."""
+    or twice as many trailing steps. Writes landing.md and landing.json.
+
+    With --swap-samples N, also writes student.npz (N samples from the seeds --seed on, as
+    `ddim sample --seed` draws them) and swap-T.npz for each student point T: the same
+    seeds with that step taken by the teacher's two. `ddim eval judge ... --baseline
+    student.npz` then gives what each step costs."""
     import torch
 
     from ddim.eval.landing import landing_errors
@@ -88,3 +102,35 @@ def landing_command(
              f"({meta['n']} images of {meta['data']}; RMS of z'')")  # fmt: skip
     atomic_write_text(out / "landing.md", title + "\n\n" + "\n".join(lines) + "\n")
     click.echo(f"wrote {out}/landing.{{md,json}}")
+    if swap_samples:
+        _write_swaps(student_net, teacher_net, t_ckpt.schedule, t_plan, predictions,
+                     (swap_samples, seed, s_ckpt.data_shape), out)  # fmt: skip
+
+
+def _write_swaps(
+    student: torch.nn.Module,
+    teacher: torch.nn.Module,
+    sched: NoiseSchedule,
+    t_plan: Sequence[int],
+    predictions: tuple[str, str],
+    draw: tuple[int, int, tuple[int, ...]],
+    out: Path,
+) -> None:
+    """student.npz and one swap-T.npz a student point (:func:`ddim.eval.landing.swapped_sample`),
+    in batches of 250 from seeded latents."""
+    import torch
+
+    from ddim.eval.landing import swapped_sample
+    from ddim.formats.images import save_npz
+    from ddim.noise import seeded_latents
+
+    n, seed, shape = draw
+    device = next(student.parameters()).device
+    for k in (None, *range(len(t_plan) // 2)):
+        parts = []
+        for start in range(seed, seed + n, 250):
+            x_T, _ = seeded_latents(range(start, min(start + 250, seed + n)), shape, device=device)
+            parts.append(swapped_sample(student, teacher, sched, x_T, t_plan, predictions, k))
+        name = "student.npz" if k is None else f"swap-{t_plan[2 * k]}.npz"
+        save_npz(out / name, torch.cat(parts))
+        click.echo(f"wrote {out}/{name}")

@@ -3,7 +3,12 @@
 its teacher's two (``t -> t' -> t''``, :func:`ddim.train.progressive.teacher_steps`).
 A round has done its job at ``k`` when the student lands nearer the teacher's ``z''`` than
 the teacher's own single step ``t -> t''`` does: that single step is what a student that
-learnt nothing would give, since it starts from the teacher's weights."""
+learnt nothing would give, since it starts from the teacher's weights.
+
+Where a step lands is not what it costs in the samples: an error early in the plan is partly
+undone by the steps after it. :func:`swapped_sample` samples along the student's plan with
+one step ``k`` taken by the teacher's two instead, so judging those samples against the
+student's own, on the same seeds, gives what each step costs."""
 
 from __future__ import annotations
 
@@ -65,3 +70,32 @@ def landing_errors(
 
 def _rms(d: Tensor) -> float:
     return d.double().square().mean().sqrt().item()
+
+
+@torch.no_grad()
+def swapped_sample(
+    student: Model,
+    teacher: Model,
+    sched: NoiseSchedule,
+    x_T: Tensor,
+    teacher_plan: Sequence[int],
+    predictions: tuple[str, str],
+    k: int | None,
+    y: Tensor | None = None,
+) -> Tensor:
+    """DDIM (η = 0) from ``x_T`` along the student's plan ``teacher_plan[::2]``, with
+    student step ``k`` (``t -> t''``) taken by the teacher's two steps ``t -> t' -> t''``;
+    ``k = None`` is the student's own sample. ``predictions`` are the teacher's and the
+    student's parameterizations."""
+    points = [*teacher_plan, -1]
+    if k is not None and not 0 <= 2 * k < len(teacher_plan):
+        raise ValueError(f"the student has {len(teacher_plan) // 2} steps; no step {k}")
+    z = x_T
+    for j in range(0, len(teacher_plan), 2):
+        ts = tuple(torch.full((x_T.shape[0],), points[j + i], dtype=torch.long, device=x_T.device)
+                   for i in range(3))  # fmt: skip
+        if j == 2 * (-1 if k is None else k):
+            z = teacher_steps(teacher, sched, z, ts, predictions[0], y)
+        else:
+            z = ddim_step(student, sched, z, ts[0], ts[2], predictions[1], y)
+    return z
