@@ -231,7 +231,7 @@ def test_incompatible_diffusers_models_are_refused() -> None:
             UNetConfig(ch=32, ch_mult=(2, 2), attn_resolutions=(), image_size=8)
         )
     with pytest.raises(ValueError, match="prediction_type is 'score'; ddim reads epsilon, "):
-        diffusers_folder.schedule_from_scheduler_config({"prediction_type": "score"})
+        diffusers_folder.prediction_from_scheduler_config({"prediction_type": "score"})
 
 
 def test_missing_diffusers_is_a_clear_import_error(monkeypatch, perturbed_unet) -> None:

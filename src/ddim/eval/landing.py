@@ -90,11 +90,11 @@ def swapped_sample(
     points = [*teacher_plan, -1]
     if k is not None and not 0 <= 2 * k < len(teacher_plan):
         raise ValueError(f"the student has {len(teacher_plan) // 2} steps; no step {k}")
-    z = x_T
+    z, swap = x_T, -1 if k is None else 2 * k
     for j in range(0, len(teacher_plan), 2):
         ts = tuple(torch.full((x_T.shape[0],), points[j + i], dtype=torch.long, device=x_T.device)
                    for i in range(3))  # fmt: skip
-        if j == 2 * (-1 if k is None else k):
+        if j == swap:
             z = teacher_steps(teacher, sched, z, ts, predictions[0], y)
         else:
             z = ddim_step(student, sched, z, ts[0], ts[2], predictions[1], y)

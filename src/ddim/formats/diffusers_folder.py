@@ -62,7 +62,6 @@ def prediction_from_scheduler_config(config: Mapping[str, Any]) -> str:
 
 def schedule_from_scheduler_config(config: Mapping[str, Any]) -> NoiseSchedule:
     """The :class:`NoiseSchedule` of a diffusers scheduler config (betas in float64)."""
-    prediction_from_scheduler_config(config)
     T = int(config.get("num_train_timesteps", 1000))
     if config.get("trained_betas") is not None:
         return NoiseSchedule.from_betas(config["trained_betas"])

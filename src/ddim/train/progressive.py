@@ -80,12 +80,19 @@ def ddim_move(x0: Tensor, eps: Tensor, alpha_to: Tensor, sigma_to: Tensor) -> Te
     return alpha_to * x0 + sigma_to * eps
 
 
+def step_gain(coeffs: Sequence[Tensor]) -> Tensor:
+    """Eq. (1)'s denominator, ``alpha'' - (sigma'' / sigma_t) alpha_t``: how far the DDIM step
+    ``t -> t''`` moves where it lands per unit of error in its data prediction;
+    ``coeffs`` is ``(alpha_t, sigma_t, alpha'', sigma'')``."""
+    alpha, sigma, alpha_end, sigma_end = coeffs
+    return alpha_end - sigma_end / sigma * alpha
+
+
 def student_target(z_t: Tensor, z_end: Tensor, coeffs: Sequence[Tensor]) -> Tensor:
     """Eq. (1): the data prediction whose DDIM step from ``z_t`` lands on ``z_end``;
     ``coeffs`` is ``(alpha_t, sigma_t, alpha'', sigma'')``."""
-    alpha, sigma, alpha_end, sigma_end = coeffs
-    ratio = sigma_end / sigma
-    return (z_end - ratio * z_t) / (alpha_end - ratio * alpha)
+    _, sigma, _, sigma_end = coeffs
+    return (z_end - sigma_end / sigma * z_t) / step_gain(coeffs)
 
 
 def ddim_step(
@@ -134,10 +141,9 @@ def loss_weight(
     training loss, and the one an ε-student needs: its data error near ``t = T`` is its ε
     error times ``sigma / alpha ~ 160``); ``truncated-snr``, ``max(alpha^2 / sigma^2, 1)``,
     is the ε-loss at low noise and still a weight of 1 where ``alpha -> 0`` (for v- and
-    x-students); ``landing``, ``(alpha'' - (sigma'' / sigma_t) alpha_t)^2``, the square of
-    eq. (1)'s denominator, makes it the squared distance between where the student's step
-    lands and ``z''``, since that step moves by the denominator times the data error.
-    ``end`` is ``(alpha'', sigma'')``, needed by ``landing`` only."""
+    x-students); ``landing``, :func:`step_gain` squared, makes it the squared distance
+    between where the student's step lands and ``z''``, since that step moves by its gain
+    times the data error. ``end`` is ``(alpha'', sigma'')``, needed by ``landing`` only."""
     snr = alpha.square() / sigma.square()
     if weighting == "snr":
         return snr
@@ -146,8 +152,7 @@ def loss_weight(
     if weighting == "landing":
         if end is None:
             raise ValueError("the landing weight needs the end point's (alpha'', sigma'')")
-        alpha_end, sigma_end = end
-        return (alpha_end - sigma_end / sigma * alpha).square()
+        return step_gain((alpha, sigma, *end)).square()
     raise ValueError(f"weighting must be one of {', '.join(DISTILL_WEIGHTINGS)}, got {weighting!r}")
 
 
