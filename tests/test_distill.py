@@ -35,6 +35,7 @@ from ddim.train.progressive import (
     distillation_loss,
     distillation_plans,
     loss_weight,
+    solver_landing,
     student_points,
     student_target,
     teacher_steps,
@@ -118,8 +119,15 @@ def test_plans_halve_from_the_top_timestep() -> None:
                      (999,)]  # fmt: skip
     assert distillation_plans(ddim.NoiseSchedule.linear(), 4, 4) == [(999, 749, 499, 249)] * 2
     for bad in ((8, 3), (12, 2), (2, 4), (8, 0)):
-        with pytest.raises(ValueError, match="must be a power of two, got"):
+        with pytest.raises(ValueError, match="must be a power of hops = 2, got"):
             distillation_plans(SCHED, *bad)
+    # hops = 4 (3): every fourth (third) point; 16 -> 4 and 12 -> 4 are one round each
+    sched = ddim.NoiseSchedule.linear()
+    assert distillation_plans(sched, 16, 4, hops=4)[1] == (999, 749, 499, 249)
+    assert distillation_plans(sched, 12, 4, hops=3)[1:] == [(999, 749, 499, 249)]
+    assert [len(p) for p in distillation_plans(sched, 64, 1, hops=4)] == [64, 16, 4, 1]
+    with pytest.raises(ValueError, match="must be a power of hops = 4, got 16 / 2"):
+        distillation_plans(sched, 16, 2, hops=4)
 
 
 @pytest.mark.parametrize("prediction", PREDICTIONS)
@@ -339,7 +347,23 @@ def test_bad_teachers_and_configs_are_one_line(tmp_path, teacher) -> None:
         distill_config_from_dict(raw)
     raw = raw_config(tmp_path, teacher)
     raw["distill"]["student_steps"] = 3
-    with pytest.raises(ValueError, match="power of two"):
+    with pytest.raises(ValueError, match="power of hops = 2"):
+        distill(distill_config_from_dict(raw), progress=False)
+    for key, value, message in [
+        ("teacher_solver", "dpmpp-2m-sde", "teacher_solver must be one of ddim, dpmpp-2m, "),
+        ("teacher_solver", "edict", "teacher_solver must be one of"),
+        ("hops", 1, "distill.hops must be >= 2, got 1"),
+        ("init", "", "distill.init must be a checkpoint path or name"),
+    ]:
+        raw = raw_config(tmp_path, teacher)
+        raw["distill"][key] = value
+        with pytest.raises(ValueError, match=message):
+            distill_config_from_dict(raw)
+    raw = raw_config(tmp_path, teacher)
+    raw["distill"]["init"] = "mnist"
+    differ = r"\(attn_resolutions: \[7\], the teacher's \[4\]\)"
+    with pytest.raises(ValueError, match=r"distill.init mnist has another network than the "
+                                         r"teacher " + differ):  # fmt: skip
         distill(distill_config_from_dict(raw), progress=False)
 
 
@@ -395,7 +419,88 @@ def test_ddim_distill_command_and_sample_with_the_students_plan(tmp_path, teache
     assert swapped.shape == own.shape == (3, 8, 8, 1) and not np.array_equal(swapped, own)
 
 
+def test_a_solver_teacher_from_another_students_start(tmp_path, teacher, perturbed_unet):
+    """Round 1 walked by DPM-Solver++(2M) over 8 points, 4 hops a student step (one round,
+    8 -> 2), the student started from ``distill.init``: at a learning rate of 1e-12 the
+    student is ``init``'s network, not the teacher's, and it records its 2-step plan."""
+    from ddim.formats.checkpoint import save_weights
+    from ddim.models.unet import UNetConfig
+
+    cfg = UNetConfig.from_dict(TINY_MODEL)
+    init = tmp_path / "init.safetensors"
+    start = perturbed_unet(cfg, seed=3).state_dict()
+    save_weights(init, None, start, model_config=cfg.to_dict(), schedule=SCHED,
+                 data_shape=(1, 8, 8), step=0)  # fmt: skip
+    raw = raw_config(tmp_path, teacher, total_steps=1, lr=1e-12, ema_decay=0.0)
+    raw["distill"].update(teacher_steps=8, student_steps=2, hops=4, teacher_solver="dpmpp-2m",
+                          init=str(init))  # fmt: skip
+    result = distill(distill_config_from_dict(raw), progress=False)
+    assert [p.parent.name for p in result.students] == ["round-1-2steps"]
+    ckpt = load_checkpoint(result.students[0])
+    assert ckpt.model_config.sampling_plan == (99, 49)
+    assert ckpt.extra["distill"]["teacher_plan"] == [99, 87, 74, 61, 49, 37, 24, 11]
+    for k, v in start.items():
+        torch.testing.assert_close(ckpt.ema_state[k], v, rtol=0, atol=1e-9)
+    assert not torch.equal(ckpt.ema_state["conv_in.weight"],
+                           load_checkpoint(teacher).ema_state["conv_in.weight"])  # fmt: skip
+
+
 # ---------------------------------------------------------------- exact: the Gaussian oracle
+
+
+def test_a_solver_teachers_landing_is_its_walk_over_each_part() -> None:
+    """:func:`solver_landing`: with ``ddim`` it is the per-row DDIM steps of
+    :func:`teacher_steps` (1e-12); with DPM-Solver++(2M), 4 hops a student step, each row
+    lands where ``ddim.sample`` from that row's student point over that part of the plan
+    does (from the top, ending at the part's last point; the last part ends at the data)."""
+    sched = ddim.NoiseSchedule.linear()
+    oracle = DiagonalGaussian(power_law_spectrum(4), sched)
+    g = torch.Generator().manual_seed(4)
+    z_t = torch.randn(6, 4, generator=g, dtype=F64)
+    k = torch.tensor([0, 1, 1, 0, 1, 0])
+    plan = distillation_plans(sched, 4, 2)[0]
+    run = ddim.SamplerOptions(steps=list(plan), solver="ddim")
+    got = solver_landing(oracle, sched, run, z_t, k, 2)
+    want = teacher_steps(oracle, sched, z_t, student_points(plan, (999, 499), k), "eps")
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    plan = distillation_plans(sched, 8, 2, hops=4)[0]
+    run = ddim.SamplerOptions(steps=list(plan), solver="dpmpp-2m")
+    got = solver_landing(oracle, sched, run, z_t, k, 4)
+    for row in range(6):
+        part = list(plan[4 * k[row] : 4 * k[row] + 5])
+        alone = ddim.sample(oracle, z_t[row : row + 1], sched, steps=part, solver="dpmpp-2m",
+                            final_step="none" if len(part) == 5 else None)  # fmt: skip
+        torch.testing.assert_close(got[row : row + 1], alone, rtol=0, atol=1e-12)
+    assert (got - solver_landing(oracle, sched, ddim.SamplerOptions(steps=list(plan)), z_t, k,
+                                 4)).abs().max() > 1e-3  # fmt: skip
+
+
+def test_a_student_of_a_2m_teacher_reaches_its_map_on_the_gaussian_oracle() -> None:
+    """One round, 8 -> 2 (4 hops), from the exact ε walked by DPM-Solver++(2M): the v-student's
+    map is the teacher's map over the two parts to 1e-6, and that map's W2^2 to the data
+    (closed form) is below the 8-step DDIM teacher's: the same calls, a closer target."""
+    sched = ddim.NoiseSchedule.linear()
+    lam = power_law_spectrum(4)
+    oracle = DiagonalGaussian(lam, sched)
+    plans = distillation_plans(sched, 8, 2, hops=4)
+    run = ddim.SamplerOptions(steps=list(plans[0]), solver="dpmpp-2m")
+    eye = torch.eye(4, dtype=F64)
+    top = list(plans[0][:5])
+    middle = ddim.sample(oracle, eye, sched, steps=top, solver="dpmpp-2m", final_step="none")
+    target_gain = ddim.sample(oracle, middle, sched, steps=list(plans[0][4:]),
+                              solver="dpmpp-2m").diag()  # fmt: skip
+    student, g = PerDirection(plans[1], 4, "v"), torch.Generator().manual_seed(0)
+
+    def landing(k):
+        return lambda z: solver_landing(oracle, sched, run, z, k, 4)
+
+    _train_on_oracle(student, oracle, ("eps", "v"), plans[0], lam, "truncated-snr", g, landing)
+    with torch.no_grad():
+        gain = ddim.sample(student, eye, sched).diag()
+    torch.testing.assert_close(gain, target_gain, rtol=1e-6, atol=1e-9)
+    ddim_gain = ddim.sample(oracle, eye, sched, steps=list(plans[0])).diag()
+    w2 = ((gain.abs() - lam.sqrt()) ** 2).sum().item()
+    assert w2 < 0.05 * ((ddim_gain.abs() - lam.sqrt()) ** 2).sum().item()
 
 
 @pytest.mark.parametrize("k", [None, 0, 1, 2, 3])
@@ -468,8 +573,11 @@ def test_distilled_students_reach_the_teachers_map_on_the_gaussian_oracle(
     assert ((one_step.abs() - lam.sqrt()) ** 2).sum().item() > 10 * closed_form + 1e-3
 
 
-def _train_on_oracle(student, teacher, predictions, teacher_plan, lam, weighting, g) -> None:
-    """400 Adam steps of the trainer's loss at batch 256 on N(0, diag(lam))."""
+def _train_on_oracle(
+    student, teacher, predictions, teacher_plan, lam, weighting, g, landing=None
+) -> None:
+    """400 Adam steps of the trainer's loss at batch 256 on N(0, diag(lam)); ``landing(k)``,
+    if given, is the teacher's landing for the batch's student steps ``k``."""
     sched = ddim.NoiseSchedule.linear()
     opt = torch.optim.Adam(student.parameters(), lr=0.05)
     for _ in range(400):
@@ -478,7 +586,7 @@ def _train_on_oracle(student, teacher, predictions, teacher_plan, lam, weighting
         noise = torch.randn(256, 4, generator=g, dtype=F64)
         ts = student_points(teacher_plan, student.config.sampling_plan, k)
         loss = distillation_loss(student, teacher, sched, x0, noise, ts, predictions, None,
-                                 weighting)  # fmt: skip
+                                 weighting, None if landing is None else landing(k))  # fmt: skip
         opt.zero_grad()
         loss.backward()
         opt.step()

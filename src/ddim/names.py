@@ -49,6 +49,9 @@ SCHEDULES = ("linear", "cosine")
 PREDICTIONS = ("eps", "v", "x")
 #: Progressive distillation's weights on the data error (``progressive.loss_weight``).
 DISTILL_WEIGHTINGS = ("snr", "truncated-snr", "landing")
+#: The solvers a first teacher may walk its plan with (``distill.teacher_solver``): the
+#: deterministic ones whose state is the image alone.
+DISTILL_TEACHER_SOLVERS = ("ddim", "dpmpp-2m", "dpmpp-3m", "unipc", "plms", "heun")
 NOISE_LEVEL_SPACINGS = ("logsnr", "karras")
 #: The weights a checkpoint may hold: the EMA (to sample with) and the raw training weights.
 WEIGHTS = ("ema", "model")

@@ -8,9 +8,10 @@ Each optimiser step ``s`` of round ``r``:
 
 1. draws its batch of images, student points ``k`` and noise from generators seeded by
    ``(seed, r, s)``, so any step's batch can be made again from the step alone;
-2. noises the images to ``z_t`` at the student's ``t = plan[k]``, runs the teacher's two
-   DDIM steps in fp32 (one, in a run that only re-parameterizes: ``teacher_steps ==
-   student_steps``) and solves eq. (1) there for the target ``x~``;
+2. noises the images to ``z_t`` at the student's ``t = plan[k]``, runs the teacher's
+   ``distill.hops`` DDIM steps in fp32 (two: Salimans & Ho; one, in a run that only
+   re-parameterizes: ``teacher_steps == student_steps``; in round 1, the steps of
+   ``distill.teacher_solver``) and solves eq. (1) there for the target ``x~``;
 3. takes an Adam step on ``w(t) |x^ - x~|^2`` (the student's data prediction read through
    its parameterization; ``w`` is ``distill.weighting``), with warm-up, clipping and the
    EMA update of training.
@@ -47,11 +48,17 @@ from ddim.formats.datasets import open_image_set, random_flip
 from ddim.formats.image_sets import ImageSet, to_model_range
 from ddim.models.unet import UNet, UNetConfig
 from ddim.precision import autocast, choose
+from ddim.sampler_options import SamplerOptions
 from ddim.schedule import NoiseSchedule
 from ddim.train.batches import LABELS, STEP, DataOrder, derive_seed
 from ddim.train.distill_config import DistillConfig
 from ddim.train.loop import NonFiniteLossError, learning_rate
-from ddim.train.progressive import distillation_loss, distillation_plans, student_points
+from ddim.train.progressive import (
+    distillation_loss,
+    distillation_plans,
+    solver_landing,
+    student_points,
+)
 from ddim.train.runtime import Distributed, StopRequest, TrainLog, say
 from ddim.train.state import (
     checkpoint_paths,
@@ -101,6 +108,8 @@ class _Round:
     opt: torch.optim.Optimizer
     student_plan: tuple[int, ...]
     teacher_plan: tuple[int, ...]
+    teacher_run: SamplerOptions | None = None
+    """How the teacher walks its plan when not by DDIM's per-row steps (round 1's solver)."""
 
 
 def round_folder(out_dir: str | Path, index: int, steps: int) -> Path:
@@ -132,7 +141,8 @@ def _rounds(
     tc = config.training
     first = load_checkpoint(config.distill.teacher)
     sched = _check_teacher(config, first)
-    plans = distillation_plans(sched, config.distill.teacher_steps, config.distill.student_steps)
+    ds = config.distill
+    plans = distillation_plans(sched, ds.teacher_steps, ds.student_steps, ds.hops)
     if plans[0] == plans[-1] and first.model_config.prediction == config.distill.prediction:
         raise ValueError(
             f"distill.teacher_steps == distill.student_steps only re-parameterizes, but the "
@@ -208,7 +218,8 @@ def _start_round(
         ckpt.model_config, prediction=config.distill.prediction, sampling_plan=student_plan
     )
     student = UNet(student_config)
-    student.load_state_dict(ckpt.ema_state)
+    student.load_state_dict(ckpt.ema_state if r > 1 or config.distill.init is None
+                            else _init_weights(config.distill.init, ckpt))  # fmt: skip
     student = student.to(device).eval()  # dropout off: the target is deterministic
     if tc.channels_last:
         student = student.to(memory_format=torch.channels_last)
@@ -217,11 +228,30 @@ def _start_round(
                            weight_decay=tc.weight_decay)  # fmt: skip
     rnd = _Round(r, folder, teacher, ckpt.model_config.prediction, digest, student, ema, opt,
                  student_plan, teacher_plan)  # fmt: skip
+    if r == 1 and config.distill.teacher_solver != "ddim":
+        rnd.teacher_run = SamplerOptions(steps=teacher_plan, solver=config.distill.teacher_solver)
     folder.mkdir(parents=True, exist_ok=True)
     latest = read_latest(folder / "checkpoints") if (folder / "checkpoints").is_dir() else None
     if latest is not None:
         _restore(config, rnd, latest)
     return rnd
+
+
+def _init_weights(init: str, teacher: Checkpoint) -> dict[str, Tensor]:
+    """The EMA weights of checkpoint ``init``, after checking that its network is the
+    teacher's (apart from what it predicts and its plan)."""
+    ckpt = load_checkpoint(init)
+    mine = replace(ckpt.model_config, prediction="eps", sampling_plan=None).to_dict()
+    theirs = replace(teacher.model_config, prediction="eps", sampling_plan=None).to_dict()
+    differ = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
+    if differ:
+        raise CheckpointError(
+            f"distill.init {init} has another network than the teacher ({differ[0]}: "
+            f"{mine.get(differ[0])!r}, the teacher's {theirs.get(differ[0])!r})"
+        )
+    if not torch.equal(ckpt.schedule.betas, teacher.schedule.betas):
+        raise CheckpointError(f"distill.init {init} was trained on another noise schedule")
+    return ckpt.ema_state
 
 
 def _restore(config: DistillConfig, rnd: _Round, latest: Any) -> None:
@@ -341,8 +371,15 @@ def _step(
 
     predictions = (rnd.teacher_prediction, rnd.student.config.prediction)
     ts = student_points(rnd.teacher_plan, rnd.student_plan, k)
+    landing = None
+    if rnd.teacher_run is not None:
+        run, hops = rnd.teacher_run, config.distill.hops
+
+        def landing(z_t: Tensor) -> Tensor:
+            return solver_landing(rnd.teacher, sched, run, z_t, k, hops, y)
+
     loss = distillation_loss(student, rnd.teacher, sched, x0, noise, ts, predictions, y,
-                             config.distill.loss_weighting)  # fmt: skip
+                             config.distill.loss_weighting, landing)  # fmt: skip
     rnd.opt.zero_grad(set_to_none=True)
     loss.backward()
     norm = torch.nn.utils.clip_grad_norm_(rnd.student.parameters(), tc.grad_clip or float("inf"))

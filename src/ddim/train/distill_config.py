@@ -26,7 +26,7 @@ from typing import Any
 
 from ddim.formats.config_file import build_section
 from ddim.formats.datasets import DataConfig
-from ddim.names import DISTILL_WEIGHTINGS, PREDICTIONS
+from ddim.names import DISTILL_TEACHER_SOLVERS, DISTILL_WEIGHTINGS, PREDICTIONS
 from ddim.schedule import DiffusionConfig
 from ddim.train.config import TrainingConfig, read_sections
 
@@ -44,13 +44,23 @@ class DistillSection:
     (``alpha ~ 0.006``), whose ε errors are amplified 160-fold. ``weighting`` is the loss
     weight on the data error (:func:`ddim.train.progressive.loss_weight`); ``auto`` is
     ``snr`` (the ε-loss) for an ε-student and ``truncated-snr`` for v and x; ``landing``
-    weighs each student step by how far its data error moves where the step lands."""
+    weighs each student step by how far its data error moves where the step lands.
+
+    ``teacher_solver`` is how the first teacher walks its plan (a deterministic solver of
+    :data:`ddim.names.DISTILL_TEACHER_SOLVERS`; later teachers are students and take DDIM
+    steps); ``hops`` is how many of its teacher's steps a student step spans (2: Salimans &
+    Ho's halving); ``init``, a checkpoint with the teacher's network, is where the first
+    student starts instead of the teacher's weights (a student of an earlier run, to
+    distil again from a better teacher)."""
 
     teacher: str
     teacher_steps: int = 64
     student_steps: int = 1
     prediction: str = "v"
     weighting: str = "auto"
+    teacher_solver: str = "ddim"
+    hops: int = 2
+    init: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.teacher, str) or not self.teacher:
@@ -70,6 +80,15 @@ class DistillSection:
         for name in ("teacher_steps", "student_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"distill.{name} must be >= 1, got {getattr(self, name)}")
+        if self.teacher_solver not in DISTILL_TEACHER_SOLVERS:
+            raise ValueError(
+                f"distill.teacher_solver must be one of {', '.join(DISTILL_TEACHER_SOLVERS)}, "
+                f"got {self.teacher_solver!r}"
+            )
+        if self.hops < 2:
+            raise ValueError(f"distill.hops must be >= 2, got {self.hops}")
+        if self.init is not None and (not isinstance(self.init, str) or not self.init):
+            raise ValueError(f"distill.init must be a checkpoint path or name, got {self.init!r}")
 
     @property
     def loss_weighting(self) -> str:

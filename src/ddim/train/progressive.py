@@ -13,6 +13,13 @@ teacher's final data prediction. Plans start at the top timestep ``T - 1`` (diff
 ``trailing`` spacing): with few steps, a plan that starts lower never sees pure noise.
 Round ``r``'s student takes every other point of its teacher's plan.
 
+The first teacher may take its ``hops`` steps per student step with a higher-order solver
+of the probability-flow ODE instead of DDIM (:func:`solver_landing`): DPM-Solver++(2M) at
+10 calls samples as DDIM at 50 does, so a student distilled from it starts from a closer
+approximation of the ODE's map than the same calls of DDIM give, and ``hops = 4`` goes
+from 16 teacher steps to 4 student steps in one round, with one student's error instead of
+two rounds' (Berthelot et al. 2023, TRACT, distil in fewer, longer hops for that reason).
+
 A run whose teacher and student take the same number of steps has one round that only
 re-parameterizes: the student's one step matches the teacher's one step (``t -> t'``), so
 eq. (1) gives back the teacher's own data prediction. It turns an ε-teacher into a v- or
@@ -22,27 +29,33 @@ through at ``t = T - 1``, where its data prediction divides by ``alpha ~ 0.006``
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
 
 from ddim.names import DISTILL_WEIGHTINGS
 from ddim.parameterization import Model, to_pair
+from ddim.sampler_options import SamplerOptions
+from ddim.sampling import walk
 from ddim.schedule import NoiseSchedule
 
 
 def distillation_plans(
-    sched: NoiseSchedule, teacher_steps: int, student_steps: int
+    sched: NoiseSchedule, teacher_steps: int, student_steps: int, hops: int = 2
 ) -> list[tuple[int, ...]]:
     """The timesteps of every plan from the first teacher's down to the last student's:
-    ``teacher_steps`` trailing points (``T - 1`` first), then every other point of the
-    one before, until ``student_steps`` remain. ``teacher_steps / student_steps`` must be a
-    power of two; at 1 the two plans are the same (a re-parameterization round)."""
+    ``teacher_steps`` trailing points (``T - 1`` first), then every ``hops``-th point of the
+    one before (every other one: Salimans & Ho), until ``student_steps`` remain.
+    ``teacher_steps / student_steps`` must be a power of ``hops``; at 1 the two plans are
+    the same (a re-parameterization round)."""
     ratio = teacher_steps // max(student_steps, 1)
-    if student_steps < 1 or ratio * student_steps != teacher_steps or ratio & (ratio - 1):
+    power = ratio
+    while hops > 1 and power > 1 and power % hops == 0:
+        power //= hops
+    if student_steps < 1 or ratio * student_steps != teacher_steps or power != 1:
         raise ValueError(
-            f"teacher_steps / student_steps must be a power of two, got "
+            f"teacher_steps / student_steps must be a power of hops = {hops}, got "
             f"{teacher_steps} / {student_steps}"
         )
     if teacher_steps > sched.num_timesteps:
@@ -53,7 +66,7 @@ def distillation_plans(
     if ratio == 1:
         return [plans[0], plans[0]]
     while len(plans[-1]) > student_steps:
-        plans.append(plans[-1][::2])
+        plans.append(plans[-1][::hops])
     return plans
 
 
@@ -61,7 +74,8 @@ def student_points(
     teacher_plan: Sequence[int], student_plan: Sequence[int], k: Tensor
 ) -> tuple[Tensor, ...]:
     """The points a student step ``k`` spans in its teacher's plan (``-1`` after the last):
-    ``t, t', t''`` when the student halves the plan, ``t, t'`` when it re-parameterizes."""
+    ``t, t', t''`` when the student halves the plan, ``t, t'`` when it re-parameterizes,
+    ``hops + 1`` points in general."""
     hops = len(teacher_plan) // len(student_plan)
     ts = torch.tensor([*teacher_plan, -1], device=k.device)
     return tuple(ts[hops * k + i] for i in range(hops + 1))
@@ -130,6 +144,39 @@ def teacher_steps(
     return z
 
 
+def _no_noise(i: int, x: Tensor) -> Tensor:
+    raise RuntimeError("a deterministic teacher solver draws no noise")
+
+
+def _unchanged(i: int, x: Tensor, x0: Tensor) -> Tensor:
+    return x
+
+
+@torch.no_grad()
+def solver_landing(
+    teacher: Model,
+    sched: NoiseSchedule,
+    run: SamplerOptions,
+    z_t: Tensor,
+    k: Tensor,
+    hops: int,
+    y: Tensor | None = None,
+) -> Tensor:
+    """Where the teacher's walk lands from each row's student point when it samples as
+    ``run`` says (its solver over its plan, :func:`ddim.sampling.walk`): row ``i`` walks the
+    plan's steps ``hops k_i .. hops (k_i + 1) - 1`` from ``z_t[i]``. Rows that share a
+    student step walk together; each part starts afresh, so a multistep solver warms up
+    again at each student point, as it would from that point alone."""
+    plan = run.plan(sched)
+    z_end = torch.empty_like(z_t)
+    for j in k.unique().tolist():
+        rows = (k == j).nonzero().flatten()
+        part = plan.part(hops * j, hops * (j + 1))
+        z_end[rows] = walk(teacher, z_t[rows], sched, run, part, _no_noise, _unchanged,
+                           y=None if y is None else y[rows])  # fmt: skip
+    return z_end
+
+
 def loss_weight(
     alpha: Tensor,
     sigma: Tensor,
@@ -166,16 +213,20 @@ def distillation_loss(
     predictions: tuple[str, str],
     y: Tensor | None = None,
     weighting: str = "truncated-snr",
+    landing: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor:
     """Salimans & Ho's loss for one batch: ``x0`` noised by ``noise`` to ``z_t`` at each
-    row's student point ``ts[0]``, the teacher's steps through ``ts`` (:func:`student_points`:
-    two for a halving round, one to re-parameterize), the target of eq. (1), and the batch
-    mean of :func:`loss_weight` times the mean squared error of the student's data
-    prediction. ``predictions`` are the teacher's and the
-    student's parameterizations."""
+    row's student point ``ts[0]``, the teacher's DDIM steps through ``ts``
+    (:func:`student_points`: two for a halving round, one to re-parameterize) or, if given,
+    ``landing(z_t)`` (:func:`solver_landing`), the target of eq. (1), and the batch mean of
+    :func:`loss_weight` times the mean squared error of the student's data prediction.
+    ``predictions`` are the teacher's and the student's parameterizations."""
     alpha, sigma = alpha_sigma(sched, ts[0], x0)
     z_t = alpha * x0 + sigma * noise
-    z_end = teacher_steps(teacher, sched, z_t, ts, predictions[0], y)
+    if landing is None:
+        z_end = teacher_steps(teacher, sched, z_t, ts, predictions[0], y)
+    else:
+        z_end = landing(z_t)
     end = alpha_sigma(sched, ts[-1], z_t)
     target = student_target(z_t, z_end, (alpha, sigma, *end))
     out = student(z_t, ts[0], *(() if y is None else (y,))).to(z_t.dtype)
