@@ -128,6 +128,9 @@ def test_plans_halve_from_the_top_timestep() -> None:
     assert [len(p) for p in distillation_plans(sched, 64, 1, hops=4)] == [64, 16, 4, 1]
     with pytest.raises(ValueError, match="must be a power of hops = 4, got 16 / 2"):
         distillation_plans(sched, 16, 2, hops=4)
+    # linspace: from T - 1 down to 0, so the last student step's teacher ends with t = 0
+    plans = distillation_plans(sched, 8, 2, hops=4, spacing="linspace")
+    assert plans == [(999, 856, 714, 571, 428, 285, 143, 0), (999, 428)]
 
 
 @pytest.mark.parametrize("prediction", PREDICTIONS)
@@ -353,6 +356,7 @@ def test_bad_teachers_and_configs_are_one_line(tmp_path, teacher) -> None:
         ("teacher_solver", "dpmpp-2m-sde", "teacher_solver must be one of ddim, dpmpp-2m, "),
         ("teacher_solver", "edict", "teacher_solver must be one of"),
         ("hops", 1, "distill.hops must be >= 2, got 1"),
+        ("teacher_spacing", "uniform", "teacher_spacing must be one of trailing, linspace"),
         ("init", "", "distill.init must be a checkpoint path or name"),
     ]:
         raw = raw_config(tmp_path, teacher)

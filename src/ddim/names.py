@@ -52,6 +52,9 @@ DISTILL_WEIGHTINGS = ("snr", "truncated-snr", "landing")
 #: The solvers a first teacher may walk its plan with (``distill.teacher_solver``): the
 #: deterministic ones whose state is the image alone.
 DISTILL_TEACHER_SOLVERS = ("ddim", "dpmpp-2m", "dpmpp-3m", "unipc", "plms", "heun")
+#: How the first teacher's plan is laid out (``distill.teacher_spacing``): the spacings that
+#: start at the top timestep, so every student starts from pure noise.
+DISTILL_SPACINGS = ("trailing", "linspace")
 NOISE_LEVEL_SPACINGS = ("logsnr", "karras")
 #: The weights a checkpoint may hold: the EMA (to sample with) and the raw training weights.
 WEIGHTS = ("ema", "model")

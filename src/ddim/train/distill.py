@@ -1,9 +1,11 @@
 """Progressive distillation (Salimans & Ho, ICLR 2022): rounds that halve a DDIM plan.
 
 Read :func:`distill` top to bottom. The first teacher is a ddim checkpoint sampled by DDIM
-over ``distill.teacher_steps`` trailing steps; each round trains a student, started from its
-teacher's weights, whose one DDIM step lands where two of the teacher's do
-(:mod:`ddim.train.progressive`), and the round's EMA student is the next round's teacher.
+(or ``distill.teacher_solver``) over ``distill.teacher_steps`` steps from the top timestep;
+each round trains a student, started from its teacher's weights (the first from
+``distill.init`` if given), whose one DDIM step lands where ``distill.hops`` (two) of the
+teacher's do (:mod:`ddim.train.progressive`), and the round's EMA student is the next
+round's teacher.
 Each optimiser step ``s`` of round ``r``:
 
 1. draws its batch of images, student points ``k`` and noise from generators seeded by
@@ -142,7 +144,8 @@ def _rounds(
     first = load_checkpoint(config.distill.teacher)
     sched = _check_teacher(config, first)
     ds = config.distill
-    plans = distillation_plans(sched, ds.teacher_steps, ds.student_steps, ds.hops)
+    plans = distillation_plans(sched, ds.teacher_steps, ds.student_steps, ds.hops,
+                               ds.teacher_spacing)  # fmt: skip
     if plans[0] == plans[-1] and first.model_config.prediction == config.distill.prediction:
         raise ValueError(
             f"distill.teacher_steps == distill.student_steps only re-parameterizes, but the "

@@ -26,7 +26,12 @@ from typing import Any
 
 from ddim.formats.config_file import build_section
 from ddim.formats.datasets import DataConfig
-from ddim.names import DISTILL_TEACHER_SOLVERS, DISTILL_WEIGHTINGS, PREDICTIONS
+from ddim.names import (
+    DISTILL_SPACINGS,
+    DISTILL_TEACHER_SOLVERS,
+    DISTILL_WEIGHTINGS,
+    PREDICTIONS,
+)
 from ddim.schedule import DiffusionConfig
 from ddim.train.config import TrainingConfig, read_sections
 
@@ -34,8 +39,9 @@ from ddim.train.config import TrainingConfig, read_sections
 @dataclass(frozen=True)
 class DistillSection:
     """The teacher and the rounds: ``teacher`` is a checkpoint path or bundled name whose
-    DDIM plan of ``teacher_steps`` trailing steps the first student halves; each round
-    halves again until the student takes ``student_steps``.
+    DDIM plan of ``teacher_steps`` steps (laid out by ``teacher_spacing``: ``trailing`` or
+    ``linspace``, both from the top timestep) the first student halves; each round halves
+    again until the student takes ``student_steps``.
 
     ``prediction`` is what every student predicts: ``eps``, ``v`` or ``x``. A student
     starts from its teacher's weights, so it starts *as* its teacher only when both predict
@@ -59,6 +65,7 @@ class DistillSection:
     prediction: str = "v"
     weighting: str = "auto"
     teacher_solver: str = "ddim"
+    teacher_spacing: str = "trailing"
     hops: int = 2
     init: str | None = None
 
@@ -84,6 +91,11 @@ class DistillSection:
             raise ValueError(
                 f"distill.teacher_solver must be one of {', '.join(DISTILL_TEACHER_SOLVERS)}, "
                 f"got {self.teacher_solver!r}"
+            )
+        if self.teacher_spacing not in DISTILL_SPACINGS:
+            raise ValueError(
+                f"distill.teacher_spacing must be one of {', '.join(DISTILL_SPACINGS)} (plans "
+                f"that start at the top timestep), got {self.teacher_spacing!r}"
             )
         if self.hops < 2:
             raise ValueError(f"distill.hops must be >= 2, got {self.hops}")

@@ -42,13 +42,18 @@ from ddim.schedule import NoiseSchedule
 
 
 def distillation_plans(
-    sched: NoiseSchedule, teacher_steps: int, student_steps: int, hops: int = 2
+    sched: NoiseSchedule,
+    teacher_steps: int,
+    student_steps: int,
+    hops: int = 2,
+    spacing: str = "trailing",
 ) -> list[tuple[int, ...]]:
     """The timesteps of every plan from the first teacher's down to the last student's:
-    ``teacher_steps`` trailing points (``T - 1`` first), then every ``hops``-th point of the
-    one before (every other one: Salimans & Ho), until ``student_steps`` remain.
-    ``teacher_steps / student_steps`` must be a power of ``hops``; at 1 the two plans are
-    the same (a re-parameterization round)."""
+    ``teacher_steps`` points laid out by ``spacing`` (:meth:`NoiseSchedule.timesteps`;
+    ``trailing`` and ``linspace`` start at ``T - 1``, and ``linspace`` ends at ``t = 0``),
+    largest first, then every ``hops``-th point of the one before (every other one:
+    Salimans & Ho), until ``student_steps`` remain. ``teacher_steps / student_steps`` must be
+    a power of ``hops``; at 1 the two plans are the same (a re-parameterization round)."""
     ratio = teacher_steps // max(student_steps, 1)
     power = ratio
     while hops > 1 and power > 1 and power % hops == 0:
@@ -62,7 +67,13 @@ def distillation_plans(
         raise ValueError(
             f"teacher_steps={teacher_steps} exceeds the schedule's {sched.num_timesteps} timesteps"
         )
-    plans = [tuple(sched.timesteps(teacher_steps, "trailing").tolist())]
+    first = sorted(set(sched.timesteps(teacher_steps, spacing).tolist()), reverse=True)
+    if len(first) != teacher_steps:
+        raise ValueError(
+            f"{spacing} spacing gives {len(first)} distinct timesteps for teacher_steps="
+            f"{teacher_steps}"
+        )
+    plans = [tuple(first)]
     if ratio == 1:
         return [plans[0], plans[0]]
     while len(plans[-1]) > student_steps:
