@@ -18,14 +18,18 @@ from ddim.workflows import SamplerOptions, generate
 
 REPO = Path(__file__).resolve().parent.parent
 HELDOUT_STATS = REPO / "tests" / "data" / "mnist-heldout-stats.npz"
-# name: (the round of configs/mnist-distill.yaml that made it, its plan (trailing from the
-# top timestep), its teacher's plan, a bound on its FD-MNIST at n = 250). The bounds leave
-# 5 % over the FD measured at n = 250 (seeds 0..249, against HELDOUT_STATS), which sits
-# above the n = 1,000 figures of docs/models/students.md: mnist-4step 154.4 (97.9 at
-# n = 1,000; the teacher at DDIM-10: 139.3 and 98.5).
+# name: (its round, its plan (from the top timestep), its teacher's plan, a bound on its
+# FD-MNIST at n = 250, and the --set overrides of configs/mnist-distill.yaml it was made
+# with). The bounds leave 5 % over the FD measured at n = 250 (seeds 0..249, against
+# HELDOUT_STATS), which sits above the n = 1,000 figures of docs/models/students.md:
+# mnist-4step 149.2 (91.3 at n = 1,000; the teacher at DDIM-10: 139.3 and 98.5).
 STUDENTS = {
-    "mnist-4step": (4, [999, 749, 499, 249], [999, 874, 749, 624, 499, 374, 249, 124], 162.0),
-}
+    "mnist-4step": (1, [999, 749, 499, 249], [999, 874, 749, 624, 499, 374, 249, 124], 157.0, {
+        "distill.teacher": "training-state/mnist-distill/round-3-8steps/student.safetensors",
+        "distill.teacher_steps": 8, "distill.student_steps": 4, "training.precision": "fp32",
+        "training.total_steps": 3000, "training.cooldown_steps": 3000,
+    }),
+}  # fmt: skip
 
 
 def test_every_bundled_student_is_tested_here() -> None:
@@ -34,7 +38,7 @@ def test_every_bundled_student_is_tested_here() -> None:
 
 @pytest.mark.parametrize("name", sorted(STUDENTS))
 def test_student_is_small_and_records_its_round_and_plan(name: str) -> None:
-    rnd, plan, teacher_plan, _ = STUDENTS[name]
+    rnd, plan, teacher_plan, _, _ = STUDENTS[name]
     asset = importlib.resources.files("ddim") / "assets" / f"{name}.safetensors"
     assert asset.stat().st_size < 6 * 2**20  # 2.73M parameters in 16 bits
     meta = read_metadata(name)
@@ -49,9 +53,11 @@ def test_student_is_small_and_records_its_round_and_plan(name: str) -> None:
 
 @pytest.mark.parametrize("name", sorted(STUDENTS))
 def test_student_was_distilled_by_configs_mnist_distill_yaml(name: str) -> None:
-    """The chain's config, the run folder aside (the rounds ran in training-state/)."""
+    """The chain's config with the overrides its card gives, the run folder aside (the
+    rounds ran in training-state/ and runs/)."""
     trained = distill_config_from_dict(read_metadata(name)["extra"]["distill_config"]).to_dict()
-    shipped = load_distill_config(REPO / "configs" / "mnist-distill.yaml").to_dict()
+    overrides = [f"{key}={value}" for key, value in STUDENTS[name][4].items()]
+    shipped = load_distill_config(REPO / "configs" / "mnist-distill.yaml", overrides).to_dict()
     assert {**trained, "out_dir": None} == {**shipped, "out_dir": None}
 
 

@@ -13,12 +13,12 @@ teacher's final data prediction. Plans start at the top timestep ``T - 1`` (diff
 ``trailing`` spacing): with few steps, a plan that starts lower never sees pure noise.
 Round ``r``'s student takes every other point of its teacher's plan.
 
-The first teacher may take its ``hops`` steps per student step with a higher-order solver
-of the probability-flow ODE instead of DDIM (:func:`solver_landing`): DPM-Solver++(2M) at
-10 calls samples as DDIM at 50 does, so a student distilled from it starts from a closer
-approximation of the ODE's map than the same calls of DDIM give, and ``hops = 4`` goes
-from 16 teacher steps to 4 student steps in one round, with one student's error instead of
-two rounds' (Berthelot et al. 2023, TRACT, distil in fewer, longer hops for that reason).
+The first teacher may walk each student step's part of its plan with a higher-order solver
+of the probability-flow ODE instead of DDIM (:func:`solver_landing`), and a student step
+may span ``hops`` teacher steps instead of two. Every round adds its student's error to its
+teacher's; a first teacher closer to the ODE's map for the same calls, and fewer rounds
+(16 -> 4 in one round of ``hops = 4``; TRACT, Berthelot et al. 2023, distils in few long
+hops for that reason), leave less to add up.
 
 A run whose teacher and student take the same number of steps has one round that only
 re-parameterizes: the student's one step matches the teacher's one step (``t -> t'``), so
