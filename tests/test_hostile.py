@@ -305,7 +305,7 @@ def test_version_1_files_are_verified_by_their_tensors_as_before(ckpt, tmp_path)
         load_checkpoint(with_metadata(ckpt, tmp_path / "v1bad.safetensors", format_version="1"))
 
 
-BUNDLED_VERSIONS = {"mnist": 1, "mnist-cond": 2, "mnist-4step": 2}
+BUNDLED_VERSIONS = {"mnist": 1, "mnist-cond": 2, "mnist-4step": 2, "mnist-2step": 2}
 
 
 @pytest.mark.parametrize(("name", "version"), BUNDLED_VERSIONS.items())

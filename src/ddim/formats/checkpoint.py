@@ -54,6 +54,7 @@ BUNDLED = {
     "mnist": "mnist.safetensors",
     "mnist-cond": "mnist-cond.safetensors",
     "mnist-4step": "mnist-4step.safetensors",
+    "mnist-2step": "mnist-2step.safetensors",
 }
 
 
