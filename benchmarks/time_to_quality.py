@@ -13,7 +13,12 @@ whose FD-MNIST is not above the target's beyond the 95 % interval of their paire
 difference: its model calls and its seconds per 1,000 images.
 
     python benchmarks/time_to_quality.py --ref-data ../shared/data/mnist/t10k-images-idx3-ubyte.gz \
-        --student STUDENT.safetensors [--student ...] [-n 1000] [--threads 2] [--out runs/ttq]
+        --student STUDENT.safetensors [--student ...] [-n 1000] [--threads 2] [--out runs/ttq] \
+        [--only DDIM-10 --only DDIM-50 --only 2M-10-uniform ...]
+
+``--only`` keeps the named settings of the teacher (the two targets, DDIM-10 and DDIM-50,
+always) and every student: a shorter run that re-measures new students beside the
+settings they are compared with.
 """
 
 from __future__ import annotations
@@ -109,7 +114,10 @@ def settings(students: list[str], with_pipeline: bool) -> list[Setting]:
         if plan is None:
             raise SystemExit(f"{path} records no sampling plan: it is not a distilled student")
         calls = ddim.model_calls(student_sched, plan)
-        out.append(Setting("student", f"student-{calls}", calls, ours(student, student_sched)))
+        label = f"student-{calls}"
+        if any(s.label == label for s in out):  # a second student of as many calls
+            label = f"{label}-{sum(s.family == 'student' for s in out) + 1}"
+        out.append(Setting("student", label, calls, ours(student, student_sched)))
     if with_pipeline:
         out += [Setting("DDIMPipeline", f"DDIMPipeline-{s}", s, pipeline(teacher, sched, s))
                 for s in (10, 20, 50)]  # fmt: skip
@@ -148,12 +156,22 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=250)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--no-pipeline", action="store_true", help="leave diffusers out")
+    parser.add_argument("--only", action="append", default=[],
+                        help="keep this setting of the teacher (repeat; DDIM-10 and DDIM-50 "
+                             "always stay); the students always run")  # fmt: skip
     parser.add_argument("--out", default="runs/time-to-quality", help="folder for the results")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"{cpu_name()} ({platform.machine()}), {args.threads} threads, torch "
           f"{torch.__version__}; n = {args.n}, batches of {args.batch_size}, fp32")  # fmt: skip
     runs = settings(args.student, not args.no_pipeline)
+    if args.only:
+        known = {s.label for s in runs}
+        unknown = sorted(set(args.only) - known)
+        if unknown:
+            parser.error(f"--only {unknown[0]}: no such setting (one of {', '.join(known)})")
+        keep = {*args.only, "DDIM-10", "DDIM-50"}
+        runs = [s for s in runs if s.label in keep or s.family == "student"]
     with torch.no_grad():
         sample_side_by_side(runs, args.n, args.batch_size)
 
