@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import types
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -426,19 +427,26 @@ def test_ddim_distill_command_and_sample_with_the_students_plan(tmp_path, teache
 def test_a_solver_teacher_from_another_students_start(tmp_path, teacher, perturbed_unet):
     """Round 1 walked by DPM-Solver++(2M) over 8 points, 4 hops a student step (one round,
     8 -> 2), the student started from ``distill.init``: at a learning rate of 1e-12 the
-    student is ``init``'s network, not the teacher's, and it records its 2-step plan."""
+    student is ``init``'s network, not the teacher's, and it records its 2-step plan. Its
+    first loss is the loss of eq. (1) at the solver's landing (:func:`solver_landing`), made
+    again here from step 1's batch."""
     from ddim.formats.checkpoint import save_weights
-    from ddim.models.unet import UNetConfig
+    from ddim.formats.datasets import open_image_set
+    from ddim.models.unet import UNet, UNetConfig
+    from ddim.train.batches import DataOrder, derive_seed
+    from ddim.train.distill import ROUND, round_batch
 
     cfg = UNetConfig.from_dict(TINY_MODEL)
     init = tmp_path / "init.safetensors"
     start = perturbed_unet(cfg, seed=3).state_dict()
     save_weights(init, None, start, model_config=cfg.to_dict(), schedule=SCHED,
                  data_shape=(1, 8, 8), step=0)  # fmt: skip
-    raw = raw_config(tmp_path, teacher, total_steps=1, lr=1e-12, ema_decay=0.0)
+    raw = raw_config(tmp_path, teacher, total_steps=1, lr=1e-12, ema_decay=0.0,
+                     precision="fp32")  # fmt: skip
     raw["distill"].update(teacher_steps=8, student_steps=2, hops=4, teacher_solver="dpmpp-2m",
                           init=str(init))  # fmt: skip
-    result = distill(distill_config_from_dict(raw), progress=False)
+    config = distill_config_from_dict(raw)
+    result = distill(config, progress=False)
     assert [p.parent.name for p in result.students] == ["round-1-2steps"]
     ckpt = load_checkpoint(result.students[0])
     assert ckpt.model_config.sampling_plan == (99, 49)
@@ -447,6 +455,28 @@ def test_a_solver_teacher_from_another_students_start(tmp_path, teacher, perturb
         torch.testing.assert_close(ckpt.ema_state[k], v, rtol=0, atol=1e-9)
     assert not torch.equal(ckpt.ema_state["conv_in.weight"],
                            load_checkpoint(teacher).ema_state["conv_in.weight"])  # fmt: skip
+    logged = json.loads((result.students[0].parent / "log.jsonl").read_text().splitlines()[0])
+    student, teacher_net = UNet(replace(cfg, prediction="v")), UNet(cfg)
+    student.load_state_dict(start)
+    teacher_net.load_state_dict(load_checkpoint(teacher).ema_state)
+    plan, student_plan = (99, 87, 74, 61, 49, 37, 24, 11), (99, 49)
+    data, _ = open_image_set(config.data, None)
+    rnd = types.SimpleNamespace(index=1, student_plan=student_plan, student=student)
+    order = DataOrder(len(data), derive_seed(0, ROUND, 1))
+    x0, k, noise, _ = round_batch(config, rnd, 1, data, None, order)
+    run = ddim.SamplerOptions(steps=list(plan), solver="dpmpp-2m")
+    landing = lambda z: solver_landing(teacher_net.eval(), SCHED, run, z, k, 4)  # noqa: E731
+    with torch.no_grad():
+        loss = distillation_loss(student.eval(), teacher_net, SCHED, x0, noise,
+                                 student_points(plan, student_plan, k), ("eps", "v"), None,
+                                 "truncated-snr", landing)  # fmt: skip
+    assert logged["step"] == 1
+    assert logged["loss"] == pytest.approx(loss.item(), rel=1e-5)
+    with torch.no_grad():
+        ddim_loss = distillation_loss(student, teacher_net, SCHED, x0, noise,
+                                      student_points(plan, student_plan, k), ("eps", "v"), None,
+                                      "truncated-snr")  # fmt: skip
+    assert abs(ddim_loss.item() - loss.item()) > 1e-3 * loss.item()
 
 
 # ---------------------------------------------------------------- exact: the Gaussian oracle

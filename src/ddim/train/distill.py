@@ -29,6 +29,7 @@ deleted by then.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -375,12 +376,9 @@ def _step(
     predictions = (rnd.teacher_prediction, rnd.student.config.prediction)
     ts = student_points(rnd.teacher_plan, rnd.student_plan, k)
     landing = None
-    if rnd.teacher_run is not None:
-        run, hops = rnd.teacher_run, config.distill.hops
-
-        def landing(z_t: Tensor) -> Tensor:
-            return solver_landing(rnd.teacher, sched, run, z_t, k, hops, y)
-
+    if rnd.teacher_run is not None:  # z_t -> where round 1's solver lands from it
+        landing = functools.partial(solver_landing, rnd.teacher, sched, rnd.teacher_run,
+                                    k=k, hops=config.distill.hops, y=y)  # fmt: skip
     loss = distillation_loss(student, rnd.teacher, sched, x0, noise, ts, predictions, y,
                              config.distill.loss_weighting, landing)  # fmt: skip
     rnd.opt.zero_grad(set_to_none=True)
